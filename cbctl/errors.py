@@ -1,0 +1,87 @@
+"""One exception hierarchy; each class knows the CLI exit code it maps to.
+
+Exit codes (DESIGN.md §5): 0 healthy, 1 the dependency call or a scenario check failed,
+2 usage/configuration/state error, 3 rejected fast by an open circuit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+__all__ = [
+    "CbctlError",
+    "CircuitBreakerError",
+    "ConfigError",
+    "DependencyError",
+    "ScenarioFailed",
+    "StateError",
+    "StoreUnavailableError",
+    "UnknownCircuitError",
+    "UsageError",
+]
+
+
+class CbctlError(Exception):
+    """Base of every error cbctl raises on purpose."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class UsageError(CbctlError):
+    """A command line or an API call that cannot be carried out as asked."""
+
+
+class ConfigError(CbctlError):
+    """A configuration file, a setting or an environment variable is invalid."""
+
+
+class StateError(CbctlError):
+    """The shared state (state file, Redis) cannot be opened, read or trusted."""
+
+
+class StoreUnavailableError(StateError):
+    """The store did not answer (Redis down, disk full); the breaker degrades to in-process state."""
+
+
+class UnknownCircuitError(CbctlError):
+    """A circuit name that the registry or the state does not know."""
+
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+        self.name = name
+        self.known = sorted(known)
+        listing = ", ".join(self.known) if self.known else "none"
+        super().__init__(f"unknown circuit {name!r} (known: {listing})")
+
+
+class DependencyError(CbctlError):
+    """The protected dependency failed (refused, timed out, unhealthy answer)."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class ScenarioFailed(CbctlError):
+    """A verification scenario ran and at least one of its checks failed."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class CircuitBreakerError(CbctlError):
+    """Raised instead of calling the protected function: the circuit is open.
+
+    `retry_after` is the number of seconds until the breaker admits a trial call, or None when
+    that is not known (a half-open trial is in flight, or the circuit is held open by force).
+    The message is formatted lazily so that a rejection stays cheap on the hot path.
+    """
+
+    exit_code: ClassVar[int] = 3
+
+    def __init__(self, name: str, retry_after: float | None = None) -> None:
+        super().__init__(name, retry_after)
+        self.name = name
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        if self.retry_after is None:
+            return f"circuit {self.name!r} is open"
+        return f"circuit {self.name!r} is open; retry in {self.retry_after:.1f}s"
