@@ -41,7 +41,7 @@ class StateError(CbctlError):
 
 
 class StoreUnavailableError(StateError):
-    """The store did not answer (Redis down, disk full); the breaker degrades to in-process state."""
+    """The store did not answer (Redis down, disk full); breakers degrade to in-process state."""
 
 
 class UnknownCircuitError(CbctlError):

@@ -1,0 +1,546 @@
+"""`CircuitBreaker`: the state machine of `cbctl.state` around calls; thread- and asyncio-safe.
+
+Two paths keep it fast and correct:
+- the CLOSED fast path (in-process state only) calls the function with no lock at all and
+  touches shared data only when the call fails or follows failures;
+- every other path decides under a short lock, or in one atomic store operation, and never
+  holds a lock while the protected function runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, ParamSpec, TypeVar, cast, overload
+
+from cbctl import state as machine
+from cbctl.clock import SYSTEM_CLOCK, Clock, iso_utc
+from cbctl.errors import CircuitBreakerError, StoreUnavailableError
+from cbctl.state import BreakerConfig, CircuitState, CircuitStore, Permit, Snapshot, Update
+
+__all__ = ["CircuitBreaker", "Exclusion", "StateChange"]
+
+logger = logging.getLogger("cbctl.breaker")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Exclusion = type[BaseException] | Callable[[BaseException], bool]
+"""An exception type, or a predicate, whose errors are neutral: neither failure nor success."""
+
+_CLOSED: Final = CircuitState.CLOSED
+_OPEN: Final = CircuitState.OPEN
+_HALF_OPEN: Final = CircuitState.HALF_OPEN
+
+_count_value = itertools.count.__repr__
+
+
+def _counted(counter: itertools.count[int]) -> int:
+    """The value of an `itertools.count` (lock-free under the GIL) without advancing it."""
+    text = _count_value(counter)
+    return int(text[6:-1])
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One transition, as given to listeners (after the transition, outside any lock)."""
+
+    name: str
+    previous: CircuitState
+    state: CircuitState
+    at: datetime
+    failure_count: int
+
+
+_entered: ContextVar[tuple[tuple[CircuitBreaker, Permit | None], ...]] = ContextVar(
+    "cbctl_entered", default=()
+)
+
+
+class CircuitBreaker:
+    """Protects calls to one dependency: fails fast while the dependency is known to be down.
+
+    Use it as `breaker.call(fn, ...)`, `await breaker.call_async(fn, ...)`, a decorator on a sync
+    or async function, or `with breaker:` / `async with breaker:`.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_clock",
+        "_closed_fast",
+        "_config",
+        "_degraded",
+        "_exclude_predicates",
+        "_exclude_types",
+        "_failures",
+        "_fallback",
+        "_listeners",
+        "_lock",
+        "_rejections",
+        "_snapshot",
+        "_store",
+        "_successes",
+        "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        timeout: float = 30.0,
+        success_threshold: int = 2,
+        half_open_max_calls: int = 1,
+        exclude: Iterable[Exclusion] = (),
+        clock: Clock | None = None,
+        store: CircuitStore | None = None,
+        fallback: Callable[[CircuitBreakerError], Any] | None = None,
+        config: BreakerConfig | None = None,
+    ) -> None:
+        self.name = name
+        self._config = config or BreakerConfig(
+            failure_threshold=failure_threshold,
+            timeout=timeout,
+            success_threshold=success_threshold,
+            half_open_max_calls=half_open_max_calls,
+        )
+        types: list[type[BaseException]] = []
+        predicates: list[Callable[[BaseException], bool]] = []
+        for item in exclude:
+            if isinstance(item, type):
+                if not issubclass(item, BaseException):
+                    raise TypeError(f"exclude takes exception types or predicates, not {item!r}")
+                types.append(item)
+            elif callable(item):
+                predicates.append(item)
+            else:
+                raise TypeError(f"exclude takes exception types or predicates, not {item!r}")
+        self._exclude_types = tuple(types)
+        self._exclude_predicates = tuple(predicates)
+        self._clock = clock or SYSTEM_CLOCK
+        self._store = store
+        self._fallback = fallback
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot(changed_at=self._clock.monotonic())
+        self._closed_fast = store is None
+        self._degraded: str | None = None
+        self._listeners: tuple[Callable[[StateChange], object], ...] = ()
+        self._successes = itertools.count()
+        self._rejections = itertools.count()
+        self._failures = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self.state.value}>"
+
+    @property
+    def config(self) -> BreakerConfig:
+        return self._config
+
+    @property
+    def failure_threshold(self) -> int:
+        return self._config.failure_threshold
+
+    @property
+    def timeout(self) -> float:
+        return self._config.timeout
+
+    @property
+    def success_threshold(self) -> int:
+        return self._config.success_threshold
+
+    # -- calling -----------------------------------------------------------------------------
+
+    def call(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call `func` through the breaker; when open, raise CircuitBreakerError instead."""
+        if self._closed_fast:
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                self._settle_error(None, exc)
+                raise
+            if self._snapshot.failure_count:
+                self._settle_success(None)
+            else:
+                next(self._successes)
+            return result
+        try:
+            permit = self._admit()
+        except CircuitBreakerError as rejection:
+            if self._fallback is None:
+                raise
+            return cast(R, self._fallback(rejection))
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            self._settle_error(permit, exc)
+            raise
+        self._settle_success(permit)
+        return result
+
+    async def call_async(
+        self, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Await `func(...)` through the breaker; cancellation is neutral and frees a trial."""
+        try:
+            permit = self._admit()
+        except CircuitBreakerError as rejection:
+            if self._fallback is None:
+                raise
+            return cast(R, self._fallback(rejection))
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            self._settle_error(permit, exc)
+            raise
+        self._settle_success(permit)
+        return result
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+
+    @overload
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
+
+    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a function; an async function stays async, a sync one stays sync."""
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_protected(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await self.call_async(func, *args, **kwargs)
+
+            return async_protected
+
+        @functools.wraps(func)
+        def protected(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return self.call(func, *args, **kwargs)
+
+        return protected
+
+    def __enter__(self) -> CircuitBreaker:
+        permit = self._admit()
+        _entered.set((*_entered.get(), (self, permit)))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        permit = self._pop_permit()
+        if exc is None:
+            self._settle_success(permit)
+        else:
+            self._settle_error(permit, exc)
+
+    async def __aenter__(self) -> CircuitBreaker:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, traceback)
+
+    def _pop_permit(self) -> Permit | None:
+        entered = _entered.get()
+        for index in range(len(entered) - 1, -1, -1):
+            if entered[index][0] is self:
+                _entered.set(entered[:index] + entered[index + 1 :])
+                return entered[index][1]
+        raise RuntimeError(f"circuit {self.name!r} exited without being entered")
+
+    def allows_call(self) -> bool:
+        """Whether a call made now would be admitted, without raising and without taking a permit.
+
+        For callers that must not pay for an exception; in HALF_OPEN the answer is advisory, since
+        another caller may take the last trial place first.
+        """
+        if self._closed_fast:
+            return True
+        if self._store is not None and self._degraded is None:
+            stored = self._load()
+            if stored is not None:
+                snapshot, now = stored
+                return machine.admit(snapshot, self._config, now)[1] is not None
+        snapshot = self._snapshot
+        if snapshot.state is _CLOSED:
+            return True
+        return machine.admit(snapshot, self._config, self._clock.monotonic())[1] is not None
+
+    # -- admission and outcomes ---------------------------------------------------------------
+
+    def _admit(self) -> Permit | None:
+        """A permit for one call, or CircuitBreakerError. None is a CLOSED fast-path permit."""
+        if self._closed_fast:
+            return None
+        if self._store is not None:
+            update = self._store_op(lambda store: store.admit(self.name, self._config))
+            if update is not None:
+                if update.permit is None:
+                    self._reject(update.after, self._store_now())
+                return update.permit
+        snapshot = self._snapshot
+        if snapshot.state is _OPEN and snapshot.opened_at is not None:
+            now = self._clock.monotonic()
+            if snapshot.forced or now < snapshot.opened_at + self._config.timeout:
+                self._reject(snapshot, now)
+        with self._lock:
+            now = self._clock.monotonic()
+            before = self._snapshot
+            after, permit = machine.admit(before, self._config, now)
+            self._install(after)
+        self._announce(before, after)
+        if permit is None:
+            self._reject(after, now)
+        return permit
+
+    def _reject(self, snapshot: Snapshot, now: float) -> None:
+        next(self._rejections)
+        raise CircuitBreakerError(self.name, machine.retry_after(snapshot, self._config, now))
+
+    def _settle_success(self, permit: Permit | None) -> None:
+        next(self._successes)
+        if self._store is not None:
+            if permit is not None and not permit.trial and not self._snapshot.failure_count:
+                return
+            update = self._store_op(
+                lambda store: store.record_success(self.name, self._config, permit)
+            )
+            if update is not None:
+                return
+        with self._lock:
+            before = self._snapshot
+            after = machine.record_success(before, self._config, permit, self._clock.monotonic())
+            self._install(after)
+        self._announce(before, after)
+
+    def _settle_error(self, permit: Permit | None, exc: BaseException) -> None:
+        if not self._is_failure(exc):
+            self._release(permit)
+            return
+        next(self._failures)
+        error = _describe(exc)
+        if self._store is not None:
+            update = self._store_op(
+                lambda store: store.record_failure(self.name, self._config, permit, error)
+            )
+            if update is not None:
+                return
+        with self._lock:
+            before = self._snapshot
+            after = machine.record_failure(
+                before, self._config, permit, self._clock.monotonic(), self._clock.wall(), error
+            )
+            self._install(after)
+        self._announce(before, after)
+
+    def _release(self, permit: Permit | None) -> None:
+        if permit is None or not permit.trial:
+            return
+        if self._store is not None:
+            update = self._store_op(lambda store: store.release(self.name, self._config, permit))
+            if update is not None:
+                return
+        with self._lock:
+            self._install(machine.release(self._snapshot, permit))
+
+    def _is_failure(self, exc: BaseException) -> bool:
+        """Only a non-excluded `Exception` counts; KeyboardInterrupt, cancellation are neutral."""
+        if not isinstance(exc, Exception):
+            return False
+        if self._exclude_types and isinstance(exc, self._exclude_types):
+            return False
+        return not any(predicate(exc) for predicate in self._exclude_predicates)
+
+    def _install(self, snapshot: Snapshot) -> None:
+        """Make `snapshot` current; called with the lock held (or from a store's answer)."""
+        self._snapshot = snapshot
+        self._closed_fast = self._store is None and snapshot.state is _CLOSED
+
+    # -- shared store ---------------------------------------------------------------------------
+
+    def _store_op(self, operation: Callable[[CircuitStore], Update]) -> Update | None:
+        """Run one store operation; on an unreachable store, note it and return None (degrade)."""
+        store = self._store
+        assert store is not None
+        try:
+            update = operation(store)
+        except StoreUnavailableError as error:
+            if self._degraded is None:
+                logger.warning(
+                    "circuit=%s store degraded: %s", self.name, error, extra={"circuit": self.name}
+                )
+            self._degraded = str(error)
+            return None
+        self._degraded = None
+        local = machine.rebase(update.after, self._clock.monotonic() - update.now)
+        with self._lock:
+            self._install(local)
+        self._announce(update.before, update.after)
+        return update
+
+    def _store_now(self) -> float:
+        assert self._store is not None
+        try:
+            return self._store.clock_now()
+        except StoreUnavailableError:
+            return self._clock.wall()
+
+    def _load(self) -> tuple[Snapshot, float] | None:
+        """The store's view of this circuit and the store's `now`, or None if unavailable/absent."""
+        assert self._store is not None
+        try:
+            stored = self._store.load(self.name)
+        except StoreUnavailableError as error:
+            self._degraded = str(error)
+            return None
+        if stored is None:
+            return Snapshot(), self._store_now()
+        return stored.snapshot, stored.now
+
+    # -- transitions and listeners -------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[StateChange], object]) -> None:
+        """Call `listener(StateChange)` after every transition this breaker makes."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Callable[[StateChange], object]) -> None:
+        with self._lock:
+            self._listeners = tuple(item for item in self._listeners if item is not listener)
+
+    def _announce(self, before: Snapshot, after: Snapshot) -> None:
+        """One log record and one listener call per transition; a failing listener is logged."""
+        if before.state is after.state:
+            return
+        level = logging.WARNING if after.state is _OPEN else logging.INFO
+        logger.log(
+            level,
+            "circuit=%s circuit_state=%s previous=%s failures=%d",
+            self.name,
+            after.state.value,
+            before.state.value,
+            after.failure_count,
+            extra={
+                "circuit": self.name,
+                "circuit_state": after.state.value,
+                "previous": before.state.value,
+                "failures": after.failure_count,
+            },
+        )
+        if not self._listeners:
+            return
+        event = StateChange(
+            self.name,
+            before.state,
+            after.state,
+            datetime.fromtimestamp(self._clock.wall(), UTC),
+            after.failure_count,
+        )
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("circuit=%s listener %r failed", self.name, listener)
+
+    # -- manual control and inspection --------------------------------------------------------
+
+    def reset(self) -> None:
+        """Back to CLOSED, counters cleared, any force lifted; here and in the store."""
+        if self._store is not None:
+            config = self._config
+            if self._store_op(lambda store: store.reset(self.name, config)) is not None:
+                return
+        with self._lock:
+            before = self._snapshot
+            after = machine.reset(before, self._clock.monotonic())
+            self._install(after)
+        self._announce(before, after)
+
+    def force_open(self) -> None:
+        """Reject every call until `reset()`; the recovery timeout does not apply."""
+        self._force(_OPEN)
+
+    def force_closed(self) -> None:
+        """Admit every call and never trip until `reset()` (e.g. during a known-noisy migration)."""
+        self._force(_CLOSED)
+
+    def _force(self, state: CircuitState) -> None:
+        if self._store is not None:
+            config = self._config
+            if self._store_op(lambda store: store.force(self.name, config, state)) is not None:
+                return
+        with self._lock:
+            before = self._snapshot
+            after = machine.force(before, state, self._clock.monotonic())
+            self._install(after)
+        self._announce(before, after)
+
+    def _current(self) -> tuple[Snapshot, float, float]:
+        """The freshest snapshot, `now` in its time base, and the wall-clock offset to convert."""
+        if self._store is not None and self._degraded is None:
+            stored = self._load()
+            if stored is not None:
+                snapshot, now = stored
+                return snapshot, now, 0.0
+        now = self._clock.monotonic()
+        return self._snapshot, now, self._clock.wall() - now
+
+    @property
+    def state(self) -> CircuitState:
+        """The state now (an OPEN circuit past its timeout turns HALF_OPEN on the next call)."""
+        return self._current()[0].state
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """A fresh dict of the circuit's state and counters (DESIGN.md §2 keys and more)."""
+        snapshot, now, to_wall = self._current()
+        config = self._config
+
+        def wall(moment: float | None) -> str | None:
+            return None if moment is None else iso_utc(moment + to_wall)
+
+        failures = _counted(self._failures)
+        rejections = _counted(self._rejections)
+        successes = _counted(self._successes)
+        return {
+            "name": self.name,
+            "state": snapshot.state.value,
+            "failure_count": snapshot.failure_count,
+            "success_count": snapshot.success_count,
+            "last_failure": iso_utc(snapshot.last_failure_at),
+            "last_error": snapshot.last_error,
+            "opened_at": wall(snapshot.opened_at),
+            "state_since": wall(snapshot.changed_at),
+            "retry_after": machine.retry_after(snapshot, config, now),
+            "forced": snapshot.forced,
+            "failure_threshold": config.failure_threshold,
+            "success_threshold": config.success_threshold,
+            "timeout": config.timeout,
+            "half_open_max_calls": config.half_open_max_calls,
+            "calls": successes + failures + rejections,
+            "successes": successes,
+            "failures": failures,
+            "rejections": rejections,
+            "store": "memory" if self._store is None else self._store.url,
+            "degraded": self._degraded,
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, single-line description of an error for `last_error`."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return f"{name}: {text}"[:200] if text else name

@@ -1,0 +1,108 @@
+"""The Typer application, global options, and the one place errors become output and exit codes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from cbctl.errors import CbctlError
+
+__all__ = ["Globals", "app", "globals_of"]
+
+
+@dataclass(frozen=True)
+class Globals:
+    """Options given before the command: where the state and the configuration are."""
+
+    state: str | None
+    config: Path | None
+    debug: bool
+
+
+class _Group(TyperGroup):
+    """Turns every CbctlError into one line on stderr and its exit code (traceback with --debug)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CbctlError as error:
+            if _debug(ctx):
+                raise
+            typer.echo(f"cbctl: {error}", err=True)
+            ctx.exit(error.exit_code)
+
+
+def _debug(ctx: typer.Context) -> bool:
+    obj = ctx.obj
+    return (isinstance(obj, Globals) and obj.debug) or bool(os.environ.get("CBCTL_DEBUG"))
+
+
+app = typer.Typer(
+    name="cbctl",
+    cls=_Group,
+    help="Circuit breakers for a local AI stack: probe, watch, reset, serve, simulate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cbctl import __version__
+
+        typer.echo(f"cbctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            envvar="CBCTL_STATE",
+            help="State file path or redis://URL shared by every cbctl process "
+            "[default: the user state directory's circuits.db].",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="CBCTL_CONFIG",
+            help="cbctl.toml to read [default: ./cbctl.toml, then the user config directory].",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Circuit breakers for Qdrant, PostgreSQL, Redis, llama.cpp and any HTTP/TCP service.
+
+    Example: cbctl simulate outage --timeout 2
+    """
+    ctx.obj = Globals(state=state, config=config, debug=debug)
+
+
+def globals_of(ctx: typer.Context) -> Globals:
+    """The global options of this invocation (defaults when a command runs on its own)."""
+    root_ctx = ctx.find_root()
+    obj = root_ctx.obj
+    return obj if isinstance(obj, Globals) else Globals(state=None, config=None, debug=False)

@@ -1,0 +1,89 @@
+"""In-process store: the shared-state contract without sharing beyond this process.
+
+Useful to let several registries of one process share circuits, and as the reference the
+other stores are held to by the contract tests. Times are wall-clock seconds, like every store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from cbctl import state as machine
+from cbctl.clock import SYSTEM_CLOCK, Clock
+from cbctl.state import BreakerConfig, CircuitState, Permit, Snapshot, StoredCircuit, Update
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Circuits in a dict, each operation atomic under one lock."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or SYSTEM_CLOCK
+        self._lock = threading.Lock()
+        self._circuits: dict[str, tuple[Snapshot, BreakerConfig]] = {}
+
+    @property
+    def url(self) -> str:
+        return "memory://"
+
+    def clock_now(self) -> float:
+        return self._clock.wall()
+
+    def _apply(
+        self,
+        name: str,
+        config: BreakerConfig | None,
+        change: Callable[[Snapshot, BreakerConfig, float], tuple[Snapshot, Permit | None]],
+    ) -> Update:
+        with self._lock:
+            now = self._clock.wall()
+            before, known = self._circuits.get(name, (Snapshot(changed_at=now), None))
+            settings = config or known or BreakerConfig()
+            after, permit = change(before, settings, now)
+            self._circuits[name] = (after, settings)
+        return Update(before, after, now, permit)
+
+    def load(self, name: str) -> StoredCircuit | None:
+        with self._lock:
+            entry = self._circuits.get(name)
+        if entry is None:
+            return None
+        return StoredCircuit(name, entry[0], entry[1], self._clock.wall())
+
+    def load_all(self) -> list[StoredCircuit]:
+        with self._lock:
+            entries = sorted(self._circuits.items())
+        now = self._clock.wall()
+        return [StoredCircuit(name, snap, config, now) for name, (snap, config) in entries]
+
+    def admit(self, name: str, config: BreakerConfig) -> Update:
+        return self._apply(name, config, machine.admit)
+
+    def record_success(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+        return self._apply(
+            name, config, lambda s, c, now: (machine.record_success(s, c, permit, now), permit)
+        )
+
+    def record_failure(
+        self, name: str, config: BreakerConfig, permit: Permit | None, error: str
+    ) -> Update:
+        wall = self._clock.wall()
+        return self._apply(
+            name,
+            config,
+            lambda s, c, now: (machine.record_failure(s, c, permit, now, wall, error), permit),
+        )
+
+    def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+        return self._apply(name, config, lambda s, c, now: (machine.release(s, permit), permit))
+
+    def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
+        return self._apply(name, config, lambda s, c, now: (machine.reset(s, now), None))
+
+    def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update:
+        return self._apply(name, config, lambda s, c, now: (machine.force(s, state, now), None))
+
+    def close(self) -> None:
+        """Nothing to release; present so every store can be closed the same way."""
