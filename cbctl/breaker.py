@@ -418,8 +418,9 @@ class CircuitBreaker:
             self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: Callable[[StateChange], object]) -> None:
+        """Stop calling `listener`; compared by equality, since `obj.method` is new each time."""
         with self._lock:
-            self._listeners = tuple(item for item in self._listeners if item is not listener)
+            self._listeners = tuple(item for item in self._listeners if item != listener)
 
     def _announce(self, before: Snapshot, after: Snapshot) -> None:
         """One log record and one listener call per transition; a failing listener is logged."""

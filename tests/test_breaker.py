@@ -1,0 +1,727 @@
+"""The breaker's contract (DESIGN.md §2-§3), one behaviour per test, driven by a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from typing import Any
+
+import pytest
+
+from cbctl import (
+    BreakerConfig,
+    CircuitBreaker,
+    CircuitBreakerError,
+    CircuitState,
+    ConfigError,
+    FakeClock,
+    StateChange,
+)
+from cbctl.stores import MemoryStore
+
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+
+
+class Boom(Exception):
+    """The dependency failed."""
+
+
+class NotFound(Exception):
+    """A business answer, not a dependency failure: excluded in the tests that say so."""
+
+
+def fail() -> None:
+    raise Boom("dependency down")
+
+
+def succeed() -> str:
+    return "ok"
+
+
+def make(clock: FakeClock, **settings: Any) -> CircuitBreaker:
+    settings.setdefault("failure_threshold", 3)
+    settings.setdefault("timeout", 10.0)
+    return CircuitBreaker("dep", clock=clock, **settings)
+
+
+def trip(breaker: CircuitBreaker) -> None:
+    for _ in range(breaker.failure_threshold):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    assert breaker.state is OPEN
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# -- the original specification's scenarios -----------------------------------------------------
+
+
+def test_closed_circuit_passes_calls_arguments_and_results_through(clock: FakeClock) -> None:
+    breaker = make(clock)
+
+    def add(a: int, b: int, *, scale: int = 1) -> int:
+        return (a + b) * scale
+
+    assert breaker.call(add, 2, 3, scale=10) == 50
+    assert breaker.state is CLOSED
+    assert breaker.stats["failure_count"] == 0
+
+
+def test_defaults_are_the_specifications() -> None:
+    breaker = CircuitBreaker("dep")
+    assert breaker.config == BreakerConfig(
+        failure_threshold=5, timeout=30.0, success_threshold=2, half_open_max_calls=1
+    )
+
+
+def test_threshold_consecutive_failures_open_the_circuit(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=3)
+    for expected in (1, 2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+        assert breaker.state is CLOSED
+        assert breaker.stats["failure_count"] == expected
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert breaker.state is OPEN
+    assert breaker.stats["failure_count"] == 3
+
+
+def test_a_success_between_failures_resets_the_count(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=3)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    breaker.call(succeed)
+    assert breaker.stats["failure_count"] == 0
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    assert breaker.state is CLOSED
+
+
+def test_the_tripping_calls_own_exception_reaches_the_caller(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=1)
+    original = Boom("the real cause")
+
+    def raise_original() -> None:
+        raise original
+
+    with pytest.raises(Boom) as caught:
+        breaker.call(raise_original)
+    assert caught.value is original
+    assert breaker.state is OPEN
+
+
+def test_open_circuit_does_not_call_the_function_and_raises_a_fresh_error(
+    clock: FakeClock,
+) -> None:
+    breaker = make(clock, timeout=10.0)
+    trip(breaker)
+    calls: list[int] = []
+    errors = []
+    for _ in range(2):
+        with pytest.raises(CircuitBreakerError) as caught:
+            breaker.call(calls.append, 1)
+        errors.append(caught.value)
+        clock.advance(4.0)
+    assert calls == []
+    assert errors[0] is not errors[1]
+    assert errors[0].name == "dep"
+    assert errors[0].retry_after == pytest.approx(10.0)
+    assert errors[1].retry_after == pytest.approx(6.0)
+    assert errors[0].exit_code == 3
+    assert "'dep' is open" in str(errors[0])
+
+
+def test_after_the_timeout_the_next_call_is_a_half_open_trial(clock: FakeClock) -> None:
+    breaker = make(clock, timeout=10.0)
+    trip(breaker)
+    clock.advance(9.5)
+    with pytest.raises(CircuitBreakerError):
+        breaker.call(succeed)
+    clock.advance(0.5)
+    seen: list[CircuitState] = []
+    breaker.call(lambda: seen.append(breaker.state))
+    assert seen == [HALF_OPEN]
+    assert breaker.state is HALF_OPEN
+
+
+def test_half_open_closes_after_success_threshold_successes(clock: FakeClock) -> None:
+    breaker = make(clock, success_threshold=3)
+    trip(breaker)
+    clock.advance(10.0)
+    for expected in (1, 2):
+        assert breaker.call(succeed) == "ok"
+        assert breaker.state is HALF_OPEN
+        assert breaker.stats["success_count"] == expected
+    breaker.call(succeed)
+    assert breaker.state is CLOSED
+    assert breaker.stats["failure_count"] == 0
+    assert breaker.stats["success_count"] == 0
+    for _ in range(breaker.failure_threshold - 1):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    assert breaker.state is CLOSED
+
+
+def test_one_half_open_failure_reopens_and_restarts_the_timer(clock: FakeClock) -> None:
+    breaker = make(clock, timeout=10.0, success_threshold=2)
+    trip(breaker)
+    clock.advance(10.0)
+    breaker.call(succeed)
+    assert breaker.state is HALF_OPEN
+    clock.advance(3.0)
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert breaker.state is OPEN
+    with pytest.raises(CircuitBreakerError) as caught:
+        breaker.call(succeed)
+    assert caught.value.retry_after == pytest.approx(10.0)
+    clock.advance(9.0)
+    with pytest.raises(CircuitBreakerError):
+        breaker.call(succeed)
+    clock.advance(1.0)
+    assert breaker.call(succeed) == "ok"
+    assert breaker.state is HALF_OPEN
+
+
+def test_half_open_rejects_other_callers_while_the_trial_is_in_flight(clock: FakeClock) -> None:
+    breaker = make(clock, half_open_max_calls=1)
+    trip(breaker)
+    clock.advance(10.0)
+    called: list[str] = []
+    with breaker:
+        assert breaker.state is HALF_OPEN
+        with pytest.raises(CircuitBreakerError) as caught:
+            breaker.call(called.append, "second")
+        assert caught.value.retry_after is None
+        assert not breaker.allows_call()
+    assert called == []
+
+
+def test_half_open_admits_up_to_half_open_max_calls_trials(clock: FakeClock) -> None:
+    breaker = make(clock, half_open_max_calls=2, success_threshold=5)
+    trip(breaker)
+    clock.advance(10.0)
+    with breaker, breaker, pytest.raises(CircuitBreakerError):
+        breaker.call(succeed)
+    assert breaker.stats["success_count"] == 2
+    assert breaker.call(succeed) == "ok"
+
+
+def test_manual_reset_closes_and_clears_counters(clock: FakeClock) -> None:
+    breaker = make(clock)
+    trip(breaker)
+    breaker.reset()
+    assert breaker.state is CLOSED
+    stats = breaker.stats
+    assert (stats["failure_count"], stats["success_count"], stats["retry_after"]) == (0, 0, None)
+    assert stats["opened_at"] is None
+    assert breaker.call(succeed) == "ok"
+    for _ in range(breaker.failure_threshold - 1):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    assert breaker.state is CLOSED
+
+
+def test_an_outcome_admitted_before_a_reset_does_not_move_the_new_state(
+    clock: FakeClock,
+) -> None:
+    breaker = make(clock)
+    trip(breaker)
+    clock.advance(10.0)
+
+    def trial_failing_after_a_reset() -> None:
+        with breaker:
+            breaker.reset()
+            raise Boom("late trial failure")
+
+    with pytest.raises(Boom):
+        trial_failing_after_a_reset()
+    assert breaker.state is CLOSED
+    assert breaker.stats["failure_count"] == 0
+
+
+# -- neutral outcomes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exclude",
+    [(NotFound,), (lambda exc: isinstance(exc, NotFound),)],
+    ids=["type", "predicate"],
+)
+def test_excluded_errors_are_neutral_in_closed_and_half_open(
+    clock: FakeClock, exclude: tuple[Any, ...]
+) -> None:
+    breaker = make(clock, failure_threshold=2, exclude=exclude)
+
+    def not_found() -> None:
+        raise NotFound("no such row")
+
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    for _ in range(5):
+        with pytest.raises(NotFound):
+            breaker.call(not_found)
+    assert breaker.stats["failure_count"] == 1  # neither counted nor a reset
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert breaker.state is OPEN
+
+    clock.advance(10.0)
+    with pytest.raises(NotFound):
+        breaker.call(not_found)
+    assert breaker.state is HALF_OPEN
+    assert breaker.stats["success_count"] == 0
+    assert breaker.call(succeed) == "ok"  # the trial place was given back
+    assert breaker.stats["failures"] == 2
+
+
+def test_exclude_refuses_what_is_neither_an_exception_type_nor_a_predicate() -> None:
+    with pytest.raises(TypeError):
+        CircuitBreaker("dep", exclude=[int])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        CircuitBreaker("dep", exclude=["NotFound"])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, SystemExit])
+def test_interruptions_are_neutral_and_release_the_half_open_permit(
+    clock: FakeClock, interruption: type[BaseException]
+) -> None:
+    breaker = make(clock, failure_threshold=1)
+
+    def interrupted() -> None:
+        raise interruption
+
+    with pytest.raises(interruption):
+        breaker.call(interrupted)
+    assert breaker.state is CLOSED
+    assert breaker.stats["failure_count"] == 0
+
+    trip(breaker)
+    clock.advance(10.0)
+    with pytest.raises(interruption):
+        breaker.call(interrupted)
+    assert breaker.state is HALF_OPEN
+    assert breaker.call(succeed) == "ok"
+
+
+def test_a_cancelled_async_trial_is_neutral_and_releases_its_permit(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=1)
+
+    async def scenario() -> None:
+        with pytest.raises(Boom):
+            await breaker.call_async(async_fail)
+        clock.advance(10.0)
+        started = asyncio.Event()
+
+        async def hang() -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        task = asyncio.create_task(breaker.call_async(hang))
+        await started.wait()
+        with pytest.raises(CircuitBreakerError):
+            await breaker.call_async(async_succeed)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert breaker.state is HALF_OPEN
+        assert await breaker.call_async(async_succeed) == "ok"
+
+    asyncio.run(scenario())
+    assert breaker.stats["failures"] == 1
+
+
+async def async_fail() -> None:
+    raise Boom("async dependency down")
+
+
+async def async_succeed() -> str:
+    return "ok"
+
+
+# -- listeners and logs -----------------------------------------------------------------------
+
+
+def test_listeners_get_one_event_per_transition(clock: FakeClock) -> None:
+    breaker = make(clock, success_threshold=1)
+    events: list[StateChange] = []
+    breaker.add_listener(events.append)
+    trip(breaker)
+    clock.advance(10.0)
+    breaker.call(succeed)
+    assert [(e.previous, e.state) for e in events] == [
+        (CLOSED, OPEN),
+        (OPEN, HALF_OPEN),
+        (HALF_OPEN, CLOSED),
+    ]
+    assert {e.name for e in events} == {"dep"}
+    assert events[0].failure_count == 3
+    assert events[0].at.isoformat() == "2026-01-01T00:00:00+00:00"
+    assert events[1].at.isoformat() == "2026-01-01T00:00:10+00:00"
+    breaker.remove_listener(events.append)
+    breaker.force_open()
+    assert len(events) == 3
+
+
+def test_a_failing_listener_is_logged_and_changes_nothing(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = make(clock, failure_threshold=1)
+    after: list[StateChange] = []
+
+    def broken(event: StateChange) -> None:
+        raise RuntimeError("listener bug")
+
+    breaker.add_listener(broken)
+    breaker.add_listener(after.append)
+    with caplog.at_level(logging.INFO, logger="cbctl"), pytest.raises(Boom):
+        breaker.call(fail)
+    assert breaker.state is OPEN
+    assert len(after) == 1  # later listeners still run
+    failures = [r for r in caplog.records if r.exc_info and "listener" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].levelno == logging.ERROR
+    clock.advance(10.0)
+    with caplog.at_level(logging.INFO, logger="cbctl"):
+        assert breaker.call(succeed) == "ok"
+
+
+def transition_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if hasattr(r, "circuit_state")]
+
+
+def test_every_transition_logs_exactly_one_structured_record(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = CircuitBreaker("qdrant", failure_threshold=5, timeout=10.0, clock=clock)
+    with caplog.at_level(logging.DEBUG, logger="cbctl"):
+        for _ in range(5):
+            with pytest.raises(Boom):
+                breaker.call(fail)
+        for _ in range(3):
+            with pytest.raises(CircuitBreakerError):
+                breaker.call(succeed)
+        clock.advance(10.0)
+        breaker.call(succeed)
+        breaker.call(succeed)
+        breaker.call(succeed)
+    records = transition_records(caplog)
+    assert [r.getMessage() for r in records] == [
+        "circuit=qdrant circuit_state=open previous=closed failures=5",
+        "circuit=qdrant circuit_state=half_open previous=open failures=5",
+        "circuit=qdrant circuit_state=closed previous=half_open failures=0",
+    ]
+    opened = records[0]
+    assert (opened.circuit, opened.circuit_state, opened.previous, opened.failures) == (  # type: ignore[attr-defined]
+        "qdrant",
+        "open",
+        "closed",
+        5,
+    )
+    assert opened.levelno == logging.WARNING
+    assert records[2].levelno == logging.INFO
+    assert opened.name == "cbctl.breaker"
+
+
+def test_reset_and_force_log_their_transitions(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker = make(clock)
+    with caplog.at_level(logging.INFO, logger="cbctl"):
+        breaker.force_open()
+        breaker.reset()
+        breaker.reset()  # already closed: no transition, no record
+    assert [(r.previous, r.circuit_state) for r in transition_records(caplog)] == [  # type: ignore[attr-defined]
+        ("closed", "open"),
+        ("open", "closed"),
+    ]
+
+
+# -- every way to wrap a call -----------------------------------------------------------------
+
+
+def test_decorator_keeps_a_sync_functions_name_signature_and_kind(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=1)
+
+    def fetch(key: str, *, default: int = 0) -> int:
+        """Fetch a value."""
+        if key == "bad":
+            raise Boom(key)
+        return default
+
+    protected = breaker(fetch)
+    assert protected.__name__ == "fetch"
+    assert protected.__doc__ == "Fetch a value."
+    assert inspect.signature(protected) == inspect.signature(fetch)
+    assert not inspect.iscoroutinefunction(protected)
+    assert protected("good", default=7) == 7
+    with pytest.raises(Boom):
+        protected("bad")
+    with pytest.raises(CircuitBreakerError):
+        protected("good")
+
+
+def test_decorator_keeps_an_async_function_async(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=1)
+
+    @breaker
+    async def fetch(key: str) -> str:
+        """Fetch asynchronously."""
+        if key == "bad":
+            raise Boom(key)
+        return key.upper()
+
+    assert inspect.iscoroutinefunction(fetch)
+    assert fetch.__name__ == "fetch"
+    assert list(inspect.signature(fetch).parameters) == ["key"]
+
+    async def scenario() -> None:
+        assert await fetch("a") == "A"
+        with pytest.raises(Boom):
+            await fetch("bad")
+        with pytest.raises(CircuitBreakerError):
+            await fetch("a")
+
+    asyncio.run(scenario())
+
+
+def test_with_block_records_outcomes_and_rejects_when_open(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=2)
+    with breaker:
+        pass
+    for _ in range(2):
+        with pytest.raises(Boom), breaker:
+            raise Boom("inside with")
+    assert breaker.state is OPEN
+    ran: list[bool] = []
+    with pytest.raises(CircuitBreakerError), breaker:
+        ran.append(True)
+    assert ran == []
+    clock.advance(10.0)
+    with breaker:
+        ran.append(True)
+    assert ran == [True]
+    assert breaker.stats["success_count"] == 1
+
+
+def test_async_with_records_outcomes_and_rejects_when_open(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=1, success_threshold=1)
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        with pytest.raises(Boom):
+            async with breaker:
+                raise Boom("inside async with")
+        with pytest.raises(CircuitBreakerError):
+            async with breaker:
+                ran.append("open")
+        clock.advance(10.0)
+        async with breaker:
+            ran.append("trial")
+
+    asyncio.run(scenario())
+    assert ran == ["trial"]
+    assert breaker.state is CLOSED
+
+
+def test_exiting_a_breaker_that_was_not_entered_is_an_error(clock: FakeClock) -> None:
+    with pytest.raises(RuntimeError, match="without being entered"):
+        make(clock).__exit__(None, None, None)
+
+
+def test_fallback_answers_instead_of_the_rejection(clock: FakeClock) -> None:
+    rejections: list[CircuitBreakerError] = []
+
+    def cached(rejection: CircuitBreakerError) -> str:
+        rejections.append(rejection)
+        return "cached"
+
+    breaker = make(clock, failure_threshold=1, fallback=cached)
+    with pytest.raises(Boom):  # a failure is not hidden by the fallback
+        breaker.call(fail)
+    assert breaker.call(succeed) == "cached"
+
+    async def scenario() -> str:
+        return await breaker.call_async(async_succeed)
+
+    assert asyncio.run(scenario()) == "cached"
+    assert [r.name for r in rejections] == ["dep", "dep"]
+    assert breaker.stats["rejections"] == 2
+
+
+def test_allows_call_answers_without_raising_or_taking_a_permit(clock: FakeClock) -> None:
+    breaker = make(clock)
+    assert breaker.allows_call()
+    trip(breaker)
+    assert not breaker.allows_call()
+    clock.advance(10.0)
+    assert breaker.allows_call()
+    assert breaker.allows_call()
+    assert breaker.state is OPEN  # asking did not start the trial
+    assert breaker.stats["rejections"] == 0
+    assert breaker.call(succeed) == "ok"
+
+
+# -- manual control ---------------------------------------------------------------------------
+
+
+def test_force_open_holds_open_past_the_timeout_until_reset(clock: FakeClock) -> None:
+    breaker = make(clock)
+    breaker.force_open()
+    called: list[int] = []
+    for _ in range(3):
+        clock.advance(1000.0)
+        with pytest.raises(CircuitBreakerError) as caught:
+            breaker.call(called.append, 1)
+        assert caught.value.retry_after is None
+        assert not breaker.allows_call()
+    assert called == []
+    assert breaker.stats["forced"] is True
+    assert breaker.state is OPEN
+    breaker.reset()
+    breaker.call(called.append, 1)
+    assert called == [1]
+    assert breaker.stats["forced"] is False
+
+
+def test_force_closed_never_trips_until_reset(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=2)
+    breaker.force_closed()
+    for _ in range(10):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    assert breaker.state is CLOSED
+    assert breaker.stats["forced"] is True
+    breaker.reset()
+    trip(breaker)
+
+
+def test_force_open_from_half_open_drops_the_trial(clock: FakeClock) -> None:
+    breaker = make(clock)
+    trip(breaker)
+    clock.advance(10.0)
+    with breaker:
+        breaker.force_open()
+    assert breaker.state is OPEN
+    clock.advance(100.0)
+    assert not breaker.allows_call()
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"failure_threshold": 0},
+        {"failure_threshold": -1},
+        {"failure_threshold": True},
+        {"failure_threshold": 2.5},
+        {"success_threshold": 0},
+        {"half_open_max_calls": 0},
+        {"timeout": 0},
+        {"timeout": -5.0},
+        {"timeout": math.nan},
+        {"timeout": math.inf},
+        {"timeout": True},
+        {"timeout": "30"},
+    ],
+    ids=repr,
+)
+def test_invalid_settings_are_refused_with_config_error(settings: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        CircuitBreaker("dep", **settings)
+    assert next(iter(settings)) in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_an_integer_timeout_is_kept_as_seconds() -> None:
+    assert CircuitBreaker("dep", timeout=3).timeout == 3.0
+
+
+# -- statistics -------------------------------------------------------------------------------
+
+
+def test_stats_carry_the_specified_keys_and_useful_extras(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=2, timeout=10.0)
+    stats = breaker.stats
+    assert {
+        key: stats[key]
+        for key in ("name", "state", "failure_count", "success_count", "last_failure")
+    } == {
+        "name": "dep",
+        "state": "closed",
+        "failure_count": 0,
+        "success_count": 0,
+        "last_failure": None,
+    }
+    breaker.call(succeed)
+    clock.advance(90.0)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    clock.advance(4.0)
+    with pytest.raises(CircuitBreakerError):
+        breaker.call(succeed)
+    stats = breaker.stats
+    assert stats["state"] == "open"
+    assert stats["failure_count"] == 2
+    assert stats["last_failure"] == "2026-01-01T00:01:30Z"
+    assert stats["last_error"] == "Boom: dependency down"
+    assert stats["opened_at"] == "2026-01-01T00:01:30Z"
+    assert stats["retry_after"] == pytest.approx(6.0)
+    assert (stats["calls"], stats["successes"], stats["failures"], stats["rejections"]) == (
+        4,
+        1,
+        2,
+        1,
+    )
+    assert stats["store"] == "memory"
+    assert stats["failure_threshold"] == 2
+    assert breaker.stats is not breaker.stats
+
+
+def test_stats_are_the_same_through_a_memory_store() -> None:
+    stats = []
+    for with_store in (False, True):
+        clock = FakeClock()
+        store = MemoryStore(clock) if with_store else None
+        breaker = make(clock, failure_threshold=2, store=store)
+        breaker.call(succeed)
+        clock.advance(30.0)
+        for _ in range(2):
+            with pytest.raises(Boom):
+                breaker.call(fail)
+        clock.advance(3.0)
+        with pytest.raises(CircuitBreakerError):
+            breaker.call(succeed)
+        stats.append(breaker.stats)
+    local, shared = stats
+    assert (local.pop("store"), shared.pop("store")) == ("memory", "memory://")
+    assert shared == local
+    assert shared["retry_after"] == pytest.approx(7.0)
+    assert shared["opened_at"] == "2026-01-01T00:00:30Z"
+
+
+def test_two_breakers_sharing_a_memory_store_see_one_circuit(clock: FakeClock) -> None:
+    store = MemoryStore(clock)
+    first = make(clock, failure_threshold=2, store=store)
+    second = make(clock, failure_threshold=2, store=store)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            first.call(fail)
+    called: list[int] = []
+    with pytest.raises(CircuitBreakerError):
+        second.call(called.append, 1)
+    assert called == []
+    second.reset()
+    assert first.state is CLOSED
+    assert first.call(succeed) == "ok"
