@@ -1,0 +1,407 @@
+"""Outage and recovery verification, as the original specification did it by hand, with a verdict.
+
+`run_outage` drives one breaker through: steady state, outage (exactly failure_threshold
+failures, then OPEN), fail-fast (rejections, no contact with the dependency), a trial while still
+down (HALF_OPEN -> OPEN), recovery (HALF_OPEN -> CLOSED after success_threshold successes), and
+no cascade (a second, healthy dependency answers throughout). It returns a typed `Journal` and
+never prints; progress goes to an `on_event` callback so the CLI can draw a live timeline.
+
+What the scenario acts on is a `Target`: the real one (`cbctl.targets`) talks to a dependency
+through the fault proxy; tests can drive the same scenario in virtual time with a fake target and
+a `FakeClock` whose `advance` is the scenario's `sleep`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cbctl.breaker import CircuitBreaker, StateChange
+from cbctl.clock import SYSTEM_CLOCK, Clock
+from cbctl.errors import CircuitBreakerError
+from cbctl.state import BreakerConfig, CircuitState
+
+__all__ = [
+    "Check",
+    "Event",
+    "Journal",
+    "Target",
+    "Transition",
+    "run_flapping",
+    "run_outage",
+]
+
+OPEN = CircuitState.OPEN
+CLOSED = CircuitState.CLOSED
+HALF_OPEN = CircuitState.HALF_OPEN
+
+FAIL_FAST_CALLS = 20
+"""Calls made while OPEN to show that every one is rejected without contacting the dependency."""
+
+
+class Target(Protocol):
+    """A dependency the scenario can call, take down, bring back, and count contacts with."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str:
+        """Where it is, passwords redacted (shown in the journal)."""
+        ...
+
+    def call(self) -> str:
+        """One health call; returns a short answer or raises (DependencyError, OSError...)."""
+        ...
+
+    def take_down(self) -> None: ...
+
+    def bring_back(self) -> None: ...
+
+    def contacts(self) -> int:
+        """Connections that reached the dependency (or its proxy) so far — measured, not assumed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    previous: CircuitState
+    state: CircuitState
+    at: float
+    """Seconds since the scenario started."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of the live timeline."""
+
+    at: float
+    phase: str
+    message: str
+    state: CircuitState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    """The scenario's record: what was checked, what was measured, how the circuit moved."""
+
+    scenario: str
+    dependency: str
+    target: str
+    settings: BreakerConfig
+    checks: tuple[Check, ...]
+    transitions: tuple[Transition, ...]
+    notes: tuple[str, ...] = ()
+    measurements: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` shape of DESIGN/issue 6."""
+        return {
+            "scenario": self.scenario,
+            "dependency": self.dependency,
+            "target": self.target,
+            "passed": self.passed,
+            "settings": self.settings.as_dict(),
+            "notes": list(self.notes),
+            "checks": [
+                {"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks
+            ],
+            "transitions": [
+                {"from": t.previous.value, "to": t.state.value, "at": round(t.at, 3)}
+                for t in self.transitions
+            ],
+            "measurements": {key: round(value, 6) for key, value in self.measurements.items()},
+        }
+
+
+class _Run:
+    """The mutable bookkeeping of one scenario run (kept out of the frozen Journal)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        on_event: Callable[[Event], object] | None,
+    ) -> None:
+        self.clock = clock
+        self.started = clock.monotonic()
+        self.on_event = on_event
+        self.checks: list[Check] = []
+        self.transitions: list[Transition] = []
+        self.measurements: dict[str, float] = {}
+
+    def elapsed(self) -> float:
+        return self.clock.monotonic() - self.started
+
+    def event(self, phase: str, message: str, state: CircuitState | None = None) -> None:
+        if self.on_event is not None:
+            self.on_event(Event(self.elapsed(), phase, message, state))
+
+    def check(self, name: str, passed: bool, detail: str) -> bool:
+        self.checks.append(Check(name, passed, detail))
+        self.event(name, ("passed: " if passed else "FAILED: ") + detail)
+        return passed
+
+    def on_transition(self, change: StateChange) -> None:
+        self.transitions.append(Transition(change.previous, change.state, self.elapsed()))
+        self.event("transition", f"{change.previous.value} -> {change.state.value}", change.state)
+
+
+def _attempt(breaker: CircuitBreaker, target: Target) -> tuple[str, str]:
+    """One call through the breaker: ("success"|"failure"|"rejected", detail)."""
+    try:
+        return "success", breaker.call(target.call)
+    except CircuitBreakerError as rejection:
+        return "rejected", str(rejection)
+    except Exception as error:
+        return "failure", str(error) or type(error).__name__
+
+
+def run_outage(
+    target: Target,
+    healthy: Target,
+    settings: BreakerConfig,
+    *,
+    expect: BreakerConfig | None = None,
+    clock: Clock | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+    on_event: Callable[[Event], object] | None = None,
+    notes: tuple[str, ...] = (),
+) -> Journal:
+    """Run the outage -> fail fast -> recovery scenario against `target`; see the module doc.
+
+    `settings` configure the breaker under test; `expect` (default: the same) is what the checks
+    hold it to, so a breaker configured wrongly makes the verdict say no. The target is always
+    brought back, even when a check fails or the run is interrupted.
+    """
+    clock = clock or SYSTEM_CLOCK
+    expect = expect or settings
+    run = _Run(clock, on_event)
+    breaker = CircuitBreaker(target.name, config=settings, clock=clock)
+    bystander = CircuitBreaker(healthy.name, config=settings, clock=clock)
+    breaker.add_listener(run.on_transition)
+    bystander_results: list[str] = []
+
+    def bystander_call() -> None:
+        bystander_results.append(_attempt(bystander, healthy)[0])
+
+    down = False
+    try:
+        _steady(run, breaker, target)
+        bystander_call()
+        target.take_down()
+        down = True
+        run.event("outage", f"{target.name} taken down")
+        if _opens(run, breaker, target, expect, bystander_call):
+            _fails_fast(run, breaker, target)
+            bystander_call()
+            _trial_reopens(run, breaker, target, expect, sleep)
+            bystander_call()
+        target.bring_back()
+        down = False
+        run.event("recovery", f"{target.name} brought back")
+        _recovers(run, breaker, target, expect, sleep, bystander_call)
+    finally:
+        if down:
+            target.bring_back()
+    answered = bystander_results.count("success")
+    run.check(
+        "no cascade",
+        answered == len(bystander_results) and bystander.state is CLOSED,
+        f"{healthy.name} answered {answered} of {len(bystander_results)} calls through its own "
+        f"breaker, which stayed {bystander.state.value}",
+    )
+    return Journal(
+        scenario="outage",
+        dependency=target.name,
+        target=target.address,
+        settings=settings,
+        checks=tuple(run.checks),
+        transitions=tuple(run.transitions),
+        notes=notes,
+        measurements=run.measurements,
+    )
+
+
+def _steady(run: _Run, breaker: CircuitBreaker, target: Target) -> None:
+    started = run.clock.monotonic()
+    outcome, detail = _attempt(breaker, target)
+    latency = (run.clock.monotonic() - started) * 1000
+    run.measurements["steady_latency_ms"] = latency
+    run.check(
+        "steady state",
+        outcome == "success" and breaker.state is CLOSED,
+        f"{target.name} answered {detail!r} in {latency:.1f} ms; circuit {breaker.state.value}"
+        if outcome == "success"
+        else f"{target.name} did not answer before the outage: {detail}",
+    )
+
+
+def _opens(
+    run: _Run,
+    breaker: CircuitBreaker,
+    target: Target,
+    expect: BreakerConfig,
+    between_calls: Callable[[], None],
+) -> bool:
+    """Exactly `failure_threshold` failures, then OPEN (not one call earlier, not later)."""
+    threshold = expect.failure_threshold
+    failures = 0
+    opened_after: int | None = None
+    for attempt in range(1, threshold + 1):
+        outcome, detail = _attempt(breaker, target)
+        run.event("outage", f"call {attempt}: {outcome} ({detail})", breaker.state)
+        if outcome == "failure":
+            failures += 1
+        if breaker.state is OPEN:
+            opened_after = attempt
+            break
+        between_calls()
+    passed = failures == threshold and opened_after == threshold
+    if opened_after is None:
+        detail = f"still {breaker.state.value} after {threshold} calls ({failures} failed)"
+    else:
+        detail = f"opened after {failures} failures (threshold {threshold})"
+    return run.check("opens after failure_threshold failures", passed, detail)
+
+
+def _fails_fast(run: _Run, breaker: CircuitBreaker, target: Target) -> None:
+    contacts_before = target.contacts()
+    latencies: list[float] = []
+    rejected = 0
+    for _ in range(FAIL_FAST_CALLS):
+        started = time.perf_counter()
+        outcome, _detail = _attempt(breaker, target)
+        latencies.append(time.perf_counter() - started)
+        rejected += outcome == "rejected"
+    new_contacts = target.contacts() - contacts_before
+    median_us = statistics.median(latencies) * 1e6
+    run.measurements["rejection_median_us"] = median_us
+    run.check(
+        "fails fast while open",
+        rejected == FAIL_FAST_CALLS and new_contacts == 0,
+        f"{rejected}/{FAIL_FAST_CALLS} calls rejected in {median_us:.1f} us (median); "
+        f"{new_contacts} new connections reached {target.name}",
+    )
+
+
+def _wait_for_retry(run: _Run, breaker: CircuitBreaker, sleep: Callable[[float], object]) -> None:
+    wait = breaker.stats["retry_after"] or 0.0
+    run.event("waiting", f"recovery timeout: {wait:.1f}s until a trial", breaker.state)
+    sleep(wait + 0.01)
+
+
+def _trial_reopens(
+    run: _Run,
+    breaker: CircuitBreaker,
+    target: Target,
+    expect: BreakerConfig,
+    sleep: Callable[[float], object],
+) -> None:
+    """After the timeout, one trial is let through; the dependency is still down, so OPEN again."""
+    _wait_for_retry(run, breaker, sleep)
+    seen = len(run.transitions)
+    outcome, detail = _attempt(breaker, target)
+    moves = [(t.previous, t.state) for t in run.transitions[seen:]]
+    passed = outcome == "failure" and moves == [(OPEN, HALF_OPEN), (HALF_OPEN, OPEN)]
+    run.check(
+        "trial while down re-opens",
+        passed,
+        f"trial {outcome} ({detail}); circuit went "
+        + (" -> ".join([OPEN.value, *(state.value for _, state in moves)]) if moves else "nowhere"),
+    )
+
+
+def _recovers(
+    run: _Run,
+    breaker: CircuitBreaker,
+    target: Target,
+    expect: BreakerConfig,
+    sleep: Callable[[float], object],
+    between_calls: Callable[[], None],
+) -> None:
+    """After the timeout: HALF_OPEN, then CLOSED after exactly success_threshold successes."""
+    if breaker.state is OPEN:
+        _wait_for_retry(run, breaker, sleep)
+    seen = len(run.transitions)
+    successes = 0
+    closed_after: int | None = None
+    for attempt in range(1, expect.success_threshold + 1):
+        outcome, detail = _attempt(breaker, target)
+        run.event("recovery", f"call {attempt}: {outcome} ({detail})", breaker.state)
+        successes += outcome == "success"
+        if breaker.state is CLOSED:
+            closed_after = attempt
+            break
+        between_calls()
+    moves = [(t.previous, t.state) for t in run.transitions[seen:]]
+    passed = (
+        successes == expect.success_threshold
+        and closed_after == expect.success_threshold
+        and moves == [(OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
+    )
+    path = " -> ".join([OPEN.value, *(state.value for _, state in moves)]) if moves else "nowhere"
+    run.check(
+        "recovers: half-open, then closed",
+        passed,
+        f"{successes} successes (threshold {expect.success_threshold}); circuit went {path}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FlappingReport:
+    """How much a breaker dampens a flapping dependency."""
+
+    calls: int
+    attempts_with_breaker: int
+    attempts_without_breaker: int
+    rejected: int
+    failures_with_breaker: int
+    failures_without_breaker: int
+
+
+def run_flapping(
+    target: Target,
+    settings: BreakerConfig,
+    *,
+    calls: int,
+    interval: float,
+    clock: Clock | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+) -> FlappingReport:
+    """Call a flapping target `calls` times with and without a breaker; count what reached it."""
+    clock = clock or SYSTEM_CLOCK
+    breaker = CircuitBreaker(target.name, config=settings, clock=clock)
+    rejected = failures_with = 0
+    before = target.contacts()
+    for _ in range(calls):
+        outcome, _detail = _attempt(breaker, target)
+        rejected += outcome == "rejected"
+        failures_with += outcome == "failure"
+        sleep(interval)
+    with_breaker = target.contacts() - before
+    failures_without = 0
+    before = target.contacts()
+    for _ in range(calls):
+        try:
+            target.call()
+        except Exception:
+            failures_without += 1
+        sleep(interval)
+    without_breaker = target.contacts() - before
+    return FlappingReport(
+        calls, with_breaker, without_breaker, rejected, failures_with, failures_without
+    )
