@@ -1,0 +1,281 @@
+"""Hypothesis drives a CircuitBreaker with random calls, clock moves and manual control, and
+checks it step by step against a small reference model written here from DESIGN.md §3 alone
+(it shares no code with cbctl.state). The same machine runs against a breaker whose state
+lives in a MemoryStore: the store path must behave exactly like the in-process one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from cbctl import CircuitBreaker, CircuitBreakerError, FakeClock
+from cbctl.stores import MemoryStore
+
+START_WALL = 1_767_225_600.0
+
+
+class Boom(Exception):
+    """A dependency failure."""
+
+
+class NotFound(Exception):
+    """Excluded by type."""
+
+
+class Throttled(Exception):
+    """Excluded by a predicate."""
+
+
+OUTCOMES = ("success", "failure", "excluded_type", "excluded_predicate", "interrupted")
+WAYS = ("call", "decorator", "with", "async")
+
+
+@dataclass
+class Model:
+    """What DESIGN.md §3 says a breaker does, for calls that complete one at a time."""
+
+    failure_threshold: int
+    timeout: float
+    success_threshold: int
+    state: str = "closed"
+    failure_count: int = 0
+    success_count: int = 0
+    opened_at: float | None = None
+    forced: bool = False
+    now: float = 0.0
+    last_failure_at: float | None = None
+    successes: int = 0
+    failures: int = 0
+    rejections: int = 0
+
+    def would_admit(self) -> bool:
+        if self.state != "open":
+            return True
+        assert self.opened_at is not None
+        return not self.forced and self.now >= self.opened_at + self.timeout
+
+    def retry_after(self) -> float | None:
+        if self.state != "open" or self.forced:
+            return None
+        assert self.opened_at is not None
+        return max(0.0, self.opened_at + self.timeout - self.now)
+
+    def open(self) -> None:
+        self.state, self.opened_at, self.success_count = "open", self.now, 0
+
+    def call(self, outcome: str) -> bool:
+        """Apply one call; True when the protected function runs."""
+        if not self.would_admit():
+            self.rejections += 1
+            return False
+        if self.state == "open":
+            self.state, self.success_count = "half_open", 0
+        if outcome == "success":
+            self.successes += 1
+            if self.state == "closed":
+                self.failure_count = 0
+            else:
+                self.success_count += 1
+                if self.success_count >= self.success_threshold:
+                    self.state, self.failure_count, self.success_count = "closed", 0, 0
+                    self.opened_at = None
+        elif outcome == "failure":
+            self.failures += 1
+            self.last_failure_at = self.now
+            if self.state == "half_open":
+                self.open()
+            else:
+                self.failure_count += 1
+                if self.failure_count >= self.failure_threshold and not self.forced:
+                    self.open()
+        return True
+
+    def reset(self) -> None:
+        self.state, self.failure_count, self.success_count = "closed", 0, 0
+        self.opened_at, self.forced = None, False
+
+    def force(self, state: str) -> None:
+        self.state, self.failure_count, self.success_count = state, 0, 0
+        self.opened_at = self.now if state == "open" else None
+        self.forced = True
+
+
+def iso(offset: float | None) -> str | None:
+    if offset is None:
+        return None
+    moment = datetime.fromtimestamp(START_WALL + offset, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class BreakerMachine(RuleBasedStateMachine):
+    use_store: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock(wall=START_WALL)
+        self.breaker: CircuitBreaker
+        self.model: Model
+
+    @initialize(
+        failure_threshold=st.integers(1, 4),
+        success_threshold=st.integers(1, 3),
+        timeout_quarters=st.integers(1, 80),
+    )
+    def build(self, failure_threshold: int, success_threshold: int, timeout_quarters: int) -> None:
+        timeout = timeout_quarters / 4  # quarters add exactly in both time bases
+        self.breaker = CircuitBreaker(
+            "dep",
+            failure_threshold=failure_threshold,
+            timeout=timeout,
+            success_threshold=success_threshold,
+            exclude=(NotFound, lambda exc: isinstance(exc, Throttled)),
+            clock=self.clock,
+            store=MemoryStore(self.clock) if self.use_store else None,
+        )
+        self.model = Model(failure_threshold, timeout, success_threshold)
+
+    @rule(outcome=st.sampled_from(OUTCOMES), way=st.sampled_from(WAYS))
+    def call(self, outcome: str, way: str) -> None:
+        expected_retry_after = self.model.retry_after()
+        expected_call = self.model.call(outcome)
+        called, raised = invoke(self.breaker, outcome, way)
+        assert called == expected_call
+        if not expected_call:
+            assert isinstance(raised, CircuitBreakerError)
+            assert raised.name == "dep"
+            assert raised.retry_after == expected_retry_after
+        elif outcome == "success":
+            assert raised is None
+        else:
+            assert raised is not None
+            assert not isinstance(raised, CircuitBreakerError)
+
+    @rule(quarters=st.integers(1, 100))
+    def advance(self, quarters: int) -> None:
+        self.clock.advance(quarters / 4)
+        self.model.now += quarters / 4
+
+    @rule()
+    def reset(self) -> None:
+        self.breaker.reset()
+        self.model.reset()
+
+    @rule()
+    def force_open(self) -> None:
+        self.breaker.force_open()
+        self.model.force("open")
+
+    @rule()
+    def force_closed(self) -> None:
+        self.breaker.force_closed()
+        self.model.force("closed")
+
+    @invariant()
+    def agrees_with_the_model(self) -> None:
+        stats = self.breaker.stats
+        model = self.model
+        assert self.breaker.state.value == model.state
+        assert stats["state"] == model.state
+        assert stats["failure_count"] == model.failure_count
+        assert stats["success_count"] == model.success_count
+        assert stats["retry_after"] == model.retry_after()
+        assert stats["forced"] == model.forced
+        assert stats["opened_at"] == iso(model.opened_at)
+        assert stats["last_failure"] == iso(model.last_failure_at)
+        assert (stats["successes"], stats["failures"], stats["rejections"]) == (
+            model.successes,
+            model.failures,
+            model.rejections,
+        )
+        assert stats["calls"] == model.successes + model.failures + model.rejections
+        assert self.breaker.allows_call() == model.would_admit()
+
+
+def invoke(breaker: CircuitBreaker, outcome: str, way: str) -> tuple[bool, BaseException | None]:
+    """Run one call the chosen way; whether the function ran, and what was raised."""
+    called: list[bool] = []
+
+    def body() -> str:
+        called.append(True)
+        if outcome == "success":
+            return "ok"
+        if outcome == "failure":
+            raise Boom("down")
+        if outcome == "excluded_type":
+            raise NotFound("no row")
+        if outcome == "excluded_predicate":
+            raise Throttled("slow down")
+        if way == "async":
+            raise asyncio.CancelledError
+        raise KeyboardInterrupt
+
+    async def async_body() -> str:
+        return body()
+
+    def run() -> Any:
+        if way == "call":
+            return breaker.call(body)
+        if way == "decorator":
+            return breaker(body)()
+        if way == "with":
+            with breaker:
+                return body()
+        protected: Callable[[], Awaitable[str]] = breaker(async_body)
+        return asyncio.run(protected())
+
+    try:
+        result = run()
+    except BaseException as raised:
+        return bool(called), raised
+    assert result == "ok"
+    return bool(called), None
+
+
+SETTINGS = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class StoreBreakerMachine(BreakerMachine):
+    use_store = True
+
+
+TestInProcessBreakerAgreesWithTheModel = BreakerMachine.TestCase
+TestInProcessBreakerAgreesWithTheModel.settings = SETTINGS
+TestStoreBreakerAgreesWithTheModel = StoreBreakerMachine.TestCase
+TestStoreBreakerAgreesWithTheModel.settings = SETTINGS
+
+
+class MisremembersTheThreshold(BreakerMachine):
+    """A model that expects one failure more than the breaker is told: must be caught."""
+
+    @initialize(failure_threshold=st.integers(1, 4))
+    def build_mismatched(self, failure_threshold: int) -> None:
+        self.build(failure_threshold, 1, 4)
+        self.model.failure_threshold += 1
+
+
+def test_the_machine_finds_a_breaker_that_disagrees_with_its_model() -> None:
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(
+            MisremembersTheThreshold,
+            settings=settings(SETTINGS, database=None, derandomize=True, phases=[Phase.generate]),
+        )
