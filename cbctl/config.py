@@ -1,0 +1,454 @@
+"""`cbctl.toml` plus the environment -> frozen dataclasses (DESIGN.md §6).
+
+```toml
+[defaults]            # breaker settings for every circuit (and a default call_timeout)
+failure_threshold = 5
+timeout = 30.0
+success_threshold = 2
+
+[dependencies.qdrant]
+kind = "qdrant"       # qdrant | postgresql | redis | llamacpp | http | tcp
+url = "http://localhost:6333"
+failure_threshold = 3 # any breaker setting can be overridden per dependency
+call_timeout = 2.0    # seconds one probe/call may take (`timeout` is the recovery timeout)
+```
+
+The file is found via `--config`, `$CBCTL_CONFIG`, `./cbctl.toml`, then the user config dir.
+Without a file, the four dependencies of a local AI stack are built in; `CBCTL_<NAME>_URL`
+overrides any dependency's url. Every error names the file, the key and what is wrong, and
+never shows a password: `repr(Dependency)` and every message carry `redact_url(url)`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Literal
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+
+from cbctl.errors import ConfigError, UsageError
+from cbctl.state import BreakerConfig
+
+__all__ = [
+    "BUILTIN_URLS",
+    "DEFAULT_CALL_TIMEOUT",
+    "KINDS",
+    "Config",
+    "Dependency",
+    "UrlSource",
+    "env_var_for",
+    "find_config_file",
+    "load_config",
+    "parse_config",
+    "redact_url",
+]
+
+KINDS: Final = ("qdrant", "postgresql", "redis", "llamacpp", "http", "tcp")
+BUILTIN_URLS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "qdrant": "http://localhost:6333",
+        "postgresql": "postgresql://localhost:5432/postgres",
+        "redis": "redis://localhost:6379/0",
+        "llamacpp": "http://localhost:8080",
+    }
+)
+DEFAULT_CALL_TIMEOUT: Final = 2.0
+CONFIG_FILE_NAME: Final = "cbctl.toml"
+
+UrlSource = Literal["builtin", "file", "env", "flag"]
+
+_BREAKER_INT_KEYS: Final = ("failure_threshold", "success_threshold", "half_open_max_calls")
+_SECONDS_KEYS: Final = ("timeout", "call_timeout")
+_DEFAULTS_KEYS: Final = frozenset({*_BREAKER_INT_KEYS, *_SECONDS_KEYS})
+_COMMON_DEPENDENCY_KEYS: Final = frozenset({"kind", "url", *_DEFAULTS_KEYS})
+_KIND_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {"qdrant": frozenset({"api_key"}), "http": frozenset({"expected_status"})}
+)
+_SCHEMES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        "qdrant": ("http", "https"),
+        "llamacpp": ("http", "https"),
+        "http": ("http", "https"),
+        "postgresql": ("postgresql", "postgres"),
+        "redis": ("redis", "rediss"),
+        "tcp": ("tcp",),
+    }
+)
+_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_SECRET_QUERY_KEYS: Final = frozenset({"password", "pass", "passwd", "api_key", "apikey", "token"})
+_USERINFO_PASSWORD: Final = re.compile(r"(//[^/@:]*):[^/@]*@")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (userinfo or `?password=`) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _USERINFO_PASSWORD.sub(r"\1:***@", url)
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(key.lower() in _SECRET_QUERY_KEYS for key, _ in pairs):
+            redacted = [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs]
+            query = urlencode(redacted, safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def env_var_for(name: str) -> str:
+    """`CBCTL_<NAME>_URL` for a dependency name (`-` becomes `_`)."""
+    return f"CBCTL_{name.upper().replace('-', '_')}_URL"
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One dependency to probe/protect: where it is, how long a call may take, its breaker.
+
+    `source` says where `url` came from ("builtin" | "file" | "env" | "flag"), so a caller can
+    tell an address that nobody configured (built-in default) from one an operator chose.
+    """
+
+    name: str
+    kind: str
+    url: str = field(repr=False)
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    source: UrlSource = "builtin"
+    api_key: str | None = field(default=None, repr=False)
+    expected_status: int = 200
+
+    def __post_init__(self) -> None:
+        where = f"dependency {self.name!r}"
+        if self.kind not in KINDS:
+            raise ConfigError(f"{where}: unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
+        _check_url(self.kind, self.url, where)
+        _check_seconds(self.call_timeout, f"{where}: call_timeout")
+        _check_status(self.expected_status, f"{where}: expected_status")
+
+    @property
+    def display_url(self) -> str:
+        """The url with its password replaced by `***` — the only form that may be shown."""
+        return redact_url(self.url)
+
+    @property
+    def address(self) -> str:
+        """`host:port` (as far as the URL says), for messages such as "refused at HOST:PORT"."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{parts.port}" if parts.port is not None else host
+
+    def with_url(self, url: str, source: UrlSource = "flag") -> Dependency:
+        """The same dependency at another address (e.g. `--url`), validated."""
+        _check_url(self.kind, url, f"{source} url for {self.name!r}")
+        return replace(self, url=url, source=source)
+
+    def with_call_timeout(self, seconds: float) -> Dependency:
+        """The same dependency with another call timeout (e.g. `--call-timeout`), validated."""
+        _check_seconds(seconds, "--call-timeout")
+        return replace(self, call_timeout=float(seconds))
+
+    def __repr__(self) -> str:
+        return (
+            f"Dependency(name={self.name!r}, kind={self.kind!r}, url={self.display_url!r}, "
+            f"call_timeout={self.call_timeout!r}, breaker={self.breaker!r}, "
+            f"source={self.source!r}, api_key={'***' if self.api_key else None!r}, "
+            f"expected_status={self.expected_status!r})"
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration: which file (None: built-ins only), defaults, dependencies."""
+
+    path: Path | None
+    defaults: BreakerConfig
+    dependencies: Mapping[str, Dependency]
+    call_timeout: float = DEFAULT_CALL_TIMEOUT
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.dependencies)
+
+    @property
+    def origin(self) -> str:
+        """Where this configuration came from, for messages."""
+        return str(self.path) if self.path is not None else "built-in defaults"
+
+    def dependency(self, name: str) -> Dependency:
+        """The dependency called `name`; a UsageError naming the known ones otherwise."""
+        try:
+            return self.dependencies[name]
+        except KeyError:
+            raise UsageError(
+                f"unknown dependency {name!r} (known: {', '.join(self.names)}; "
+                f"add [dependencies.{name}] to {self.path or CONFIG_FILE_NAME})"
+            ) from None
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Path | None:
+    """`--config`, else `$CBCTL_CONFIG`, else ./cbctl.toml, else the user config dir; or None.
+
+    A file that was asked for by name (flag or variable) must exist; the two fallbacks are
+    used only when present.
+    """
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return _must_exist(Path(explicit), "--config")
+    if env.get("CBCTL_CONFIG"):
+        return _must_exist(Path(env["CBCTL_CONFIG"]), "$CBCTL_CONFIG")
+    local = (cwd or Path.cwd()) / CONFIG_FILE_NAME
+    if local.is_file():
+        return local
+    from platformdirs import user_config_dir
+
+    user_file = Path(user_config_dir("cbctl")) / CONFIG_FILE_NAME
+    return user_file if user_file.is_file() else None
+
+
+def _must_exist(path: Path, named_by: str) -> Path:
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"config file {path} (from {named_by}) {what}")
+    return path
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Find, read and validate the configuration, with `CBCTL_<NAME>_URL` applied."""
+    env = os.environ if environ is None else environ
+    found = find_config_file(path, environ=env, cwd=cwd)
+    if found is None:
+        return parse_config("", path=None, environ=env)
+    try:
+        text = found.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ConfigError(f"{found}: cannot read config file: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{found}: config file is not UTF-8 text") from None
+    return parse_config(text, path=found, environ=env)
+
+
+def parse_config(
+    text: str, *, path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate TOML text as a cbctl configuration (`path` is only used in messages)."""
+    env = os.environ if environ is None else environ
+    origin = str(path) if path is not None else "<config>"
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{origin}: invalid TOML: {error}") from None
+    _reject_unknown(document, {"defaults", "dependencies"}, origin, "")
+
+    defaults_table = _table(document.get("defaults", {}), origin, "defaults")
+    _reject_unknown(defaults_table, _DEFAULTS_KEYS, origin, "defaults.")
+    defaults = _breaker(defaults_table, BreakerConfig(), origin, "defaults.")
+    call_timeout = DEFAULT_CALL_TIMEOUT
+    if "call_timeout" in defaults_table:
+        call_timeout = _check_seconds(
+            defaults_table["call_timeout"], f"{origin}: defaults.call_timeout"
+        )
+
+    tables = _table(document.get("dependencies", {}), origin, "dependencies")
+    dependencies: dict[str, Dependency] = {}
+    for name in [*BUILTIN_URLS, *(n for n in tables if n not in BUILTIN_URLS)]:
+        table = _table(tables.get(name, {}), origin, f"dependencies.{name}")
+        dependency = _dependency(name, table, defaults, call_timeout, origin)
+        dependencies[name] = _apply_env(dependency, env)
+    return Config(
+        path=path,
+        defaults=defaults,
+        dependencies=MappingProxyType(dependencies),
+        call_timeout=call_timeout,
+    )
+
+
+def _dependency(
+    name: str,
+    table: Mapping[str, Any],
+    defaults: BreakerConfig,
+    call_timeout: float,
+    origin: str,
+) -> Dependency:
+    key = f"dependencies.{name}"
+    if not _NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f"{origin}: [{key}]: a dependency name may use letters, digits, '-' and '_' only"
+        )
+    kind_value = table.get("kind", name if name in BUILTIN_URLS else None)
+    if kind_value is None:
+        raise ConfigError(f"{origin}: {key}.kind is missing (one of: {', '.join(KINDS)})")
+    if not isinstance(kind_value, str) or kind_value not in KINDS:
+        raise ConfigError(
+            f"{origin}: {key}.kind: unknown kind {kind_value!r} (known: {', '.join(KINDS)})"
+        )
+    kind: str = kind_value
+    allowed = _COMMON_DEPENDENCY_KEYS | _KIND_KEYS.get(kind, frozenset())
+    _reject_unknown(table, allowed, origin, f"{key}.", kind=kind)
+
+    source: UrlSource = "file"
+    if "url" in table:
+        url = _check_url(kind, table["url"], f"{origin}: {key}.url")
+    elif name in BUILTIN_URLS and kind == name:
+        url, source = BUILTIN_URLS[name], "builtin"
+    else:
+        raise ConfigError(f"{origin}: {key}.url is missing (a {kind} dependency needs an address)")
+
+    options: dict[str, Any] = {}
+    if "api_key" in table:
+        api_key = table["api_key"]
+        if not isinstance(api_key, str) or not api_key:
+            raise ConfigError(f"{origin}: {key}.api_key must be a non-empty string")
+        options["api_key"] = api_key
+    if "expected_status" in table:
+        options["expected_status"] = _check_status(
+            table["expected_status"], f"{origin}: {key}.expected_status"
+        )
+    if "call_timeout" in table:
+        call_timeout = _check_seconds(table["call_timeout"], f"{origin}: {key}.call_timeout")
+    return Dependency(
+        name=name,
+        kind=kind,
+        url=url,
+        call_timeout=call_timeout,
+        breaker=_breaker(table, defaults, origin, f"{key}."),
+        source=source,
+        **options,
+    )
+
+
+def _apply_env(dependency: Dependency, env: Mapping[str, str]) -> Dependency:
+    variable = env_var_for(dependency.name)
+    url = env.get(variable)
+    if not url:
+        return dependency
+    _check_url(dependency.kind, url, f"${variable}")
+    return replace(dependency, url=url, source="env")
+
+
+def _table(value: Any, origin: str, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: {key} must be a table ([{key}]), got {_describe(value)}")
+    return value
+
+
+def _reject_unknown(
+    table: Mapping[str, Any],
+    known: frozenset[str] | set[str],
+    origin: str,
+    prefix: str,
+    *,
+    kind: str | None = None,
+) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        scope = f" for kind {kind!r}" if kind else ""
+        raise ConfigError(
+            f"{origin}: {prefix}{unknown[0]}: unknown key{scope} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+
+
+def _breaker(
+    table: Mapping[str, Any], base: BreakerConfig, origin: str, prefix: str
+) -> BreakerConfig:
+    settings: dict[str, Any] = {}
+    for key in _BREAKER_INT_KEYS:
+        if key in table:
+            settings[key] = _check_positive_int(table[key], f"{origin}: {prefix}{key}")
+    if "timeout" in table:
+        settings["timeout"] = _check_seconds(table["timeout"], f"{origin}: {prefix}timeout")
+    try:
+        return replace(base, **settings)
+    except ConfigError as error:
+        raise ConfigError(f"{origin}: {prefix.rstrip('.')}: {error}") from None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, str):
+        return f"{value!r} (a string)"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _check_positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} must be a whole number, got {_describe(value)}")
+    if value < 1:
+        raise ConfigError(f"{where} must be at least 1, got {value}")
+    return value
+
+
+def _check_seconds(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number of seconds, got {_describe(value)}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{where} must be a positive number of seconds, got {value}")
+    return float(value)
+
+
+def _check_status(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} must be an HTTP status code, got {_describe(value)}")
+    if not 100 <= value <= 599:
+        raise ConfigError(f"{where} must be an HTTP status code (100-599), got {value}")
+    return value
+
+
+def _check_url(kind: str, value: Any, where: str) -> str:
+    """`value` if it is a URL a `kind` dependency can use; a ConfigError saying why not."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a URL string, got {_describe(value)}")
+    schemes = _SCHEMES[kind]
+    expected = " or ".join(f"{scheme}://" for scheme in schemes)
+    shown = redact_url(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as error:
+        raise ConfigError(f"{where}: invalid URL {shown!r}: {error}") from None
+    if parts.scheme.lower() not in schemes or not value.lower().startswith(f"{parts.scheme}://"):
+        example = " (e.g. tcp://localhost:11211)" if kind == "tcp" else ""
+        raise ConfigError(
+            f"{where}: a {kind} dependency needs a {expected} URL{example}, got {shown!r}"
+        )
+    port = _port(parts, where, shown)
+    if kind != "postgresql" and not parts.hostname:
+        raise ConfigError(f"{where}: no host in URL {shown!r}")
+    if kind == "tcp" and port is None:
+        raise ConfigError(f"{where}: a tcp URL needs a port (tcp://host:port), got {shown!r}")
+    return value
+
+
+def _port(parts: SplitResult, where: str, shown: str) -> int | None:
+    try:
+        port = parts.port
+    except ValueError as error:
+        problem = "port out of range" if "out of range" in str(error) else "invalid port"
+        raise ConfigError(f"{where}: {problem} in {shown!r} (must be 1-65535)") from None
+    if port == 0:
+        raise ConfigError(f"{where}: port out of range in {shown!r} (must be 1-65535)")
+    return port
