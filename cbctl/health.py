@@ -1,0 +1,412 @@
+"""The health endpoints of a service's circuits, as a plain ASGI app (no web framework needed).
+
+    app = health_app(registry, token=os.environ.get("CBCTL_TOKEN"))
+    fastapi_app.mount("/cbctl", app)          # or Starlette's Mount, or any ASGI server
+
+- `GET /health` always answers 200 (a dependency outage must not make the service look dead):
+  `{"status": "ok"|"degraded", "circuits": {name: stats}}`. "degraded" means at least one
+  circuit is not CLOSED, or a breaker has lost its shared store, or the store cannot be read.
+- `GET /metrics` is Prometheus text from a CollectorRegistry of this app's own.
+- `POST /circuits/{name}/reset` closes one circuit. It needs `Authorization: Bearer <token>`:
+  without a configured token every reset is refused (403); a missing or wrong token is 401; an
+  unknown circuit 404 (the body lists the known ones). Answers are `{"circuit", "before", "after"}`.
+
+Every error is a JSON `{"error": ...}` with a 4xx status, never a traceback; tokens are compared
+in constant time and never logged. The source is a `CircuitBreakerRegistry` (a service's own
+breakers) or a `CircuitStore` (what `cbctl serve` shows: every circuit of the shared state).
+/health answers are shared for up to `max_age` (0.1 s by default) between requests, which keeps
+a burst of requests cheap. `HealthApp.respond` is the same logic as a plain function, for servers
+that are not ASGI (`cbctl.serving`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from cbctl.breaker import CircuitBreaker, StateChange
+from cbctl.errors import StateError, UnknownCircuitError
+from cbctl.fleet import reset_in_store, stored_stats
+from cbctl.registry import CircuitBreakerRegistry
+from cbctl.state import CircuitState, CircuitStore
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector, CollectorRegistry
+
+__all__ = ["HealthApp", "HttpResponse", "health_app"]
+
+logger = logging.getLogger("cbctl.health")
+
+MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_AGE = 0.1
+JSON_TYPE = "application/json"
+
+Scope = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """One answer: status, headers (name, value) and the body bytes."""
+
+    status: int
+    body: bytes
+    content_type: str = JSON_TYPE
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+def _json(status: int, payload: Any, *headers: tuple[str, str]) -> HttpResponse:
+    return HttpResponse(status, json.dumps(payload).encode(), JSON_TYPE, headers)
+
+
+def _error(status: int, message: str, **extra: Any) -> HttpResponse:
+    return _json(status, {"error": message, **extra})
+
+
+class _Transitions:
+    """Counts the transitions of a registry's breakers, from when the app first saw each one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._seen: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+    def watch(self, breakers: Iterator[CircuitBreaker]) -> None:
+        for breaker in breakers:
+            if breaker in self._seen:
+                continue
+            with self._lock:
+                if breaker in self._seen:
+                    continue
+                self._seen.add(breaker)
+                self._counts.setdefault(breaker.name, 0)
+            breaker.add_listener(self._count)
+
+    def _count(self, change: StateChange) -> None:
+        with self._lock:
+            self._counts[change.name] = self._counts.get(change.name, 0) + 1
+
+    def get(self, name: str) -> int:
+        with self._lock:
+            return self._counts.get(name, 0)
+
+
+class HealthApp:
+    """The endpoints over one registry or store; an ASGI app, and `respond()` for other servers."""
+
+    def __init__(
+        self,
+        source: CircuitBreakerRegistry | CircuitStore,
+        token: str | None = None,
+        *,
+        max_age: float = DEFAULT_MAX_AGE,
+    ) -> None:
+        self._source = source
+        self._max_age = max_age
+        self._cached: tuple[float, HttpResponse] | None = None
+        self._cache_lock = threading.Lock()
+        self._token = token.encode() if token else None
+        self._transitions = _Transitions()
+        self._generations: dict[str, int] = {}
+        self._metrics: CollectorRegistry | None = None
+        self._metrics_lock = threading.Lock()
+        self._blocking = not (isinstance(source, CircuitBreakerRegistry) and source.store is None)
+
+    def __repr__(self) -> str:
+        return f"<HealthApp over {type(self._source).__name__}, reset {self.reset_enabled}>"
+
+    @property
+    def reset_enabled(self) -> bool:
+        return self._token is not None
+
+    # -- the circuits --------------------------------------------------------------------------
+
+    def circuits(self) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """{name: stats} now, and why the state could not be read (None when it could)."""
+        source = self._source
+        if isinstance(source, CircuitBreakerRegistry):
+            self._transitions.watch(iter(source))
+            return source.get_all_stats(), None
+        try:
+            stored = sorted(source.load_all(), key=lambda each: each.name)
+        except StateError as error:
+            return {}, str(error)
+        self._generations = {each.name: each.snapshot.generation for each in stored}
+        url = source.url
+        return {each.name: stored_stats(each, url) for each in stored}, None
+
+    def transitions(self, name: str) -> int:
+        """Transitions of a circuit: a registry's counted by listeners since the app saw it,
+        a store's as recorded in the shared state (every transition and reset bumps it)."""
+        if isinstance(self._source, CircuitBreakerRegistry):
+            return self._transitions.get(name)
+        return self._generations.get(name, 0)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def respond(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> HttpResponse:
+        """The answer to one request; `path` without query string, headers with lowercase names."""
+        if path in ("/health", "/health/"):
+            return self._only(method, "GET") or self._health()
+        if path in ("/metrics", "/metrics/"):
+            return self._only(method, "GET") or self._metrics_text()
+        segments = path.split("/")
+        if len(segments) == 4 and segments[:2] == ["", "circuits"] and segments[3] == "reset":
+            return self._only(method, "POST") or self._reset(segments[2], headers, body)
+        return _error(404, f"no such endpoint {path[:200]!r} (try /health, /metrics)")
+
+    @staticmethod
+    def _only(method: str, allowed: str) -> HttpResponse | None:
+        if method == allowed:
+            return None
+        message = f"method {method[:20]} not allowed here; use {allowed}"
+        return _json(405, {"error": message}, ("Allow", allowed))
+
+    def _health(self) -> HttpResponse:
+        """The /health answer, computed at most once per `max_age` however many ask."""
+        if self._max_age <= 0:
+            return self._fresh_health()
+        cached = self._cached
+        if cached is not None and time.monotonic() - cached[0] < self._max_age:
+            return cached[1]
+        with self._cache_lock:
+            cached = self._cached
+            if cached is not None and time.monotonic() - cached[0] < self._max_age:
+                return cached[1]
+            response = self._fresh_health()
+            self._cached = (time.monotonic(), response)
+            return response
+
+    def _fresh_health(self) -> HttpResponse:
+        circuits, unreadable = self.circuits()
+        degraded = unreadable is not None or any(
+            stats.get("state") != CircuitState.CLOSED.value or stats.get("degraded")
+            for stats in circuits.values()
+        )
+        payload: dict[str, Any] = {"status": "degraded" if degraded else "ok", "circuits": circuits}
+        if unreadable is not None:
+            payload["error"] = unreadable
+        return _json(200, payload)
+
+    def _reset(self, raw_name: str, headers: Mapping[str, str], body: bytes) -> HttpResponse:
+        if self._token is None:
+            return _error(403, "resets over HTTP are disabled: the server has no token configured")
+        if not self._authorized(headers.get("authorization", "")):
+            return _json(
+                401, {"error": "missing or wrong bearer token"}, ("WWW-Authenticate", "Bearer")
+            )
+        problem = _body_problem(body)
+        if problem is not None:
+            return _error(400, problem)
+        name = unquote(raw_name, errors="strict") if _decodable(raw_name) else ""
+        if not name or not name.isprintable():
+            return _error(400, "the circuit name in the path is empty or not printable")
+        try:
+            before, after = self._reset_circuit(name)
+        except UnknownCircuitError as error:
+            return _error(404, str(error), known=error.known)
+        except StateError as error:
+            return _error(503, f"state unavailable: {error}")
+        self._cached = None
+        logger.info("circuit=%s reset over HTTP", name, extra={"circuit": name})
+        return _json(200, {"circuit": name, "before": before, "after": after})
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or self._token is None:
+            return False
+        return hmac.compare_digest(credentials.strip().encode(), self._token)
+
+    def _reset_circuit(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        source = self._source
+        if isinstance(source, CircuitBreakerRegistry):
+            if name not in source:
+                raise UnknownCircuitError(name, source.names())
+            breaker = source.get(name)
+            before = breaker.stats
+            source.reset(name)
+            return before, breaker.stats
+        (done,) = reset_in_store(source, name)
+        return done.before, done.after
+
+    def _metrics_text(self) -> HttpResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return HttpResponse(200, generate_latest(self._metrics_registry()), CONTENT_TYPE_LATEST)
+
+    def _metrics_registry(self) -> CollectorRegistry:
+        with self._metrics_lock:
+            if self._metrics is None:
+                from prometheus_client import CollectorRegistry
+
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(_collector(self))
+                self._metrics = registry
+            return self._metrics
+
+    # -- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI 3 entry point: HTTP requests, and lifespan events answered as supported."""
+        kind = scope.get("type")
+        if kind == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        body, too_large = await _read_body(receive)
+        if too_large:
+            response = _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+        else:
+            path = _route_path(scope)
+            headers = {
+                key.decode("latin-1").lower(): value.decode("latin-1")
+                for key, value in scope.get("headers", ())
+            }
+            method = str(scope.get("method", "GET"))
+            if self._blocking:
+                response = await asyncio.get_running_loop().run_in_executor(
+                    None, self.respond, method, path, headers, body
+                )
+            else:
+                response = self.respond(method, path, headers, body)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [
+                    (b"content-type", response.content_type.encode()),
+                    (b"content-length", str(len(response.body)).encode()),
+                    *((k.encode(), v.encode()) for k, v in response.headers),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def health_app(
+    source: CircuitBreakerRegistry | CircuitStore,
+    token: str | None = None,
+    *,
+    max_age: float = DEFAULT_MAX_AGE,
+) -> HealthApp:
+    """The health endpoints of `source`; resets over HTTP only when `token` is given.
+
+    `max_age` (seconds) lets concurrent /health requests share one computed answer, so a burst
+    of requests costs at most one pass over the circuits per `max_age`; 0 computes every time.
+    A reset through the app is visible at once.
+    """
+    return HealthApp(source, token, max_age=max_age)
+
+
+def _decodable(text: str) -> bool:
+    try:
+        unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _body_problem(body: bytes) -> str | None:
+    """A reset takes no parameters: an empty body or a JSON object is fine, anything else is not."""
+    if not body.strip():
+        return None
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "the request body is not valid JSON (send nothing, or {})"
+    if not isinstance(payload, dict):
+        return "the request body must be a JSON object (send nothing, or {})"
+    return None
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point (Starlette keeps the full path and sets root_path)."""
+    path = str(scope.get("path", "/"))
+    root = str(scope.get("root_path", ""))
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    return path
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            break
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return b"", True
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks), False
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message.get("type") == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message.get("type") == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _collector(app: HealthApp) -> Collector:
+    """A Prometheus collector that reads the circuits afresh on every scrape."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+    class CircuitCollector:
+        def collect(self) -> Iterator[Metric]:
+            circuits, _ = app.circuits()
+            state = GaugeMetricFamily(
+                "cbctl_circuit_state",
+                "1 for the state the circuit is in, 0 for the others",
+                labels=["circuit", "state"],
+            )
+            failures = GaugeMetricFamily(
+                "cbctl_circuit_consecutive_failures",
+                "Consecutive failures counted towards the failure threshold",
+                labels=["circuit"],
+            )
+            calls = CounterMetricFamily(
+                "cbctl_circuit_calls",
+                "Calls through the breaker by outcome (success, failure, rejected)",
+                labels=["circuit", "outcome"],
+            )
+            transitions = CounterMetricFamily(
+                "cbctl_circuit_transitions",
+                "State transitions since this endpoint started watching the circuit",
+                labels=["circuit"],
+            )
+            for name, stats in circuits.items():
+                for each in CircuitState:
+                    state.add_metric([name, each.value], float(stats.get("state") == each.value))
+                failures.add_metric([name], float(stats.get("failure_count") or 0))
+                for outcome, key in (
+                    ("success", "successes"),
+                    ("failure", "failures"),
+                    ("rejected", "rejections"),
+                ):
+                    if isinstance(stats.get(key), int):
+                        calls.add_metric([name, outcome], float(stats[key]))
+                transitions.add_metric([name], float(app.transitions(name)))
+            yield from (state, failures, calls, transitions)
+
+    return CircuitCollector()
