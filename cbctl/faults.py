@@ -25,6 +25,7 @@ import contextlib
 import functools
 import logging
 import math
+import socket
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ class AsyncFaultProxy:
         self._mode = self._phase = Mode.UP
         self._latency_s = DEFAULT_LATENCY_MS / 1000
         self._flap_period_s = DEFAULT_FLAP_PERIOD_S
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._flapper: asyncio.Task[None] | None = None
         self._flowing = asyncio.Event()  # cleared while blackholed: open connections hold
@@ -215,26 +216,29 @@ class AsyncFaultProxy:
             self._stop_listening()
             await self._cut_all()
         else:
-            await self._listen()
+            self._listen()
             self._phase = phase
         if phase is Mode.BLACKHOLE:
             self._flowing.clear()
         else:
             self._flowing.set()
 
-    async def _listen(self) -> None:
-        if self._server is None:
-            self._server = await asyncio.start_server(
-                self._on_connect, self._listen_host, self._port, reuse_address=True
-            )
-            self._port = int(self._server.sockets[0].getsockname()[1])
+    def _listen(self) -> None:
+        """Listen on the proxy's port (SO_REUSEADDR: re-binding after `down` always works)."""
+        if self._listener is None:
+            family = socket.AF_INET6 if ":" in self._listen_host else socket.AF_INET
+            listener = socket.create_server((self._listen_host, self._port), family=family)
+            listener.setblocking(False)
+            self._port = int(listener.getsockname()[1])
+            asyncio.get_running_loop().add_reader(listener, self._accept_waiting, listener)
+            self._listener = listener
 
     def _stop_listening(self) -> None:
-        # close() shuts the listening socket at once: the next connect is refused. Not awaiting
-        # wait_closed() on purpose: from Python 3.12 it also waits for open connections.
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        """Close the listening socket: from now on a connect is refused by the kernel."""
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener)
+            self._listener.close()
+            self._listener = None
 
     async def _cut_all(self) -> None:
         doomed = list(self._connections)
@@ -260,24 +264,38 @@ class AsyncFaultProxy:
                 await self._flapper
             self._flapper = None
 
-    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Track each connection from the moment it is accepted, so a cut never misses one."""
-        self._accepted += 1
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._connections.add(task)
-        task.add_done_callback(functools.partial(self._forget, writer))
+    def _accept_waiting(self, listener: socket.socket) -> None:
+        """Accept every waiting connection, each tracked from that moment on.
 
-    def _forget(self, writer: asyncio.StreamWriter, task: asyncio.Task[None]) -> None:
+        Accepting here, not with asyncio.start_server, leaves no accepted socket that no task
+        owns yet: closing the listener can then neither leak one nor trip asyncio's server.
+        """
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:  # out of file descriptors, connection aborted...
+                _log.warning("fault proxy on port %d could not accept: %s", self._port, error)
+                return
+            self._accepted += 1
+            task = asyncio.get_running_loop().create_task(self._serve(conn))
+            self._connections.add(task)
+            task.add_done_callback(functools.partial(self._forget, conn))
+
+    def _forget(self, conn: socket.socket, task: asyncio.Task[None]) -> None:
         self._connections.discard(task)
-        if not writer.transport.is_closing():  # cancelled before it ever ran
-            writer.transport.abort()
+        if task.cancelled():  # cut, perhaps before a transport owned the socket
+            conn.close()
+        elif (error := task.exception()) is not None:
+            conn.close()
+            _log.error("fault proxy connection on port %d failed: %r", self._port, error)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, conn: socket.socket) -> None:
         """Carry one client connection as the phase it arrived in says."""
+        reader, writer = await asyncio.open_connection(sock=conn)
         with _owned(writer):
-            if self._phase is Mode.DOWN:
-                writer.transport.abort()
-            elif self._phase is Mode.BLACKHOLE:
+            if self._phase is Mode.BLACKHOLE:
                 while await reader.read(_CHUNK):
                     pass
             else:
