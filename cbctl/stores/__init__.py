@@ -1,7 +1,12 @@
-"""Shared circuit state: where breakers keep what they know so other processes see it."""
+"""Shared circuit state: where breakers keep what they know so other processes see it.
+
+`open_store` picks the store from a location: `memory://`, `redis://…` / `rediss://…`, or a path
+(the local state file). The SQLite and Redis modules are imported only when asked for.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cbctl.clock import Clock
@@ -9,7 +14,16 @@ from cbctl.errors import StateError
 from cbctl.state import CircuitStore
 from cbctl.stores.memory import MemoryStore
 
-__all__ = ["CircuitStore", "MemoryStore", "default_state_path", "open_store"]
+__all__ = [
+    "STATE_ENV_VAR",
+    "CircuitStore",
+    "MemoryStore",
+    "default_state_path",
+    "open_store",
+    "resolve_state_location",
+]
+
+STATE_ENV_VAR = "CBCTL_STATE"
 
 
 def default_state_path() -> Path:
@@ -19,8 +33,33 @@ def default_state_path() -> Path:
     return Path(user_state_dir("cbctl")) / "circuits.db"
 
 
+def resolve_state_location(given: str | None = None) -> str:
+    """`--state` if given, else `$CBCTL_STATE`, else the user state directory's `circuits.db`."""
+    return given or os.environ.get(STATE_ENV_VAR) or str(default_state_path())
+
+
 def open_store(location: str, *, clock: Clock | None = None) -> CircuitStore:
-    """A store for `memory://`, a state-file path, or a `redis://` URL."""
+    """A store for `memory://`, a `redis://` / `rediss://` URL, or a state-file path.
+
+    `clock` is the time base of the memory store and the state file; Redis uses its own clock.
+    A location that cannot be used raises StateError naming it (passwords redacted).
+    """
     if location == "memory://":
         return MemoryStore(clock)
-    raise StateError(f"unsupported state location {location!r}")
+    scheme = location.partition("://")[0].lower() if "://" in location else ""
+    if scheme in {"redis", "rediss"}:
+        from cbctl.stores.redis import RedisStore
+
+        return RedisStore(location)
+    if scheme:
+        from cbctl.stores.redis import redact_url
+
+        raise StateError(
+            f"unsupported state location {redact_url(location)}: "
+            "use a file path, memory://, redis:// or rediss://"
+        )
+    if not location.strip():
+        raise StateError("the state location is empty: give a file path or a redis:// URL")
+    from cbctl.stores.sqlite import SqliteStore
+
+    return SqliteStore(location, clock=clock)

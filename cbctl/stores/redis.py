@@ -1,0 +1,425 @@
+"""Circuits in Redis, for fleets of processes and hosts (`redis://` and `rediss://`).
+
+Each circuit is one hash, `{prefix}circuit:{name}`. Every operation is one call of one Lua script
+(EVALSHA; loaded once per server), which mirrors the pure functions of `cbctl.state` line for
+line and runs atomically on the server, with the server's clock (`TIME`), so hosts with skewed
+clocks still agree. The script writes only when the circuit changes: admitting a call to a CLOSED
+circuit is one read-only round trip, a recorded failure one round trip.
+
+`redis` (redis-py) is imported when a store is created, not when cbctl is imported. Every
+network call has a socket timeout, and after the server failed to answer the store fails fast
+(StoreUnavailableError without touching the network) for `retry_interval` seconds, so a dead
+Redis costs a degraded breaker almost nothing per call. Passwords never reach a message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+from cbctl.errors import StateError, StoreUnavailableError
+from cbctl.state import BreakerConfig, CircuitState, Permit, Snapshot, StoredCircuit, Update
+
+if TYPE_CHECKING:
+    import redis as redis_py
+
+__all__ = ["RedisStore", "redact_url"]
+
+_STATES: Final = {state.value: state for state in CircuitState}
+_NO_CONFIG: Final = ("", "", "", "")
+
+# ARGV: op, time offset, failure_threshold, timeout, success_threshold, half_open_max_calls
+#       (empty: the stored settings), permit generation ('' = none), permit trial ('1'/'0'),
+#       error text (record_failure) or target state (force).
+# Reply: {now, permit generation or '', permit trial, changed, before[11], after[11] if changed}.
+# A missing circuit replies {now} to 'load'.
+_SCRIPT: Final = r"""
+if redis.replicate_commands then redis.replicate_commands() end
+local key = KEYS[1]
+local op = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[2])
+
+local function num(v)
+  if v == false or v == nil or v == '' then return nil end
+  return tonumber(v)
+end
+local function str(v)
+  if v == nil then return '' end
+  if type(v) == 'number' then
+    if v == math.floor(v) and math.abs(v) < 1e15 then return string.format('%d', v) end
+    return string.format('%.17g', v)
+  end
+  if type(v) == 'boolean' then return v and '1' or '0' end
+  return v
+end
+
+local NAMES = {'s', 'fc', 'sc', 'g', 'tr', 'td', 'oa', 'ca', 'f', 'lf', 'le',
+               'ft', 'to', 'st', 'hm'}
+local raw = redis.call('HMGET', key, unpack(NAMES))
+local exists = raw[1] ~= false
+
+if op == 'load' then
+  if not exists then return {str(now)} end
+  local out = {str(now)}
+  for i = 1, 15 do out[i + 1] = raw[i] or '' end
+  return out
+end
+
+local b
+if exists then
+  b = {s = raw[1], fc = tonumber(raw[2]), sc = tonumber(raw[3]), g = tonumber(raw[4]),
+       tr = tonumber(raw[5]), td = num(raw[6]), oa = num(raw[7]), ca = num(raw[8]),
+       f = raw[9] == '1', lf = num(raw[10]), le = raw[11] or ''}
+  if b.le == '' then b.le = nil end
+else
+  b = {s = 'closed', fc = 0, sc = 0, g = 0, tr = 0, ca = now, f = false}
+end
+
+local ft, to, st, hm
+if ARGV[3] ~= '' then
+  ft, to, st, hm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+elseif exists and raw[12] then
+  ft, to, st, hm = tonumber(raw[12]), tonumber(raw[13]), tonumber(raw[14]), tonumber(raw[15])
+else
+  ft, to, st, hm = 5, 30.0, 2, 1
+end
+
+local a = {}
+for k, v in pairs(b) do a[k] = v end
+local function enter(state)
+  a.s = state; a.g = b.g + 1; a.ca = now; a.tr = 0; a.td = nil
+end
+local pg = num(ARGV[7])
+local ptrial = ARGV[8] == '1'
+local function current()
+  if pg == nil then return b.s == 'closed' end
+  return pg == b.g
+end
+
+local permit_g, permit_trial = nil, false
+if op == 'admit' then
+  if b.s == 'closed' then
+    permit_g = b.g
+  elseif b.s == 'open' then
+    local waiting = b.oa ~= nil and math.max(0, b.oa + to - now) > 0
+    if not (b.f or waiting) then
+      enter('half_open'); a.sc = 0; a.tr = 1; a.td = now + to
+      permit_g, permit_trial = a.g, true
+    end
+  else
+    local trials = b.tr
+    if b.td ~= nil and now >= b.td then trials = 0 end
+    if trials < hm then
+      a.tr = trials + 1; a.td = now + to
+      permit_g, permit_trial = b.g, true
+    end
+  end
+elseif op == 'success' then
+  permit_g, permit_trial = pg, ptrial
+  if current() then
+    if b.s == 'closed' then
+      a.fc = 0
+    elseif b.s == 'half_open' then
+      local successes = b.sc + 1
+      if successes >= st then
+        enter('closed'); a.fc = 0; a.sc = 0; a.oa = nil
+      else
+        a.sc = successes; a.tr = math.max(0, b.tr - 1)
+      end
+    end
+  end
+elseif op == 'failure' then
+  permit_g, permit_trial = pg, ptrial
+  a.lf = now; a.le = ARGV[9]
+  if current() then
+    if b.s == 'closed' then
+      local failures = b.fc + 1
+      if failures >= ft and not b.f then
+        enter('open'); a.fc = failures; a.sc = 0; a.oa = now
+      else
+        a.fc = failures
+      end
+    elseif b.s == 'half_open' then
+      enter('open'); a.sc = 0; a.oa = now
+    end
+  end
+elseif op == 'release' then
+  permit_g, permit_trial = pg, ptrial
+  if pg ~= nil and ptrial and current() and b.s == 'half_open' and b.tr ~= 0 then
+    a.tr = b.tr - 1
+  end
+elseif op == 'reset' then
+  enter('closed'); a.fc = 0; a.sc = 0; a.oa = nil; a.f = false
+elseif op == 'force' then
+  enter(ARGV[9]); a.fc = 0; a.sc = 0; a.f = true
+  if ARGV[9] == 'open' then a.oa = now else a.oa = nil end
+else
+  return redis.error_reply('cbctl: unknown operation ' .. op)
+end
+
+local FIELDS = {'s', 'fc', 'sc', 'g', 'tr', 'td', 'oa', 'ca', 'f', 'lf', 'le'}
+local out = {str(now), str(permit_g), permit_trial and '1' or '0', '0'}
+local changed = not exists
+for i, k in ipairs(FIELDS) do
+  local before, after = str(b[k]), str(a[k])
+  out[4 + i] = before
+  if before ~= after then changed = true end
+end
+if changed then
+  out[4] = '1'
+  local args = {}
+  for i, k in ipairs(FIELDS) do
+    local value = str(a[k])
+    out[15 + i] = value
+    args[#args + 1] = k
+    args[#args + 1] = value
+  end
+  for i, v in ipairs({ft, to, st, hm}) do
+    args[#args + 1] = NAMES[11 + i]
+    args[#args + 1] = str(v)
+  end
+  redis.call('HSET', key, unpack(args))
+end
+return out
+"""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (userinfo or `?password=`) replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable Redis URL>"
+    netloc = parts.netloc
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
+    query = "&".join(
+        f"{key}=***" if key.lower() in {"password", "pass", "passwd"} else f"{key}={value}"
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text else None
+
+
+def _snapshot(fields: Sequence[str]) -> Snapshot:
+    """A snapshot from the script's 11 strings (the hash fields s, fc, ..., le)."""
+    return Snapshot(
+        state=_STATES[fields[0]],
+        failure_count=int(fields[1]),
+        success_count=int(fields[2]),
+        generation=int(fields[3]),
+        trials=int(fields[4]),
+        trial_deadline=_number(fields[5]),
+        opened_at=_number(fields[6]),
+        changed_at=_number(fields[7]),
+        forced=fields[8] == "1",
+        last_failure_at=_number(fields[9]),
+        last_error=fields[10] or None,
+    )
+
+
+def _config(fields: Sequence[str]) -> BreakerConfig:
+    if not fields[0]:
+        return BreakerConfig()
+    return BreakerConfig(
+        failure_threshold=int(fields[0]),
+        timeout=float(fields[1]),
+        success_threshold=int(fields[2]),
+        half_open_max_calls=int(fields[3]),
+    )
+
+
+class RedisStore:
+    """Circuits in Redis hashes; every operation one atomic server-side script.
+
+    `prefix` namespaces the keys (several fleets can share one Redis). `socket_timeout` bounds
+    every call; `retry_interval` is how long the store fails fast after Redis stopped answering.
+    `time_offset` (for tests) returns seconds added to the server clock.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "cbctl:",
+        socket_timeout: float = 1.0,
+        retry_interval: float = 1.0,
+        time_offset: Callable[[], float] | None = None,
+    ) -> None:
+        self._url = url
+        self._shown = redact_url(url)
+        scheme = urlsplit(url).scheme if "://" in url else ""
+        if scheme not in {"redis", "rediss"}:
+            raise StateError(f"not a Redis URL: {self._shown} (expected redis:// or rediss://)")
+        password = urlsplit(url).password
+        self._secrets = tuple(
+            secret
+            for secret in (
+                password,
+                *(v for k, v in parse_qsl(urlsplit(url).query) if k == "password"),
+            )
+            if secret
+        )
+        self._prefix = prefix
+        self._retry_interval = retry_interval
+        self._time_offset = time_offset
+        self._failed_until = 0.0
+        self._lock = threading.Lock()
+        import redis as redis_py
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._errors: tuple[type[BaseException], ...] = (redis_py.RedisError, OSError)
+        try:
+            self._client: redis_py.Redis = redis_py.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+            )
+        except (ValueError, redis_py.RedisError) as error:
+            raise StateError(
+                f"cannot use the Redis URL {self._shown}: {self._scrub(error)}"
+            ) from error
+        self._script = self._client.register_script(_SCRIPT)
+
+    def __repr__(self) -> str:
+        return f"<RedisStore {self._shown!r} prefix={self._prefix!r}>"
+
+    @property
+    def url(self) -> str:
+        return self._shown
+
+    def key(self, name: str) -> str:
+        """The Redis key holding circuit `name`."""
+        return f"{self._prefix}circuit:{name}"
+
+    # -- talking to Redis -------------------------------------------------------------------------
+
+    def _scrub(self, error: BaseException) -> str:
+        text = f"{type(error).__name__}: {error}".strip()
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _guarded(self, action: Callable[[], Any]) -> Any:
+        """Run one network action; any failure to get an answer is StoreUnavailableError."""
+        if self._failed_until and time.monotonic() < self._failed_until:
+            raise StoreUnavailableError(f"Redis at {self._shown} is unavailable (retrying soon)")
+        try:
+            result = action()
+        except self._errors as error:
+            self._failed_until = time.monotonic() + self._retry_interval
+            raise StoreUnavailableError(
+                f"Redis at {self._shown} is unavailable: {self._scrub(error)}"
+            ) from error
+        self._failed_until = 0.0
+        return result
+
+    def _offset(self) -> str:
+        return repr(self._time_offset()) if self._time_offset is not None else "0"
+
+    def _run(
+        self,
+        op: str,
+        name: str,
+        config: BreakerConfig | None,
+        permit: Permit | None = None,
+        extra: str = "",
+    ) -> list[str]:
+        settings = (
+            _NO_CONFIG
+            if config is None
+            else (
+                str(config.failure_threshold),
+                repr(config.timeout),
+                str(config.success_threshold),
+                str(config.half_open_max_calls),
+            )
+        )
+        args = (
+            op,
+            self._offset(),
+            *settings,
+            "" if permit is None else str(permit.generation),
+            "1" if permit is not None and permit.trial else "0",
+            extra,
+        )
+        reply: list[str] = self._guarded(lambda: self._script(keys=[self.key(name)], args=args))
+        return reply
+
+    def _update(self, reply: list[str]) -> Update:
+        now = float(reply[0])
+        permit = Permit(int(reply[1]), reply[2] == "1") if reply[1] else None
+        before = _snapshot(reply[4:15])
+        after = _snapshot(reply[15:26]) if reply[3] == "1" else before
+        return Update(before, after, now, permit)
+
+    # -- the store protocol -----------------------------------------------------------------------
+
+    def clock_now(self) -> float:
+        seconds, micros = self._guarded(self._client.time)
+        offset = self._time_offset() if self._time_offset is not None else 0.0
+        return float(seconds) + float(micros) / 1_000_000 + offset
+
+    def load(self, name: str) -> StoredCircuit | None:
+        reply = self._run("load", name, None)
+        return self._stored(name, reply)
+
+    def _stored(self, name: str, reply: list[str]) -> StoredCircuit | None:
+        if len(reply) == 1:
+            return None
+        return StoredCircuit(name, _snapshot(reply[1:12]), _config(reply[12:16]), float(reply[0]))
+
+    def load_all(self) -> list[StoredCircuit]:
+        start = len(self.key(""))
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.key("")) + "*"
+
+        def every() -> list[tuple[str, list[str]]]:
+            names = sorted({key[start:] for key in self._client.scan_iter(match=pattern)})
+            pipeline = self._client.pipeline(transaction=False)
+            for name in names:
+                self._script(keys=[self.key(name)], args=("load", self._offset()), client=pipeline)
+            return list(zip(names, pipeline.execute(), strict=True))
+
+        circuits = []
+        for name, reply in self._guarded(every):
+            stored = self._stored(name, reply)
+            if stored is not None:
+                circuits.append(stored)
+        return circuits
+
+    def admit(self, name: str, config: BreakerConfig) -> Update:
+        return self._update(self._run("admit", name, config))
+
+    def record_success(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+        return self._update(self._run("success", name, config, permit))
+
+    def record_failure(
+        self, name: str, config: BreakerConfig, permit: Permit | None, error: str
+    ) -> Update:
+        return self._update(self._run("failure", name, config, permit, error))
+
+    def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+        return self._update(self._run("release", name, config, permit))
+
+    def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
+        return self._update(self._run("reset", name, config))
+
+    def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update:
+        if state is CircuitState.HALF_OPEN:
+            raise ValueError("a circuit can be forced open or closed, not half-open")
+        return self._update(self._run("force", name, config, None, state.value))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()

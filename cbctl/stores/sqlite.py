@@ -1,0 +1,437 @@
+"""The local state file: circuits in one SQLite database (stdlib `sqlite3`, WAL) on this machine.
+
+Short-lived `cbctl` processes, long-lived services and `cbctl watch` open the same file and see
+the same circuits. Each operation applies the pure functions of `cbctl.state` to one row:
+
+- optimistically, without any lock: read the row and apply the function; when nothing changes
+  (admitting a call to a CLOSED or OPEN circuit, a steady success) that read is the answer, so the
+  hot path is one cheap SELECT and never writes;
+- otherwise under `BEGIN IMMEDIATE` (the database's single write lock): read again, apply the
+  function again, write the row if it changed, commit.
+
+WAL keeps readers and the writer out of each other's way and makes a commit atomic, so a writer
+killed at any instant leaves the file valid. `synchronous=NORMAL` makes a commit durable against
+a process crash, not against a power cut: what the file holds is a cache of what the breakers
+learnt, and a lost last transition after a power cut is harmless. Times are the injected clock's
+wall(): Unix seconds, the same for every process on the machine.
+
+Thread-safety: one connection per store, used under a lock (the lock is held for one short
+statement or transaction, never while a protected call runs). A store must not be used across
+`fork()`; open one per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from cbctl import state as machine
+from cbctl.clock import SYSTEM_CLOCK, Clock
+from cbctl.errors import StateError, StoreUnavailableError
+from cbctl.state import BreakerConfig, CircuitState, Permit, Snapshot, StoredCircuit, Update
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
+
+APPLICATION_ID: Final = 1667392372
+"""`PRAGMA application_id` of a cbctl state file (0x63626374, "cbct"), also read from the raw
+header. _SCHEMA spells both numbers out: PRAGMA takes no parameters, and no SQL is built from
+strings here."""
+
+SCHEMA_VERSION: Final = 1
+"""`PRAGMA user_version` this code reads and writes; a larger one is a newer cbctl's file."""
+
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+_HEADER_USER_VERSION: Final = slice(60, 64)
+_HEADER_APPLICATION_ID: Final = slice(68, 72)
+
+_SCHEMA: Final = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE circuits (
+        name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        failure_count INTEGER NOT NULL,
+        success_count INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        trials INTEGER NOT NULL,
+        trial_deadline REAL,
+        opened_at REAL,
+        changed_at REAL,
+        forced INTEGER NOT NULL,
+        last_failure_at REAL,
+        last_error TEXT,
+        failure_threshold INTEGER NOT NULL,
+        timeout REAL NOT NULL,
+        success_threshold INTEGER NOT NULL,
+        half_open_max_calls INTEGER NOT NULL,
+        revision INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '1')",
+    "PRAGMA application_id = 1667392372",
+    "PRAGMA user_version = 1",
+)
+
+_SELECT_REVISION: Final = "SELECT revision FROM circuits WHERE name = ?"
+_SELECT_ONE: Final = """SELECT state, failure_count, success_count, generation, trials,
+    trial_deadline, opened_at, changed_at, forced, last_failure_at, last_error,
+    failure_threshold, timeout, success_threshold, half_open_max_calls, revision
+    FROM circuits WHERE name = ?"""
+_SELECT_ALL: Final = """SELECT name, state, failure_count, success_count, generation, trials,
+    trial_deadline, opened_at, changed_at, forced, last_failure_at, last_error,
+    failure_threshold, timeout, success_threshold, half_open_max_calls
+    FROM circuits ORDER BY name"""
+_UPSERT: Final = """INSERT OR REPLACE INTO circuits (name, state, failure_count, success_count,
+    generation, trials, trial_deadline, opened_at, changed_at, forced, last_failure_at,
+    last_error, failure_threshold, timeout, success_threshold, half_open_max_calls, revision)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+_STATES: Final = {state.value: state for state in CircuitState}
+
+Change = Callable[[Snapshot, BreakerConfig, float], tuple[Snapshot, Permit | None]]
+
+
+def _decode(row: Sequence[Any]) -> tuple[Snapshot, BreakerConfig]:
+    snapshot = Snapshot(
+        state=_STATES[row[0]],
+        failure_count=row[1],
+        success_count=row[2],
+        generation=row[3],
+        trials=row[4],
+        trial_deadline=row[5],
+        opened_at=row[6],
+        changed_at=row[7],
+        forced=bool(row[8]),
+        last_failure_at=row[9],
+        last_error=row[10],
+    )
+    config = BreakerConfig(
+        failure_threshold=row[11],
+        timeout=row[12],
+        success_threshold=row[13],
+        half_open_max_calls=row[14],
+    )
+    return snapshot, config
+
+
+def _encode(name: str, snapshot: Snapshot, config: BreakerConfig) -> tuple[object, ...]:
+    return (
+        name,
+        snapshot.state.value,
+        snapshot.failure_count,
+        snapshot.success_count,
+        snapshot.generation,
+        snapshot.trials,
+        snapshot.trial_deadline,
+        snapshot.opened_at,
+        snapshot.changed_at,
+        int(snapshot.forced),
+        snapshot.last_failure_at,
+        snapshot.last_error,
+        config.failure_threshold,
+        config.timeout,
+        config.success_threshold,
+        config.half_open_max_calls,
+    )
+
+
+class SqliteStore:
+    """Circuits in the local state file; every operation atomic across the machine's processes.
+
+    `busy_timeout` is how long an operation waits for another process's write lock before the
+    store counts as unavailable (the breaker then degrades to in-process state).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock: Clock | None = None, busy_timeout: float = 5.0
+    ) -> None:
+        self._path = Path(path).expanduser().absolute()
+        self._clock = clock or SYSTEM_CLOCK
+        self._lock = threading.Lock()
+        self._decoded: dict[str, tuple[int, Snapshot, BreakerConfig]] = {}
+        _prepare_file(self._path)
+        self._connection = self._connect(busy_timeout)
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {str(self._path)!r}>"
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def url(self) -> str:
+        return str(self._path)
+
+    def clock_now(self) -> float:
+        return self._clock.wall()
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        """Open the file (never creating it: `_prepare_file` did, with mode 0600) and check it."""
+        uri = f"{self._path.as_uri()}?mode=rw"
+        try:
+            connection = sqlite3.connect(
+                uri,
+                uri=True,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=32,
+            )
+        except sqlite3.Error as error:
+            raise StateError(f"cannot open the state file {self._path}: {error}") from error
+        try:
+            self._initialise(connection)
+            connection.execute("PRAGMA journal_mode = WAL").fetchone()
+            connection.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as error:
+            connection.close()
+            raise StateError(f"cannot use the state file {self._path}: {error}") from error
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _initialise(self, connection: sqlite3.Connection) -> None:
+        """Create the schema in a new (empty) file, or check that the file is a cbctl state file.
+
+        A new file is initialised in one transaction, so a crash leaves it empty, never half made.
+        """
+        if self._schema_version(connection) is not None:
+            return
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if self._schema_version(connection) is None:
+                for statement in _SCHEMA:
+                    connection.execute(statement)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    def _schema_version(self, connection: sqlite3.Connection) -> int | None:
+        """The file's schema version, None for an empty database; StateError for a foreign one."""
+        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if application_id == 0 and version == 0 and tables == 0:
+            return None
+        if application_id != APPLICATION_ID:
+            raise _foreign(self._path, "an SQLite database of another application")
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"the state file {self._path} was written by a newer cbctl (state schema "
+                f"{version}; this cbctl reads {SCHEMA_VERSION}); left untouched"
+            )
+        marker = connection.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
+        if version != SCHEMA_VERSION or marker is None or marker[0] != "cbctl":
+            raise _foreign(self._path, "a damaged or unknown version of the state schema")
+        return int(version)
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def _read(self, name: str) -> tuple[int | None, Snapshot | None, BreakerConfig | None]:
+        """The revision of `name`'s row and its decoded form, None when there is no row.
+
+        The row is read and decoded in full only when its revision differs from the one last
+        seen; on the hot path this is one SELECT of one integer.
+        """
+        connection = self._connection
+        seen = self._decoded.get(name)
+        if seen is not None:
+            found = connection.execute(_SELECT_REVISION, (name,)).fetchone()
+            if found is not None and found[0] == seen[0]:
+                return seen
+        row = connection.execute(_SELECT_ONE, (name,)).fetchone()
+        if row is None:
+            self._decoded.pop(name, None)
+            return None, None, None
+        snapshot, config = _decode(row)
+        seen = (row[15], snapshot, config)
+        self._decoded[name] = seen
+        return seen
+
+    def _apply(
+        self, name: str, config: BreakerConfig | None, change: Change, *, optimistic: bool
+    ) -> Update:
+        """One atomic operation; `optimistic` tries a lock-free read first (for ops that often do
+        not change anything)."""
+        with self._lock:
+            try:
+                if optimistic:
+                    now = self._clock.wall()
+                    _, before, known = self._read(name)
+                    if before is not None:
+                        after, permit = change(before, config or known or BreakerConfig(), now)
+                        if after is before or after == before:
+                            return Update(before, before, now, permit)
+                return self._write(name, config, change)
+            except sqlite3.Error as error:
+                raise StoreUnavailableError(f"state file {self._path}: {error}") from error
+
+    def _write(self, name: str, config: BreakerConfig | None, change: Change) -> Update:
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            now = self._clock.wall()
+            revision, before, known = self._read(name)
+            if before is None:
+                before = Snapshot(changed_at=now)
+            settings = config or known or BreakerConfig()
+            after, permit = change(before, settings, now)
+            written = None
+            if revision is None or after != before:
+                written = secrets.randbits(62) if revision is None else revision + 1
+                connection.execute(_UPSERT, (*_encode(name, after, settings), written))
+            connection.execute("COMMIT")
+        except BaseException:
+            self._decoded.pop(name, None)
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise
+        if written is not None:
+            self._decoded[name] = (written, after, settings)
+        return Update(before, after, now, permit)
+
+    def load(self, name: str) -> StoredCircuit | None:
+        with self._lock:
+            try:
+                _, snapshot, config = self._read(name)
+            except sqlite3.Error as error:
+                raise StoreUnavailableError(f"state file {self._path}: {error}") from error
+        if snapshot is None or config is None:
+            return None
+        return StoredCircuit(name, snapshot, config, self._clock.wall())
+
+    def load_all(self) -> list[StoredCircuit]:
+        with self._lock:
+            try:
+                rows = self._connection.execute(_SELECT_ALL).fetchall()
+            except sqlite3.Error as error:
+                raise StoreUnavailableError(f"state file {self._path}: {error}") from error
+        now = self._clock.wall()
+        circuits = []
+        for name, *fields in rows:
+            snapshot, config = _decode(fields)
+            circuits.append(StoredCircuit(name, snapshot, config, now))
+        return circuits
+
+    def admit(self, name: str, config: BreakerConfig) -> Update:
+        return self._apply(name, config, machine.admit, optimistic=True)
+
+    def record_success(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+        def succeed(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
+            return machine.record_success(s, c, permit, now), permit
+
+        return self._apply(name, config, succeed, optimistic=True)
+
+    def record_failure(
+        self, name: str, config: BreakerConfig, permit: Permit | None, error: str
+    ) -> Update:
+        def fail(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
+            return machine.record_failure(s, c, permit, now, now, error), permit
+
+        return self._apply(name, config, fail, optimistic=False)
+
+    def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+        def give_back(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
+            return machine.release(s, permit), permit
+
+        return self._apply(name, config, give_back, optimistic=True)
+
+    def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
+        def to_closed(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
+            return machine.reset(s, now), None
+
+        return self._apply(name, config, to_closed, optimistic=False)
+
+    def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update:
+        def hold(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
+            return machine.force(s, state, now), None
+
+        return self._apply(name, config, hold, optimistic=False)
+
+    def close(self) -> None:
+        """Close the connection (the last one out checkpoints the WAL into the file)."""
+        with self._lock:
+            self._connection.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _foreign(path: Path, what: str) -> StateError:
+    return StateError(f"{path} is not a cbctl state file ({what}); left untouched")
+
+
+def _prepare_file(path: Path) -> None:
+    """Make sure `path` is a regular file we may use: created 0600 if missing, never a symlink,
+    and, if it has content, an SQLite file carrying cbctl's application id (checked in the raw
+    header before SQLite touches it, so a foreign file is never modified)."""
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError as error:
+        raise StateError(
+            f"cannot use the state file {path}: {directory} is not a directory"
+        ) from error
+    except OSError as error:
+        raise StateError(
+            f"cannot create the directory {directory} for the state file: {error.strerror}"
+        ) from error
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        info = None
+    except OSError as error:
+        raise StateError(f"cannot use the state file {path}: {error.strerror}") from error
+    if info is not None and stat.S_ISLNK(info.st_mode):
+        raise StateError(f"refusing the state file {path}: it is a symbolic link")
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise StateError(f"cannot use the state file {path}: it is not a regular file")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StateError(
+            f"cannot use the state file {path}: the directory {directory} is not writable"
+        )
+    if info is None:
+        _create_private(path)
+        return
+    try:
+        with open(path, "rb") as existing:
+            header = existing.read(100)
+    except OSError as error:
+        raise StateError(f"cannot read the state file {path}: {error.strerror}") from error
+    if not header:
+        return
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise _foreign(path, "not an SQLite database")
+    application_id = int.from_bytes(header[_HEADER_APPLICATION_ID], "big")
+    version = int.from_bytes(header[_HEADER_USER_VERSION], "big")
+    if application_id not in (0, APPLICATION_ID) or (application_id == 0 and version != 0):
+        raise _foreign(path, "an SQLite database of another application")
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty file readable by its owner only; refuse to follow a symlink planted there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except FileExistsError:
+        if os.path.islink(path):
+            raise StateError(f"refusing the state file {path}: it is a symbolic link") from None
+        return
+    except OSError as error:
+        raise StateError(f"cannot create the state file {path}: {error.strerror}") from error
+    os.close(descriptor)

@@ -1,0 +1,299 @@
+"""One contract for every store: memory, the local state file (SQLite) and Redis (a real server).
+
+Every test drives store-backed CircuitBreakers through the transitions of DESIGN.md §3 with a
+FakeClock. The memory store and the state file take that clock as their time base; Redis keeps
+the server's clock, and the test moves it with the store's `time_offset` (the fake clock's
+advance), so no test sleeps. `reopen()` gives a second store object on the same location: another
+process's view of the same circuits, or the same process after a restart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cbctl import CircuitBreaker, CircuitBreakerError, CircuitState, FakeClock
+from cbctl.state import BreakerConfig, CircuitStore
+from cbctl.stores import MemoryStore
+from cbctl.stores.redis import RedisStore
+from cbctl.stores.sqlite import SqliteStore
+from tests.servers import RedisServer
+
+_prefixes = itertools.count()
+
+
+class Backend:
+    """One store kind at one location, with a fake clock that moves its time base."""
+
+    def __init__(self, kind: str, opener: Callable[[FakeClock], CircuitStore]) -> None:
+        self.kind = kind
+        self.clock = FakeClock()
+        self._opener = opener
+        self._opened: list[CircuitStore] = []
+        self.store = self.reopen()
+
+    def reopen(self) -> CircuitStore:
+        """Another store object on the same location (same object for memory://)."""
+        if self.kind == "memory" and self._opened:
+            return self._opened[0]
+        store = self._opener(self.clock)
+        self._opened.append(store)
+        return store
+
+    def breaker(
+        self, name: str = "dep", store: CircuitStore | None = None, **settings: Any
+    ) -> CircuitBreaker:
+        return CircuitBreaker(name, clock=self.clock, store=store or self.store, **settings)
+
+    def close(self) -> None:
+        for store in self._opened:
+            store.close()
+
+
+@pytest.fixture(scope="module")
+def shared_redis() -> Iterator[RedisServer]:
+    """One Redis for this module; each test gets its own key prefix."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.slow)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    kind = request.param
+    if kind == "memory":
+        made = Backend(kind, MemoryStore)
+    elif kind == "sqlite":
+        path = tmp_path / "circuits.db"
+        made = Backend(kind, lambda clock: SqliteStore(path, clock=clock))
+    else:
+        server: RedisServer = request.getfixturevalue("shared_redis")
+        prefix = f"test{next(_prefixes)}:"
+        server_start = RedisStore(server.url).clock_now()
+
+        def open_redis(clock: FakeClock) -> CircuitStore:
+            return RedisStore(
+                server.url, prefix=prefix, time_offset=lambda: clock.wall() - server_start
+            )
+
+        made = Backend(kind, open_redis)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+class Boom(Exception):
+    pass
+
+
+def fail() -> None:
+    raise Boom("dependency down")
+
+
+def ok() -> str:
+    return "ok"
+
+
+def trip(breaker: CircuitBreaker, times: int) -> None:
+    for _ in range(times):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+
+
+def test_consecutive_failures_open_at_threshold_and_the_tripping_error_reaches_the_caller(
+    backend: Backend,
+) -> None:
+    breaker = backend.breaker(failure_threshold=3)
+    trip(breaker, 2)
+    assert breaker.stats["failure_count"] == 2
+    assert breaker.call(ok) == "ok"
+    assert breaker.stats["failure_count"] == 0
+    trip(breaker, 2)
+    assert breaker.state is CircuitState.CLOSED
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert breaker.state is CircuitState.OPEN
+    assert breaker.stats["failure_count"] == 3
+    assert breaker.stats["last_error"] == "Boom: dependency down"
+
+
+def test_open_circuit_rejects_without_calling_and_says_when_to_retry(backend: Backend) -> None:
+    breaker = backend.breaker(failure_threshold=1, timeout=30.0)
+    trip(breaker, 1)
+    backend.clock.advance(10)
+    called = []
+    with pytest.raises(CircuitBreakerError) as rejected:
+        breaker.call(lambda: called.append(1))
+    assert called == []
+    assert rejected.value.name == "dep"
+    assert rejected.value.retry_after == pytest.approx(20.0, abs=0.5)
+
+
+def test_after_the_timeout_one_trial_runs_and_other_callers_are_rejected(backend: Backend) -> None:
+    breaker = backend.breaker(failure_threshold=1, timeout=30.0)
+    trip(breaker, 1)
+    backend.clock.advance(30.5)
+    with breaker:
+        assert breaker.state is CircuitState.HALF_OPEN
+        with pytest.raises(CircuitBreakerError):
+            breaker.call(ok)
+    assert breaker.stats["success_count"] == 1
+
+
+def test_half_open_closes_after_success_threshold_successes(backend: Backend) -> None:
+    breaker = backend.breaker(failure_threshold=1, timeout=5.0, success_threshold=2)
+    trip(breaker, 1)
+    backend.clock.advance(5.5)
+    breaker.call(ok)
+    assert breaker.state is CircuitState.HALF_OPEN
+    breaker.call(ok)
+    stats = breaker.stats
+    assert (stats["state"], stats["failure_count"], stats["success_count"]) == ("closed", 0, 0)
+
+
+def test_half_open_failure_reopens_and_restarts_the_timer(backend: Backend) -> None:
+    breaker = backend.breaker(failure_threshold=1, timeout=5.0)
+    trip(breaker, 1)
+    backend.clock.advance(5.5)
+    trip(breaker, 1)
+    assert breaker.state is CircuitState.OPEN
+    with pytest.raises(CircuitBreakerError) as rejected:
+        breaker.call(ok)
+    assert rejected.value.retry_after == pytest.approx(5.0, abs=0.5)
+
+
+def test_excluded_errors_and_interrupts_are_neutral_and_free_the_trial(backend: Backend) -> None:
+    breaker = backend.breaker(failure_threshold=2, timeout=5.0, exclude=[KeyError])
+    for _ in range(3):
+        with pytest.raises(KeyError):
+            breaker.call(lambda: {}["missing"])
+    assert breaker.stats["failure_count"] == 0
+    trip(breaker, 2)
+    backend.clock.advance(5.5)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        breaker.call(interrupted)
+    assert breaker.call(ok) == "ok"
+    assert breaker.state is CircuitState.HALF_OPEN
+
+
+def test_reset_is_seen_by_another_instance_on_its_next_call(backend: Backend) -> None:
+    service = backend.breaker(failure_threshold=1)
+    operator = backend.breaker(store=backend.reopen(), failure_threshold=1)
+    trip(service, 1)
+    assert operator.state is CircuitState.OPEN
+    operator.reset()
+    assert service.call(ok) == "ok"
+    assert service.stats["state"] == "closed"
+
+
+def test_an_open_circuit_survives_a_restart_with_its_remaining_time(backend: Backend) -> None:
+    trip(backend.breaker(failure_threshold=1, timeout=60.0), 1)
+    backend.clock.advance(15)
+    restarted = backend.breaker(store=backend.reopen(), failure_threshold=1, timeout=60.0)
+    assert restarted.state is CircuitState.OPEN
+    assert restarted.stats["retry_after"] == pytest.approx(45.0, abs=0.5)
+    with pytest.raises(CircuitBreakerError) as rejected:
+        restarted.call(ok)
+    assert rejected.value.retry_after == pytest.approx(45.0, abs=0.5)
+
+
+def test_half_open_permits_are_shared_across_instances(backend: Backend) -> None:
+    settings = {"failure_threshold": 1, "timeout": 5.0, "half_open_max_calls": 2}
+    first = backend.breaker(**settings)
+    second = backend.breaker(store=backend.reopen(), **settings)
+    third = backend.breaker(store=backend.reopen(), **settings)
+    trip(first, 1)
+    backend.clock.advance(5.5)
+    with first, second, pytest.raises(CircuitBreakerError):
+        third.call(ok)
+    assert third.call(ok) == "ok"
+
+
+def test_a_trial_lease_expires_when_its_holder_never_reports(backend: Backend) -> None:
+    holder = backend.breaker(failure_threshold=1, timeout=5.0)
+    other = backend.breaker(store=backend.reopen(), failure_threshold=1, timeout=5.0)
+    trip(holder, 1)
+    backend.clock.advance(5.5)
+    holder.__enter__()
+    with pytest.raises(CircuitBreakerError):
+        other.call(ok)
+    backend.clock.advance(5.5)
+    assert other.call(ok) == "ok"
+
+
+def test_an_outcome_admitted_before_a_reset_does_not_move_the_new_state(backend: Backend) -> None:
+    breaker = backend.breaker(failure_threshold=1, timeout=5.0)
+    trip(breaker, 1)
+    backend.clock.advance(5.5)
+    breaker.__enter__()
+    backend.breaker(store=backend.reopen()).reset()
+    breaker.__exit__(Boom, Boom("late"), None)
+    stats = breaker.stats
+    assert (stats["state"], stats["failure_count"]) == ("closed", 0)
+    assert stats["last_error"] == "Boom: late"
+
+
+def test_forced_open_rejects_everything_until_reset(backend: Backend) -> None:
+    breaker = backend.breaker(timeout=1.0)
+    breaker.force_open()
+    backend.clock.advance(100)
+    with pytest.raises(CircuitBreakerError) as rejected:
+        breaker.call(ok)
+    assert rejected.value.retry_after is None
+    breaker.reset()
+    assert breaker.call(ok) == "ok"
+
+
+def test_threads_recording_failures_lose_no_update_and_open_once(backend: Backend) -> None:
+    threads, each = 4, 25
+    opened = []
+    breakers = [
+        backend.breaker(store=backend.reopen(), failure_threshold=threads * each)
+        for _ in range(threads)
+    ]
+    for breaker in breakers:
+        breaker.add_listener(lambda event: opened.append(event) if event.state == "open" else None)
+
+    def hammer(breaker: CircuitBreaker) -> None:
+        for _ in range(each):
+            with pytest.raises(Boom):
+                breaker.call(fail)
+
+    workers = [threading.Thread(target=hammer, args=(b,)) for b in breakers]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    stored = backend.store.load("dep")
+    assert stored is not None
+    assert (stored.snapshot.state, stored.snapshot.failure_count) == ("open", threads * each)
+    assert len(opened) == 1
+
+
+def test_circuits_do_not_share_state_and_load_all_lists_them_with_settings(
+    backend: Backend,
+) -> None:
+    trip(backend.breaker("qdrant", failure_threshold=1, timeout=7.0), 1)
+    backend.breaker("redis", failure_threshold=4).call(ok)
+    circuits = {c.name: c for c in backend.reopen().load_all()}
+    assert sorted(circuits) == ["qdrant", "redis"]
+    assert circuits["qdrant"].snapshot.state is CircuitState.OPEN
+    assert circuits["qdrant"].config == BreakerConfig(failure_threshold=1, timeout=7.0)
+    assert circuits["redis"].snapshot.state is CircuitState.CLOSED
+    assert circuits["redis"].config.failure_threshold == 4
+    assert backend.store.load("unknown") is None
+
+
+def test_last_failure_is_wall_clock_utc(backend: Backend) -> None:
+    breaker = backend.breaker()
+    trip(breaker, 1)
+    assert breaker.stats["last_failure"] == "2026-01-01T00:00:00Z"
