@@ -87,6 +87,7 @@ class CircuitBreaker:
         "_rejections",
         "_snapshot",
         "_store",
+        "_stored",
         "_successes",
         "name",
     )
@@ -127,6 +128,7 @@ class CircuitBreaker:
         self._exclude_predicates = tuple(predicates)
         self._clock = clock or SYSTEM_CLOCK
         self._store = store
+        self._stored: Snapshot | None = None
         self._fallback = fallback
         self._lock = threading.Lock()
         self._snapshot = Snapshot(changed_at=self._clock.monotonic())
@@ -289,7 +291,7 @@ class CircuitBreaker:
             update = self._store_op(lambda store: store.admit(self.name, self._config))
             if update is not None:
                 if update.permit is None:
-                    self._reject(update.after, self._store_now())
+                    self._reject(update.after, update.now)
                 return update.permit
         snapshot = self._snapshot
         if snapshot.state is _OPEN and snapshot.opened_at is not None:
@@ -383,11 +385,14 @@ class CircuitBreaker:
                     "circuit=%s store degraded: %s", self.name, error, extra={"circuit": self.name}
                 )
             self._degraded = str(error)
+            self._stored = None
             return None
         self._degraded = None
-        local = machine.rebase(update.after, self._clock.monotonic() - update.now)
-        with self._lock:
-            self._install(local)
+        if update.after is not self._stored:
+            local = machine.rebase(update.after, self._clock.monotonic() - update.now)
+            with self._lock:
+                self._install(local)
+            self._stored = update.after
         self._announce(update.before, update.after)
         return update
 
