@@ -1,0 +1,149 @@
+"""Health probes, one module per dependency kind, behind one dispatcher.
+
+Contract of every probe module: `check(dep, timeout) -> str` returns a short description of the
+healthy answer ("PONG", "SELECT 1 ok", "200 ok") or raises `ProbeError` (a DependencyError)
+with a one-line, password-free message. Each module bounds its client with connect and read
+timeouts; the dispatcher adds a deadline around the whole call, because some waits cannot be
+bounded from inside a client (name resolution, psycopg's 2-second minimum connect timeout).
+
+The kind's module — and with it the client library — is imported only when a probe runs, so
+a probe rejected by an open circuit never pays for qdrant_client or psycopg.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final, Literal, Protocol, cast
+
+from cbctl.errors import DependencyError, UsageError
+
+if TYPE_CHECKING:
+    from cbctl.config import Dependency
+
+__all__ = ["MODULES", "Deadline", "ProbeError", "Reason", "check", "scrub", "seconds"]
+
+Reason = Literal["refused", "timeout", "auth", "not_ready", "unhealthy", "unreachable"]
+
+MODULES: Final = {
+    "qdrant": "qdrant",
+    "postgresql": "postgres",
+    "redis": "redis",
+    "llamacpp": "llamacpp",
+    "http": "http",
+    "tcp": "tcp",
+}
+
+
+class ProbeError(DependencyError):
+    """A probe's failure, with a machine-readable `reason` next to the one-line message."""
+
+    def __init__(self, message: str, reason: Reason = "unhealthy") -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
+
+
+class _ProbeModule(Protocol):
+    def check(self, dep: Dependency, timeout: float) -> str: ...
+
+
+def seconds(value: float) -> str:
+    """`2.0s`, `0.25s`: a duration as people write it in messages."""
+    return f"{value:.1f}s" if round(value, 1) == value else f"{value:g}s"
+
+
+def timed_out(timeout: float, dep: Dependency) -> ProbeError:
+    return ProbeError(f"timed out after {seconds(timeout)} at {dep.address}", "timeout")
+
+
+def refused(dep: Dependency) -> ProbeError:
+    return ProbeError(f"connection refused at {dep.address}", "refused")
+
+
+class Deadline:
+    """The time left for one probe, so that its steps share a single budget."""
+
+    __slots__ = ("_end", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._end = time.monotonic() + timeout
+
+    def remaining(self, dep: Dependency) -> float:
+        """Seconds left; a timeout ProbeError once none are."""
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise timed_out(self.timeout, dep)
+        return left
+
+
+def secrets_of(dep: Dependency) -> list[str]:
+    """Every secret a message about `dep` must not show: the URL's password, the API key."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    parts = urlsplit(dep.url)
+    found = [parts.password, unquote(parts.password or ""), dep.api_key]
+    found += [value for key, value in parse_qsl(parts.query) if key.lower() == "password"]
+    return [secret for secret in found if secret]
+
+
+def scrub(message: str, secrets: Iterable[str]) -> str:
+    """One line, every secret replaced by `***` (client messages may echo connection strings)."""
+    line = " ".join(message.split())
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        line = line.replace(secret, "***")
+    return line
+
+
+def check(dep: Dependency, timeout: float | None = None) -> str:
+    """Probe `dep` once, within `timeout` seconds (default: its call_timeout).
+
+    Returns the healthy answer's description; raises ProbeError (DependencyError) otherwise.
+    The client library is imported before the clock starts, so a cold import does not count
+    against the dependency.
+    """
+    limit = dep.call_timeout if timeout is None else timeout
+    if isinstance(limit, bool) or not math.isfinite(limit) or limit <= 0:
+        raise UsageError(f"call timeout must be a positive number of seconds, got {limit!r}")
+    try:
+        module_name = MODULES[dep.kind]
+    except KeyError:
+        raise UsageError(f"no probe for kind {dep.kind!r} (known: {', '.join(MODULES)})") from None
+    module = cast(_ProbeModule, importlib.import_module(f"cbctl.probes.{module_name}"))
+    return _within(lambda: module.check(dep, limit), limit, dep)
+
+
+_GRACE: Final = 0.05
+
+
+def _within(probe: Callable[[], str], timeout: float, dep: Dependency) -> str:
+    """Run `probe` on a daemon thread and give up at the deadline.
+
+    The probe's own client timeouts end the thread shortly after; a daemon thread never holds
+    up the interpreter's exit.
+    """
+    outcome: list[str | BaseException] = []
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append(probe())
+        except BaseException as error:  # handed to the caller's thread below
+            outcome.append(error)
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=run, name=f"cbctl-probe-{dep.name}", daemon=True)
+    worker.start()
+    if not finished.wait(timeout + _GRACE):
+        raise timed_out(timeout, dep)
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        if isinstance(result, DependencyError):
+            raise result
+        message = scrub(f"{type(result).__name__}: {result}", secrets_of(dep))
+        raise ProbeError(f"probe failed: {message}", "unhealthy") from None
+    return result

@@ -1,0 +1,30 @@
+"""Any HTTP service: `GET url` with httpx; healthy when the status is the expected one."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+
+from cbctl.probes import Deadline, ProbeError
+from cbctl.probes._httpx import client_for, transport_problem
+
+if TYPE_CHECKING:
+    from cbctl.config import Dependency
+
+__all__ = ["check"]
+
+
+def check(dep: Dependency, timeout: float) -> str:
+    deadline = Deadline(timeout)
+    try:
+        with client_for(deadline.remaining(dep)) as client:
+            response = client.get(dep.url)
+    except httpx.HTTPError as error:
+        raise transport_problem(error, dep, timeout) from None
+    described = f"{response.status_code} {response.reason_phrase.lower()}".strip()
+    if response.status_code != dep.expected_status:
+        raise ProbeError(
+            f"unexpected status {described} (expected {dep.expected_status})", "unhealthy"
+        )
+    return described
