@@ -8,7 +8,8 @@ it. Modes, switched at run time and in effect when the call returns:
 - ``blackhole``: new connections are accepted, read and never answered; the upstream is never
   contacted. Open connections are held: their bytes wait and flow again once the mode allows.
 - ``latency``: every chunk coming back from the upstream is held ``latency_ms`` before it is
-  forwarded, so each request/response round trip is at least that much slower.
+  forwarded, so each request/response round trip is at least that much slower (and a bulk
+  download is paced at one 64 KiB read per ``latency_ms``). Requests are not delayed.
 - ``flapping``: down at once, then up and down in turn, each phase lasting ``flap_period_s``.
 
 It counts what it does (`ProxyStats`), so "the dependency was not contacted" is measured.
@@ -80,7 +81,7 @@ def _checked_port(value: int, what: str, *, lowest: int) -> int:
     return value
 
 
-def _checked_seconds(value: float, what: str, *, zero_ok: bool) -> float:
+def _checked_number(value: float, what: str, *, zero_ok: bool) -> float:
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
     if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
@@ -178,20 +179,20 @@ class AsyncFaultProxy:
             if not self._started or self._closed:
                 raise UsageError("the fault proxy is not running; start it first")
             await self._stop_flapping()
-            self._mode = mode
             await self._enter(Mode.DOWN if mode is Mode.FLAPPING else mode)
+            self._mode = mode
             if mode is Mode.FLAPPING:
                 self._flapper = asyncio.create_task(self._flap())
         _log.debug("fault proxy on port %d: mode %s", self._port, mode)
 
     async def set_latency(self, latency_ms: float) -> None:
         """Switch to latency mode, holding each chunk from the upstream `latency_ms`."""
-        self._latency_s = _checked_seconds(latency_ms, "latency_ms", zero_ok=True) / 1000
+        self._latency_s = _checked_number(latency_ms, "latency_ms", zero_ok=True) / 1000
         await self.set_mode(Mode.LATENCY)
 
     async def set_flapping(self, period: float) -> None:
         """Switch to flapping: down now, then up and down in turn every `period` seconds."""
-        self._flap_period_s = _checked_seconds(period, "flapping period", zero_ok=False)
+        self._flap_period_s = _checked_number(period, "flapping period", zero_ok=False)
         await self.set_mode(Mode.FLAPPING)
 
     def stats(self) -> ProxyStats:

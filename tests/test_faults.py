@@ -313,7 +313,7 @@ def test_close_releases_every_socket(echo: EchoServer) -> None:
     deadline = time.monotonic() + 2.0  # the echo server's handler threads close their side
     while open_fds() > before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert open_fds() == before
+    assert open_fds() <= before  # other tests' servers may still be closing sockets
 
 
 def test_asyncio_core_works_in_async_with(echo: EchoServer) -> None:
