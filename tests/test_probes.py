@@ -347,3 +347,18 @@ def test_a_tcp_probe_loads_no_client_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_an_unexpected_error_inside_a_probe_is_a_password_free_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cbctl.probes import tcp as tcp_probe
+
+    def broken(dependency: Dependency, timeout: float) -> str:
+        raise RuntimeError(f"boom while talking to {dependency.url}")
+
+    monkeypatch.setattr(tcp_probe, "check", broken)
+    error = failure(lambda: check(dep("tcp", "tcp://ops:tcp-Secret-5@127.0.0.1:9"), 1.0))
+    assert (
+        str(error) == "probe failed: RuntimeError: boom while talking to tcp://ops:***@127.0.0.1:9"
+    )

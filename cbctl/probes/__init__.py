@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, Literal, Protocol, cast
 
-from cbctl.errors import DependencyError, UsageError
+from cbctl.errors import CbctlError, DependencyError, UsageError
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -142,7 +142,7 @@ def _within(probe: Callable[[], str], timeout: float, dep: Dependency) -> str:
         raise timed_out(timeout, dep)
     result = outcome[0]
     if isinstance(result, BaseException):
-        if isinstance(result, DependencyError):
+        if isinstance(result, CbctlError):
             raise result
         message = scrub(f"{type(result).__name__}: {result}", secrets_of(dep))
         raise ProbeError(f"probe failed: {message}", "unhealthy") from None

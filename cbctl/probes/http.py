@@ -18,7 +18,7 @@ __all__ = ["check"]
 def check(dep: Dependency, timeout: float) -> str:
     deadline = Deadline(timeout)
     try:
-        with client_for(deadline.remaining(dep)) as client:
+        with client_for(dep.url, deadline.remaining(dep)) as client:
             response = client.get(dep.url)
     except httpx.HTTPError as error:
         raise transport_problem(error, dep, timeout) from None

@@ -24,7 +24,7 @@ def check(dep: Dependency, timeout: float) -> str:
     deadline = Deadline(timeout)
     url = dep.url.rstrip("/") + "/health"
     try:
-        with client_for(deadline.remaining(dep)) as client:
+        with client_for(url, deadline.remaining(dep)) as client:
             response = client.get(url)
     except httpx.HTTPError as error:
         raise transport_problem(error, dep, timeout) from None

@@ -15,7 +15,7 @@ from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from cbctl.probes import Deadline, ProbeError, scrub, secrets_of
-from cbctl.probes._httpx import client_for, transport_problem
+from cbctl.probes._httpx import client_for, tls_for, transport_problem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,7 +30,7 @@ def check(dep: Dependency, timeout: float) -> str:
     headers = {"api-key": dep.api_key} if dep.api_key else {}
     base = dep.url.rstrip("/")
     try:
-        with client_for(deadline.remaining(dep), headers) as http:
+        with client_for(base, deadline.remaining(dep), headers) as http:
             ready = http.get(f"{base}/readyz")
     except httpx.HTTPError as error:
         raise transport_problem(error, dep, timeout) from None
@@ -42,6 +42,7 @@ def check(dep: Dependency, timeout: float) -> str:
         headers=headers,  # `api_key=` would warn about plain http on every probe
         timeout=max(1, int(deadline.remaining(dep)) + 1),
         check_compatibility=False,
+        verify=tls_for(base),
     )
     client.http.client.add_middleware(_bounded_by(deadline, dep))
     try:
