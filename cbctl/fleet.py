@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CircuitReset",
+    "FleetReader",
     "SourceReport",
     "fetch_health",
     "health_url",
@@ -299,3 +301,49 @@ def _reset_one(http: httpx.Client, base: str, where: str, name: str, token: str)
     if not isinstance(before, dict) or not isinstance(after, dict):
         raise DependencyError(f"{where} answered the reset without before/after stats")
     return CircuitReset(name, before, after)
+
+
+class FleetReader:
+    """Reads one store and any number of health endpoints together, again and again (for watch).
+
+    One HTTP client (keep-alive) serves every refresh; endpoints are read in parallel so one
+    that hangs costs at most `timeout` per refresh, and shows as unreachable.
+    """
+
+    def __init__(
+        self, store: CircuitStore | None, urls: Sequence[str], *, timeout: float = 2.0
+    ) -> None:
+        self._store = store
+        self._urls = [health_url(url) for url in urls]
+        self._timeout = timeout
+        self._client: httpx.Client | None = _client(timeout) if self._urls else None
+        self._pool: ThreadPoolExecutor | None = None
+        if len(self._urls) > 1:
+            self._pool = ThreadPoolExecutor(min(8, len(self._urls)), "cbctl-watch")
+
+    def read(self, now: float) -> list[SourceReport]:
+        """Every source's report, the store first, then the endpoints in the order given."""
+        reports = [] if self._store is None else [report_from_store(self._store, now)]
+
+        def one(url: str) -> SourceReport:
+            return report_from_url(url, now, timeout=self._timeout, client=self._client)
+
+        if self._pool is not None:
+            reports += list(self._pool.map(one, self._urls))
+        else:
+            reports += [one(url) for url in self._urls]
+        return reports
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> FleetReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from cbctl.cli import reset as reset
+from cbctl.cli import serve as serve
+from cbctl.cli import status as status
+from cbctl.cli import watch as watch
 from cbctl.cli.app import app
 
 __all__ = ["app", "main"]

@@ -1,0 +1,65 @@
+"""`cbctl reset`: force circuits CLOSED in the shared state or through a service's endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cbctl.cli.app import app
+from cbctl.cli.common import open_state
+from cbctl.errors import UsageError
+from cbctl.fleet import CircuitReset, reset_in_store, reset_remote
+
+
+@app.command()
+def reset(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="The circuit to close.", show_default=False)
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="Close every circuit.")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(metavar="URL", help="Reset through this service's health endpoint instead."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CBCTL_TOKEN",
+            metavar="TOKEN",
+            show_default=False,
+            help="Bearer token of the endpoint (with --url).",
+        ),
+    ] = None,
+) -> None:
+    """Force a circuit (or --all) back to CLOSED and show its state before and after.
+
+    Through the state by default; with --url through a service's health endpoint. An unknown
+    circuit exits 2, listing the known ones.
+
+    \b
+    Example:
+      cbctl reset qdrant
+      CBCTL_TOKEN=... cbctl reset --all --url http://127.0.0.1:8092
+    """
+    if (name is None) == (not every):
+        raise UsageError("give a circuit NAME or --all (not both)")
+    resets: list[CircuitReset]
+    if url is not None:
+        if not token:
+            raise UsageError("--url needs --token (or $CBCTL_TOKEN) for the endpoint's resets")
+        resets, source = reset_remote(url, name, token), url
+    else:
+        store = open_state(ctx)
+        try:
+            resets, source = reset_in_store(store, name), store.url
+        finally:
+            store.close()
+    from cbctl.render import is_plain, make_console, reset_table
+
+    console = make_console()
+    if not resets:
+        typer.echo(f"no circuits to reset in {source}", err=True)
+        return
+    console.print(reset_table(resets, source, plain=is_plain(console)))

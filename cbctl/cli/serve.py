@@ -1,0 +1,56 @@
+"""`cbctl serve`: the health endpoints of the shared state's circuits over HTTP."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cbctl.cli.app import app
+from cbctl.cli.common import open_state
+from cbctl.serving import DEFAULT_HOST, DEFAULT_PORT
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str, typer.Option(metavar="HOST", help="Address to bind (loopback by default).")
+    ] = DEFAULT_HOST,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="TCP port (0: any free one).")
+    ] = (DEFAULT_PORT),
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CBCTL_TOKEN",
+            metavar="TOKEN",
+            help="Bearer token that POST /circuits/NAME/reset requires; without it resets are "
+            "refused (403). Prefer $CBCTL_TOKEN: options are visible in `ps`.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve GET /health, GET /metrics and POST /circuits/NAME/reset for the state's circuits.
+
+    Runs until Ctrl-C (exit 0). /health always answers 200, "degraded" when a circuit is not
+    closed.
+
+    \b
+    Example:
+      CBCTL_TOKEN=$(openssl rand -hex 16) cbctl --state ./circuits.db serve --port 8092
+    """
+    from cbctl.health import health_app
+    from cbctl.serving import HealthServer
+
+    store = open_state(ctx)
+    server = HealthServer(health_app(store, token), host, port)
+    resets = "POST /circuits/NAME/reset" if token else "resets disabled (no token)"
+    typer.echo(f"cbctl: serving {store.url} on {server.url}: /health, /metrics, {resets}", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        store.close()

@@ -1,0 +1,243 @@
+"""Everything cbctl shows to people, built with rich from plain data (never from live objects).
+
+Each function takes data (stats dicts, `cbctl.fleet` dataclasses) and an injected `now` (wall
+seconds), and returns a rich renderable, so tests render on a fixed-width Console at a fixed
+time. Sections: consoles, durations, circuit tables, resets. Add new sections (probe results,
+simulation journals) below the existing ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import IO, Any
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from cbctl.fleet import CircuitReset, SourceReport
+
+__all__ = [
+    "circuit_table",
+    "format_age",
+    "make_console",
+    "reset_table",
+    "run_live",
+    "state_text",
+]
+
+# -- consoles ----------------------------------------------------------------------------------
+
+PLAIN_WIDTH = 1000
+"""Tables are not squeezed into 80 columns when the output is a file or a pipe."""
+
+
+def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
+    """A console that is plain (no colour, no box drawing) when not a TTY or NO_COLOR is set."""
+    console = Console(file=file, stderr=stderr, highlight=False, emoji=False, soft_wrap=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PLAIN_WIDTH
+    return console
+
+
+def is_plain(console: Console) -> bool:
+    """Whether output should be plain text: not a terminal, or colour switched off."""
+    return not console.is_terminal or console.no_color
+
+
+# -- durations and times -----------------------------------------------------------------------
+
+
+def format_age(seconds: float | None) -> str:
+    """A short duration for a narrow column: 7s, 4m05s, 2h03m, 3d04h."""
+    if seconds is None:
+        return "-"
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def _epoch(iso: object) -> float | None:
+    """Epoch seconds of an ISO-8601 UTC time from stats (`2026-01-09T19:30:00Z`), else None."""
+    if not isinstance(iso, str):
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+# -- circuit tables ----------------------------------------------------------------------------
+
+STATE_STYLES: Mapping[str, str] = {
+    "closed": "green",
+    "open": "bold red",
+    "half_open": "yellow",
+    "unreachable": "bold magenta",
+}
+
+
+def state_text(stats: Mapping[str, Any]) -> Text:
+    """The state, coloured; a forced state says so."""
+    state = str(stats.get("state", "?"))
+    label = f"{state} (forced)" if stats.get("forced") else state
+    return Text(label, style=STATE_STYLES.get(state, ""))
+
+
+def _ratio(count: object, limit: object) -> str:
+    if not isinstance(count, int) or not isinstance(limit, int):
+        return "-"
+    return f"{count}/{limit}"
+
+
+def _half_open(stats: Mapping[str, Any]) -> str:
+    if stats.get("state") != "half_open":
+        return "-"
+    return _ratio(stats.get("success_count"), stats.get("success_threshold"))
+
+
+def _retry(stats: Mapping[str, Any], elapsed: float) -> str:
+    """Seconds until an open circuit admits a trial, counted down since the data was read."""
+    if stats.get("state") != "open":
+        return "-"
+    if stats.get("forced"):
+        return "held"
+    retry = stats.get("retry_after")
+    if not isinstance(retry, int | float):
+        return "-"
+    return f"{max(0.0, retry - elapsed):.1f}s"
+
+
+def _last_failure(stats: Mapping[str, Any], now: float) -> str:
+    at = _epoch(stats.get("last_failure"))
+    if at is None:
+        return "-"
+    error = stats.get("last_error")
+    ago = f"{format_age(now - at)} ago"
+    return f"{ago}: {error}" if error else ago
+
+
+def _count(value: object) -> str:
+    return str(value) if isinstance(value, int) else "-"
+
+
+def _summary(reports: Sequence[SourceReport]) -> str:
+    states = Counter(str(stats.get("state")) for report in reports for stats in report.circuits)
+    unreachable = sum(1 for report in reports if report.error is not None)
+    total = sum(states.values())
+    parts = [f"{total} circuit{'s' if total != 1 else ''}"]
+    parts += [
+        f"{states[state]} {state}" for state in ("closed", "half_open", "open") if states[state]
+    ]
+    if unreachable:
+        parts.append(f"{unreachable} source{'s' if unreachable != 1 else ''} unreachable")
+    return ", ".join(parts)
+
+
+def circuit_table(
+    reports: Sequence[SourceReport], now: float, *, plain: bool = False, title: str | None = None
+) -> Table:
+    """One table of every circuit of every source (a fleet view); a failed source is one row."""
+    table = Table(
+        title=title,
+        caption=_summary(reports),
+        box=None if plain else box.SIMPLE_HEAD,
+        header_style="" if plain else "bold",
+        caption_justify="left",
+        pad_edge=False,
+    )
+    table.add_column("circuit", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("for", justify="right", no_wrap=True)
+    table.add_column("failures", justify="right", no_wrap=True)
+    table.add_column("half-open", justify="right", no_wrap=True)
+    table.add_column("retry in", justify="right", no_wrap=True)
+    table.add_column("last failure", overflow="ellipsis", no_wrap=True, max_width=80)
+    table.add_column("calls", justify="right", no_wrap=True)
+    table.add_column("rejected", justify="right", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    for report in reports:
+        if report.error is not None:
+            down = Text("unreachable", style=STATE_STYLES["unreachable"])
+            table.add_row("-", down, "-", "-", "-", "-", report.error, "-", "-", report.source)
+            continue
+        elapsed = now - report.fetched_at
+        for stats in report.circuits:
+            since = _epoch(stats.get("state_since"))
+            table.add_row(
+                str(stats.get("name", "?")),
+                state_text(stats),
+                format_age(None if since is None else now - since),
+                _ratio(stats.get("failure_count"), stats.get("failure_threshold")),
+                _half_open(stats),
+                _retry(stats, elapsed),
+                _last_failure(stats, now),
+                _count(stats.get("calls")),
+                _count(stats.get("rejections")),
+                report.source,
+            )
+    return table
+
+
+# -- resets ------------------------------------------------------------------------------------
+
+
+def _state_line(stats: Mapping[str, Any]) -> Text:
+    text = state_text(stats)
+    failures = _ratio(stats.get("failure_count"), stats.get("failure_threshold"))
+    text.append(f"  failures {failures}", style="")
+    return text
+
+
+def reset_table(resets: Iterable[CircuitReset], source: str, *, plain: bool = False) -> Table:
+    """Each reset circuit's state before and after."""
+    table = Table(
+        box=None if plain else box.SIMPLE_HEAD,
+        header_style="" if plain else "bold",
+        caption=f"reset through {source}",
+        caption_justify="left",
+        pad_edge=False,
+    )
+    table.add_column("circuit", no_wrap=True)
+    table.add_column("before", no_wrap=True)
+    table.add_column("after", no_wrap=True)
+    for done in resets:
+        table.add_row(done.name, _state_line(done.before), _state_line(done.after))
+    return table
+
+
+# -- live views --------------------------------------------------------------------------------
+
+
+def run_live(
+    console: Console,
+    draw: Callable[[], RenderableType],
+    interval: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Redraw `draw()` every `interval` seconds until interrupted (KeyboardInterrupt propagates).
+
+    On a terminal the view is redrawn in place, only when asked (no background refresh thread);
+    elsewhere each view is printed after the previous one.
+    """
+    if not console.is_terminal:
+        while True:
+            console.print(draw())
+            console.print()
+            sleep(interval)
+    from rich.live import Live
+
+    with Live(console=console, auto_refresh=False, redirect_stdout=False) as live:
+        while True:
+            live.update(draw(), refresh=True)
+            sleep(interval)

@@ -1,0 +1,226 @@
+"""`cbctl status`, `watch`, `reset`: through Typer's runner, on a real state file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cbctl import CircuitBreakerRegistry
+from cbctl.cli import app
+from cbctl.health import health_app
+from cbctl.serving import HealthServer, running
+from cbctl.stores import open_store
+
+runner = CliRunner()
+TOKEN = "cli-token"
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> str:
+    """A state file with qdrant closed, redis open and postgresql one failure short of open."""
+    path = str(tmp_path / "circuits.db")
+    store = open_store(path)
+    registry = CircuitBreakerRegistry(default_config={"failure_threshold": 2}, store=store)
+    registry.get("qdrant").call(lambda: None)
+    for name, failures in (("redis", 2), ("postgresql", 1)):
+        for _ in range(failures):
+            with pytest.raises(ConnectionError):
+                registry.get(name).call(_refused)
+    store.close()
+    return path
+
+
+def _refused() -> None:
+    raise ConnectionError("connection refused")
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "watch", "reset", "serve"])
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    code, out, _ = run(command, "--help")
+    assert code == 0
+    example = out.split("Example:", 1)[1].split("\n\n")[0]
+    assert f"cbctl {command}" in example or f" {command} --" in example
+
+
+def test_status_shows_every_circuit_of_the_state(state: str) -> None:
+    code, out, _ = run("--state", state, "status")
+    assert code == 0
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert lines["redis"][1:4] == ["open", "0s", "2/2"]
+    assert lines["postgresql"][1:4] == ["closed", "0s", "1/2"]
+    assert lines["qdrant"][1] == "closed"
+    assert "3 circuits, 2 closed, 1 open" in out
+    assert "\x1b[" not in out
+
+
+def test_status_json_is_a_list_of_stats_with_retry_after(state: str) -> None:
+    code, out, err = run("--state", state, "status", "--json")
+    assert code == 0
+    assert err == ""
+    circuits = json.loads(out)
+    assert [each["name"] for each in circuits] == ["postgresql", "qdrant", "redis"]
+    redis = circuits[2]
+    assert redis["state"] == "open"
+    assert 0 < redis["retry_after"] <= 30
+    assert redis["last_error"] == "ConnectionError: connection refused"
+    assert {"failure_count", "success_count", "last_failure"} <= set(redis)
+
+
+def test_status_of_an_unreadable_state_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    garbage = tmp_path / "circuits.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    code, out, err = run("--state", str(garbage), "status")
+    assert code == 2
+    assert out == ""
+    assert err.startswith("cbctl: ")
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_reset_closes_a_circuit_and_prints_before_and_after(state: str) -> None:
+    code, out, _ = run("--state", state, "reset", "redis")
+    assert code == 0
+    assert line_of(out, "redis") == [
+        "redis",
+        "open",
+        "failures",
+        "2/2",
+        "closed",
+        "failures",
+        "0/2",
+    ]
+    _, after, _ = run("--state", state, "status", "--json")
+    assert {each["name"]: each["state"] for each in json.loads(after)}["redis"] == "closed"
+
+
+def line_of(output: str, name: str) -> list[str]:
+    (line,) = [line.split() for line in output.splitlines() if line.startswith(name)]
+    return line
+
+
+def test_reset_all_closes_every_circuit(state: str) -> None:
+    code, out, _ = run("--state", state, "reset", "--all")
+    assert code == 0
+    assert [line_of(out, name)[-3] for name in ("postgresql", "qdrant", "redis")] == ["closed"] * 3
+    _, after, _ = run("--state", state, "status", "--json")
+    assert {each["failure_count"] for each in json.loads(after)} == {0}
+
+
+def test_reset_of_an_unknown_circuit_is_exit_2_listing_the_known_ones(state: str) -> None:
+    code, out, err = run("--state", state, "reset", "llamacpp")
+    assert code == 2
+    assert out == ""
+    assert err == "cbctl: unknown circuit 'llamacpp' (known: postgresql, qdrant, redis)\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "give a circuit NAME or --all"),
+        (("redis", "--all"), "give a circuit NAME or --all"),
+        (("redis", "--url", "http://127.0.0.1:1"), "--url needs --token"),
+        (("redis", "--url", "file:///etc/passwd", "--token", "t"), "http:// or https://"),
+    ],
+)
+def test_reset_usage_errors_are_exit_2(
+    state: str, args: tuple[str, ...], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CBCTL_TOKEN", raising=False)
+    code, _, err = run("--state", state, "reset", *args)
+    assert code == 2
+    assert message in err
+
+
+def test_watch_once_prints_one_snapshot_of_the_state(state: str) -> None:
+    code, out, _ = run("--state", state, "watch", "--once")
+    assert code == 0
+    assert line_of(out, "redis")[1] == "open"
+    assert out.count("3 circuits") == 1
+
+
+@pytest.mark.parametrize(
+    ("interval", "message"),
+    [("abc", "valid number"), ("-1", "greater than or equal to 0.1"), ("0", "0.1")],
+)
+def test_watch_refuses_a_bad_interval_with_exit_2(state: str, interval: str, message: str) -> None:
+    code, _, err = run("--state", state, "watch", "--interval", interval, "--once")
+    assert code == 2
+    assert "--interval" in err
+    assert message in err
+
+
+def test_watch_refuses_a_url_that_is_not_http(state: str) -> None:
+    code, _, err = run("watch", "--once", "--url", "tcp://127.0.0.1:6379")
+    assert code == 2
+    assert err == (
+        "cbctl: health endpoint must be an http:// or https:// URL, got 'tcp://127.0.0.1:6379'\n"
+    )
+
+
+@pytest.fixture
+def service() -> Iterator[tuple[CircuitBreakerRegistry, HealthServer]]:
+    registry = CircuitBreakerRegistry(default_config={"failure_threshold": 1})
+    with pytest.raises(ConnectionError):
+        registry.get("llamacpp").call(_refused)
+    registry.get("qdrant").call(lambda: None)
+    with running(health_app(registry, TOKEN, max_age=0)) as server:
+        yield registry, server
+
+
+@pytest.mark.slow
+def test_watch_once_shows_the_state_and_endpoints_with_a_dead_one_as_unreachable(
+    state: str, service: tuple[CircuitBreakerRegistry, HealthServer]
+) -> None:
+    server = service[1]
+    with running(health_app(CircuitBreakerRegistry())) as gone:
+        dead = gone.url
+    code, out, _ = run("--state", state, "watch", "--once", "--url", server.url, "--url", dead)
+    assert code == 0
+    assert line_of(out, "llamacpp")[1] == "open"
+    assert line_of(out, "llamacpp")[-1] == f"{server.url}/health"
+    assert line_of(out, "redis")[-1] == state
+    assert "unreachable" in line_of(out, "-")
+    assert "5 circuits, 3 closed, 2 open, 1 source unreachable" in out
+
+
+@pytest.mark.slow
+def test_reset_through_an_endpoint_with_the_token_from_the_environment(
+    service: tuple[CircuitBreakerRegistry, HealthServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry, server = service
+    monkeypatch.setenv("CBCTL_TOKEN", TOKEN)
+    code, out, _ = run("reset", "llamacpp", "--url", server.url)
+    assert code == 0
+    assert line_of(out, "llamacpp")[1:5] == ["open", "failures", "1/1", "closed"]
+    assert registry.get("llamacpp").state == "closed"
+
+
+@pytest.mark.slow
+def test_reset_through_an_endpoint_of_an_unknown_circuit_lists_the_known_ones(
+    service: tuple[CircuitBreakerRegistry, HealthServer],
+) -> None:
+    code, _, err = run("reset", "redis", "--url", service[1].url, "--token", TOKEN)
+    assert code == 2
+    assert err == "cbctl: unknown circuit 'redis' (known: llamacpp, qdrant)\n"
+
+
+@pytest.mark.slow
+def test_reset_through_an_endpoint_with_a_wrong_token_is_exit_2(
+    service: tuple[CircuitBreakerRegistry, HealthServer],
+) -> None:
+    code, _, err = run("reset", "llamacpp", "--url", service[1].url, "--token", "nope")
+    assert code == 2
+    assert "HTTP 401" in err
+    assert "nope" not in err
