@@ -80,6 +80,9 @@ _SCHEMES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
         "tcp": ("tcp",),
     }
 )
+_DEFAULT_PORTS: Final[Mapping[str, int]] = MappingProxyType(
+    {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432, "redis": 6379, "rediss": 6379}
+)
 _NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SECRET_QUERY_KEYS: Final = frozenset({"password", "pass", "passwd", "api_key", "apikey", "token"})
 _USERINFO_PASSWORD: Final = re.compile(r"(//[^/@:]*):[^/@]*@")
@@ -145,7 +148,8 @@ class Dependency:
         parts = urlsplit(self.url)
         host = parts.hostname or "localhost"
         host = f"[{host}]" if ":" in host else host
-        return f"{host}:{parts.port}" if parts.port is not None else host
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+        return f"{host}:{port}" if port is not None else host
 
     def with_url(self, url: str, source: UrlSource = "flag") -> Dependency:
         """The same dependency at another address (e.g. `--url`), validated."""

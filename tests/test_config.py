@@ -408,3 +408,19 @@ def test_repr_of_dependency_and_config_hides_passwords_and_api_keys() -> None:
 def test_wrong_scheme_error_hides_the_password() -> None:
     message = _error("[dependencies.redis]\nurl = 'http://:topsecret@h:1'")
     assert "topsecret" not in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "url", "address"),
+    [
+        ("postgresql", "postgresql://app:pw@db.internal/x", "db.internal:5432"),
+        ("postgresql", "postgresql:///x", "localhost:5432"),
+        ("redis", "redis://[::1]:6380/0", "[::1]:6380"),
+        ("redis", "rediss://cache/0", "cache:6379"),
+        ("http", "https://api.example.com/health", "api.example.com:443"),
+        ("qdrant", "http://localhost:6333", "localhost:6333"),
+        ("tcp", "tcp://10.0.0.1:11211", "10.0.0.1:11211"),
+    ],
+)
+def test_address_is_host_and_port_for_messages(kind: str, url: str, address: str) -> None:
+    assert Dependency(name="d", kind=kind, url=url).address == address

@@ -24,7 +24,18 @@ from cbctl.errors import CbctlError, DependencyError, UsageError
 if TYPE_CHECKING:
     from cbctl.config import Dependency
 
-__all__ = ["MODULES", "Deadline", "ProbeError", "Reason", "check", "scrub", "seconds"]
+__all__ = [
+    "MODULES",
+    "Deadline",
+    "ProbeError",
+    "Reason",
+    "check",
+    "refused",
+    "scrub",
+    "seconds",
+    "secrets_of",
+    "timed_out",
+]
 
 Reason = Literal["refused", "timeout", "auth", "not_ready", "unhealthy", "unreachable"]
 
