@@ -21,14 +21,17 @@ from rich.table import Table
 from rich.text import Text
 
 from cbctl.fleet import CircuitReset, SourceReport
+from cbctl.scenarios import Event, Journal
 
 __all__ = [
     "circuit_table",
     "format_age",
+    "journal_table",
     "make_console",
     "reset_table",
     "run_live",
     "state_text",
+    "timeline_line",
 ]
 
 # -- consoles ----------------------------------------------------------------------------------
@@ -241,3 +244,42 @@ def run_live(
         while True:
             live.update(draw(), refresh=True)
             sleep(interval)
+
+
+# -- simulation journals -----------------------------------------------------------------------
+
+_PHASE_STYLES = {"transition": "bold", "outage": "red", "recovery": "green", "waiting": "dim"}
+_VERDICT_STYLES = {True: "green", False: "bold red"}
+
+
+def timeline_line(event: Event, *, plain: bool = False) -> Text:
+    """One line of the live timeline: seconds since start, phase, what happened, circuit state."""
+    line = Text(f"{event.at:7.2f}s  ")
+    line.append(f"{event.phase:<12}", style="" if plain else _PHASE_STYLES.get(event.phase, ""))
+    line.append(f" {event.message}")
+    if event.state is not None and event.phase != "transition":
+        line.append("  [")
+        line.append(event.state.value, style="" if plain else STATE_STYLES[event.state.value])
+        line.append("]")
+    return line
+
+
+def journal_table(journal: Journal, *, plain: bool = False) -> Table:
+    """The verdict: one row per check, passed or failed, with the figure it measured."""
+    verdict = "PASSED" if journal.passed else "FAILED"
+    table = Table(
+        title=f"simulate {journal.scenario}: {journal.dependency} at {journal.target} - {verdict}",
+        box=None if plain else box.SIMPLE_HEAVY,
+        title_justify="left",
+    )
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("measured")
+    for check in journal.checks:
+        mark = "passed" if check.passed else "FAILED"
+        table.add_row(
+            check.name,
+            Text(mark, style="" if plain else _VERDICT_STYLES[check.passed]),
+            check.detail,
+        )
+    return table

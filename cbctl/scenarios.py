@@ -13,6 +13,7 @@ a `FakeClock` whose `advance` is the scenario's `sleep`.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -200,7 +201,8 @@ def run_outage(
 
     down = False
     try:
-        _steady(run, breaker, target)
+        if not _steady(run, breaker, target):
+            return _journal(run, target, settings, notes)
         bystander_call()
         target.take_down()
         down = True
@@ -224,6 +226,10 @@ def run_outage(
         f"{healthy.name} answered {answered} of {len(bystander_results)} calls through its own "
         f"breaker, which stayed {bystander.state.value}",
     )
+    return _journal(run, target, settings, notes)
+
+
+def _journal(run: _Run, target: Target, settings: BreakerConfig, notes: tuple[str, ...]) -> Journal:
     return Journal(
         scenario="outage",
         dependency=target.name,
@@ -236,12 +242,13 @@ def run_outage(
     )
 
 
-def _steady(run: _Run, breaker: CircuitBreaker, target: Target) -> None:
+def _steady(run: _Run, breaker: CircuitBreaker, target: Target) -> bool:
+    """The dependency answers and the circuit is CLOSED; without that, nothing else can be shown."""
     started = run.clock.monotonic()
     outcome, detail = _attempt(breaker, target)
     latency = (run.clock.monotonic() - started) * 1000
     run.measurements["steady_latency_ms"] = latency
-    run.check(
+    return run.check(
         "steady state",
         outcome == "success" and breaker.state is CLOSED,
         f"{target.name} answered {detail!r} in {latency:.1f} ms; circuit {breaker.state.value}"
@@ -279,22 +286,34 @@ def _opens(
 
 
 def _fails_fast(run: _Run, breaker: CircuitBreaker, target: Target) -> None:
+    """While OPEN, every call is rejected: the probe never runs and no connection is made."""
     contacts_before = target.contacts()
+    probe_runs = 0
+
+    def counted_call() -> str:
+        nonlocal probe_runs
+        probe_runs += 1
+        return target.call()
+
     latencies: list[float] = []
     rejected = 0
     for _ in range(FAIL_FAST_CALLS):
         started = time.perf_counter()
-        outcome, _detail = _attempt(breaker, target)
+        with contextlib.suppress(Exception):  # only rejections count; probe_runs tells the rest
+            try:
+                breaker.call(counted_call)
+            except CircuitBreakerError:
+                rejected += 1
         latencies.append(time.perf_counter() - started)
-        rejected += outcome == "rejected"
     new_contacts = target.contacts() - contacts_before
     median_us = statistics.median(latencies) * 1e6
     run.measurements["rejection_median_us"] = median_us
     run.check(
         "fails fast while open",
-        rejected == FAIL_FAST_CALLS and new_contacts == 0,
+        rejected == FAIL_FAST_CALLS and probe_runs == 0 and new_contacts == 0,
         f"{rejected}/{FAIL_FAST_CALLS} calls rejected in {median_us:.1f} us (median); "
-        f"{new_contacts} new connections reached {target.name}",
+        f"the probe ran {probe_runs} times; {new_contacts} new connections reached "
+        f"{target.name}",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cbctl.cli import reset as reset
 from cbctl.cli import serve as serve
+from cbctl.cli import simulate as simulate
 from cbctl.cli import status as status
 from cbctl.cli import watch as watch
 from cbctl.cli.app import app

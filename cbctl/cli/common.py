@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from cbctl.cli.app import globals_of
 from cbctl.state import CircuitStore
 
-__all__ = ["open_state", "state_location"]
+if TYPE_CHECKING:
+    from cbctl.config import Dependency
+
+__all__ = ["load_dependency", "open_state", "state_location"]
 
 
 def state_location(ctx: typer.Context) -> str:
@@ -25,3 +30,11 @@ def open_state(ctx: typer.Context) -> CircuitStore:
     from cbctl.stores import open_store
 
     return open_store(state_location(ctx))
+
+
+def load_dependency(ctx: typer.Context, name: str, url: str | None = None) -> Dependency:
+    """The named dependency from cbctl.toml / built-ins / env, with `--url` applied if given."""
+    from cbctl.config import load_config
+
+    dependency = load_config(globals_of(ctx).config).dependency(name)
+    return dependency.with_url(url, "flag") if url else dependency
