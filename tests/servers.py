@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 __all__ = [
     "LOOPBACK",
@@ -103,6 +103,35 @@ def _wait_until_ready(
         time.sleep(0.02)
 
 
+class _HasPort(Protocol):
+    port: int
+
+
+class _PortChoice:
+    """Retries a first start on another free port if someone took ours in the meantime.
+
+    `free_port()` can only report a port that was free a moment ago. Once a server has run,
+    its port is part of the test (restarts must come back on it), so only the first start moves.
+    """
+
+    def __init__(self, server: _HasPort, *, chosen_here: bool) -> None:
+        self._server = server
+        self._may_move = chosen_here
+
+    def launch(self, start: Callable[[], None], attempts: int = 3) -> None:
+        for attempt in range(attempts):
+            try:
+                start()
+            except ServerStartError as error:
+                taken = "Address already in use" in str(error)
+                if not (self._may_move and taken) or attempt == attempts - 1:
+                    raise
+                self._server.port = free_port()
+            else:
+                self._may_move = False
+                return
+
+
 def _resp_command(*parts: str) -> bytes:
     out = [f"*{len(parts)}\r\n".encode()]
     for part in parts:
@@ -148,6 +177,7 @@ class RedisServer:
         start_timeout: float = 10.0,
     ) -> None:
         self.host = LOOPBACK
+        self._ports = _PortChoice(self, chosen_here=port is None)
         self.port = port if port is not None else free_port()
         self.password = password
         self.extra_args = list(extra_args or [])
@@ -179,8 +209,11 @@ class RedisServer:
 
     def start(self, *, wait_for_pong: bool = True) -> RedisServer:
         """Start on `self.port`; wait until PING answers PONG (or, if not, any reply at all)."""
-        if self.is_running:
-            return self
+        if not self.is_running:
+            self._ports.launch(lambda: self._launch(wait_for_pong))
+        return self
+
+    def _launch(self, wait_for_pong: bool) -> None:
         command = [
             str(self.binary),
             "--port", str(self.port),
@@ -210,7 +243,6 @@ class RedisServer:
         except ServerStartError:
             self._close_log()
             raise
-        return self
 
     def command(self, *parts: str, timeout: float = 10.0) -> str:
         """Run one command on the server and return the first line of the reply (for setup)."""
@@ -297,6 +329,7 @@ class PostgresServer:
         start_timeout: float = 30.0,
     ) -> None:
         self.host = LOOPBACK
+        self._ports = _PortChoice(self, chosen_here=port is None)
         self.port = port if port is not None else free_port()
         self.user = user
         self.password = password
@@ -384,9 +417,12 @@ class PostgresServer:
 
     def start(self) -> PostgresServer:
         """Start on `self.port` and wait until it accepts connections."""
-        if self.is_running:
-            return self
-        self.init()
+        if not self.is_running:
+            self.init()
+            self._ports.launch(self._launch)
+        return self
+
+    def _launch(self) -> None:
         user = self._system_user
         self._log_file = self.log.open("ab")
         self._process = subprocess.Popen(
@@ -415,7 +451,6 @@ class PostgresServer:
         except ServerStartError:
             self._close_log()
             raise
-        return self
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT: disconnect clients, no waiting); the port is free afterwards."""

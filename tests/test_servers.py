@@ -78,3 +78,21 @@ def test_silent_server_accepts_and_never_answers(silent: SilentServer) -> None:
         conn.settimeout(0.2)
         with pytest.raises(TimeoutError):
             conn.recv(1)
+
+
+def test_a_port_taken_before_the_first_start_is_replaced_but_an_explicit_one_is_not() -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        server = RedisServer()
+        server.port = taken  # as if another process grabbed the port free_port() reported
+        with server:
+            assert server.port != taken
+            assert server.ping() == "+PONG"
+        explicit = RedisServer(port=taken, start_timeout=5)
+        try:
+            with pytest.raises(ServerStartError, match=f"port {taken} exited"):
+                explicit.start()
+        finally:
+            explicit.close()
