@@ -153,7 +153,8 @@ class Dependency:
 
     def with_url(self, url: str, source: UrlSource = "flag") -> Dependency:
         """The same dependency at another address (e.g. `--url`), validated."""
-        _check_url(self.kind, url, f"{source} url for {self.name!r}")
+        where = {"flag": "--url", "env": f"${env_var_for(self.name)}"}.get(source, self.name)
+        _check_url(self.kind, url, where)
         return replace(self, url=url, source=source)
 
     def with_call_timeout(self, seconds: float) -> Dependency:
