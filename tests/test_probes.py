@@ -362,3 +362,22 @@ def test_an_unexpected_error_inside_a_probe_is_a_password_free_failure(
     assert (
         str(error) == "probe failed: RuntimeError: boom while talking to tcp://ops:***@127.0.0.1:9"
     )
+
+
+def test_http_credentials_travel_as_basic_auth_and_never_reach_the_logs(
+    llamacpp: LlamaCppStandin, caplog: pytest.LogCaptureFixture
+) -> None:
+    import httpx
+
+    from cbctl.probes._httpx import split_credentials
+
+    bare, auth = split_credentials("https://ops:p%40ss-Secret@host:8443/health?x=1")
+    assert bare == "https://host:8443/health?x=1"
+    assert isinstance(auth, httpx.BasicAuth)
+    assert split_credentials("http://host/health") == ("http://host/health", None)
+
+    caplog.set_level("DEBUG")
+    url = llamacpp.url.replace("http://", "http://ops:log-Secret-8@") + "/health"
+    assert check(dep("http", url), 2.0) == "200 ok"
+    assert "GET http://127.0.0.1" in caplog.text  # httpx did log the request...
+    assert "log-Secret-8" not in caplog.text  # ...without the password

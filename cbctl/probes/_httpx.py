@@ -1,10 +1,11 @@
-"""What httpx's exceptions mean for a probe: refused, timed out, unreachable."""
+"""httpx for probes: bounded clients, credentials kept out of logged URLs, errors explained."""
 
 from __future__ import annotations
 
 import functools
 import ssl
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -13,7 +14,7 @@ from cbctl.probes import ProbeError, refused, scrub, secrets_of, timed_out
 if TYPE_CHECKING:
     from cbctl.config import Dependency
 
-__all__ = ["client_for", "tls_for", "transport_problem"]
+__all__ = ["client_for", "split_credentials", "tls_for", "transport_problem"]
 
 
 @functools.cache
@@ -27,14 +28,33 @@ def tls_for(url: str) -> ssl.SSLContext | bool:
     return _verified_tls() if url.lower().startswith("https:") else False
 
 
-def client_for(url: str, budget: float, headers: dict[str, str] | None = None) -> httpx.Client:
-    """An httpx client for `url` whose every phase (connect, read, write, pool) is bounded."""
-    return httpx.Client(
+def split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """The URL without `user:password@` and those credentials as basic auth.
+
+    httpx logs every request's URL at INFO level; a password left in the URL would end up in
+    the log of any application that turns logging on.
+    """
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return bare, httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def client_for(
+    url: str, budget: float, headers: dict[str, str] | None = None
+) -> tuple[httpx.Client, str]:
+    """A client whose every phase (connect, read, write, pool) is bounded by `budget`, and
+    the URL to request with it (credentials moved from the URL into the client's auth)."""
+    bare, auth = split_credentials(url)
+    client = httpx.Client(
         timeout=httpx.Timeout(budget),
         headers=headers,
+        auth=auth,
         follow_redirects=False,
         verify=tls_for(url),
     )
+    return client, bare
 
 
 def transport_problem(error: BaseException, dep: Dependency, timeout: float) -> ProbeError:

@@ -18,8 +18,9 @@ __all__ = ["check"]
 def check(dep: Dependency, timeout: float) -> str:
     deadline = Deadline(timeout)
     try:
-        with client_for(dep.url, deadline.remaining(dep)) as client:
-            response = client.get(dep.url)
+        client, bare_url = client_for(dep.url, deadline.remaining(dep))
+        with client:
+            response = client.get(bare_url)
     except httpx.HTTPError as error:
         raise transport_problem(error, dep, timeout) from None
     described = f"{response.status_code} {response.reason_phrase.lower()}".strip()

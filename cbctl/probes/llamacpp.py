@@ -24,8 +24,9 @@ def check(dep: Dependency, timeout: float) -> str:
     deadline = Deadline(timeout)
     url = dep.url.rstrip("/") + "/health"
     try:
-        with client_for(url, deadline.remaining(dep)) as client:
-            response = client.get(url)
+        client, bare_url = client_for(url, deadline.remaining(dep))
+        with client:
+            response = client.get(bare_url)
     except httpx.HTTPError as error:
         raise transport_problem(error, dep, timeout) from None
     body = _json(response)

@@ -28,9 +28,9 @@ __all__ = ["check"]
 def check(dep: Dependency, timeout: float) -> str:
     deadline = Deadline(timeout)
     headers = {"api-key": dep.api_key} if dep.api_key else {}
-    base = dep.url.rstrip("/")
+    http, base = client_for(dep.url.rstrip("/"), deadline.remaining(dep), headers)
     try:
-        with client_for(base, deadline.remaining(dep), headers) as http:
+        with http:
             ready = http.get(f"{base}/readyz")
     except httpx.HTTPError as error:
         raise transport_problem(error, dep, timeout) from None
