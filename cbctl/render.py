@@ -26,8 +26,11 @@ from cbctl.scenarios import Event, Journal
 __all__ = [
     "circuit_table",
     "format_age",
+    "format_latency",
     "journal_table",
     "make_console",
+    "probe_line",
+    "probe_table",
     "reset_table",
     "run_live",
     "state_text",
@@ -281,5 +284,83 @@ def journal_table(journal: Journal, *, plain: bool = False) -> Table:
             check.name,
             Text(mark, style="" if plain else _VERDICT_STYLES[check.passed]),
             check.detail,
+        )
+    return table
+
+
+# -- probe results -----------------------------------------------------------------------------
+
+_OUTCOME_STYLES = {"success": "green", "failure": "bold red", "rejected": "yellow"}
+
+
+def format_latency(milliseconds: object) -> str:
+    """`0.42 ms`, `12.3 ms`, `2.00 s`: precise for fast answers, short for slow ones."""
+    if not isinstance(milliseconds, int | float):
+        return "-"
+    if milliseconds < 10:
+        return f"{milliseconds:.2f} ms"
+    if milliseconds < 1000:
+        return f"{milliseconds:.1f} ms"
+    return f"{milliseconds / 1000:.2f} s"
+
+
+def _outcome_text(result: Mapping[str, Any], plain: bool) -> Text:
+    outcome = str(result.get("outcome", "?"))
+    return Text(outcome, style="" if plain else _OUTCOME_STYLES.get(outcome, ""))
+
+
+def _retry_in(result: Mapping[str, Any]) -> str:
+    retry = result.get("retry_after")
+    return f"{retry:.1f}s" if isinstance(retry, int | float) else "-"
+
+
+def _probe_detail(result: Mapping[str, Any]) -> str:
+    """The error of a failed or rejected attempt, else the healthy answer (`PONG`)."""
+    return str(result.get("error") or result.get("detail") or "")
+
+
+def probe_line(result: Mapping[str, Any], plain: bool = False) -> Text:
+    """One attempt as a line: `redis  failure  2.00 s  open  failures 5/5  retry in 30.0s  …`."""
+    line = Text(f"{result.get('dependency', '?')}  ")
+    line.append_text(_outcome_text(result, plain))
+    line.append(f"  {format_latency(result.get('latency_ms'))}  ")
+    line.append_text(state_text(result))
+    line.append(
+        f"  failures {_ratio(result.get('failure_count'), result.get('failure_threshold'))}"
+    )
+    if result.get("state") == "half_open":
+        line.append(f"  successes {_half_open(result)}")
+    if _retry_in(result) != "-":
+        line.append(f"  retry in {_retry_in(result)}")
+    if _probe_detail(result):
+        line.append(f"  {_probe_detail(result)}")
+    return line
+
+
+def probe_table(results: Iterable[Mapping[str, Any]], *, plain: bool = False) -> Table:
+    """One round of `cbctl probe --all`: a row per dependency."""
+    table = Table(
+        box=None if plain else box.SIMPLE_HEAD,
+        header_style="" if plain else "bold",
+        pad_edge=False,
+    )
+    table.add_column("dependency", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("latency", justify="right", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("failures", justify="right", no_wrap=True)
+    table.add_column("half-open", justify="right", no_wrap=True)
+    table.add_column("retry in", justify="right", no_wrap=True)
+    table.add_column("detail")
+    for result in results:
+        table.add_row(
+            str(result.get("dependency", "?")),
+            _outcome_text(result, plain),
+            format_latency(result.get("latency_ms")),
+            state_text(result),
+            _ratio(result.get("failure_count"), result.get("failure_threshold")),
+            _half_open(result),
+            _retry_in(result),
+            _probe_detail(result),
         )
     return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cbctl.cli import probe as probe
 from cbctl.cli import reset as reset
 from cbctl.cli import serve as serve
 from cbctl.cli import simulate as simulate

@@ -1,0 +1,208 @@
+"""`cbctl probe`: health-check dependencies through their breakers, recorded in the shared state.
+
+Every attempt goes through the dependency's circuit breaker attached to the shared state, so
+probes from separate processes (cron, systemd, CI, a shell) trip the circuit together and then
+fail fast — without contacting the dependency and without importing its client library.
+
+Exit codes: 0 healthy, 1 the probe failed, 2 usage/configuration/state error, 3 rejected by an
+open circuit. With `--count N` the last attempt's code counts; with `--all`, the worst code of
+the last round (3 if any circuit rejected, else 1 if any probe failed, else 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cbctl.cli.app import app, globals_of
+from cbctl.cli.common import open_state
+from cbctl.errors import CircuitBreakerError, DependencyError, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from cbctl.config import Dependency
+    from cbctl.state import CircuitStore
+
+EXIT_CODES = {"success": 0, "failure": 1, "rejected": 3}
+
+
+def _count(text: str) -> int:
+    """`--count`: a whole number of attempts, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--count must be a whole number of attempts, got {text!r}") from None
+    if value < 1:
+        raise UsageError(f"--count must be at least 1, got {value}")
+    return value
+
+
+def _seconds(option: str, text: str, *, zero_ok: bool) -> float:
+    """A finite number of seconds; positive, or also zero when `zero_ok`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{option} must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = "zero or more" if zero_ok else "a positive number of"
+        raise UsageError(f"{option} must be {bound} seconds, got {text!r}")
+    return value
+
+
+def attempt(dep: Dependency, store: CircuitStore, number: int) -> dict[str, Any]:
+    """One probe of `dep` through its breaker on `store`, as the JSON object `--json` prints.
+
+    The latency of an admitted probe starts after its client library is imported, so that it
+    measures the dependency, not a cold import; a rejection's latency is the whole decision.
+    """
+    import importlib
+
+    from cbctl.breaker import CircuitBreaker
+    from cbctl.probes import MODULES, check, scrub, secrets_of
+
+    started = time.perf_counter()
+
+    def probe_once() -> str:
+        importlib.import_module(f"cbctl.probes.{MODULES[dep.kind]}")
+        nonlocal started
+        started = time.perf_counter()
+        return check(dep, dep.call_timeout)
+
+    breaker = CircuitBreaker(dep.name, config=dep.breaker, store=store)
+    detail: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    try:
+        detail = breaker.call(probe_once)
+        outcome = "success"
+    except CircuitBreakerError as rejection:
+        outcome, error, reason = "rejected", str(rejection), "circuit_open"
+    except DependencyError as failure:
+        outcome, error = "failure", scrub(str(failure), secrets_of(dep))
+        reason = getattr(failure, "reason", None)
+    latency_ms = (time.perf_counter() - started) * 1000
+    stats = breaker.stats
+    return {
+        "dependency": dep.name,
+        "ok": outcome == "success",
+        "outcome": outcome,
+        "state": stats["state"],
+        "latency_ms": round(latency_ms, 3),
+        "error": error,
+        "failure_count": stats["failure_count"],
+        "success_count": stats["success_count"],
+        "attempt": number,
+        "kind": dep.kind,
+        "url": dep.display_url,
+        "detail": detail,
+        "reason": reason,
+        "retry_after": stats["retry_after"],
+        "failure_threshold": stats["failure_threshold"],
+        "success_threshold": stats["success_threshold"],
+    }
+
+
+def _targets(ctx: typer.Context, name: str | None, every: bool) -> list[Dependency]:
+    from cbctl.config import load_config
+
+    if every and name is not None:
+        raise UsageError("give a dependency NAME or --all, not both")
+    config = load_config(globals_of(ctx).config)
+    if every:
+        return [config.dependencies[each] for each in config.names]
+    if name is None:
+        raise UsageError(f"which dependency? give a NAME ({', '.join(config.names)}) or --all")
+    return [config.dependency(name)]
+
+
+def _show(console: Console | None, results: Sequence[dict[str, Any]], table: bool) -> None:
+    """Print one round: JSON lines when `console` is None, else a line or a table."""
+    if console is None:
+        for result in results:
+            typer.echo(json.dumps(result))
+        return
+    from cbctl.render import is_plain, probe_line, probe_table
+
+    plain = is_plain(console)
+    console.print(probe_table(results, plain=plain) if table else probe_line(results[0], plain))
+
+
+@app.command()
+def probe(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NAME",
+            help="The dependency to probe (from cbctl.toml or built in).",
+            show_default=False,
+        ),
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Probe every configured dependency; exit with the worst.")
+    ] = False,
+    count: Annotated[
+        str,
+        typer.Option("--count", metavar="N", help="Number of attempts; exit code is the last's."),
+    ] = "1",
+    interval: Annotated[
+        str,
+        typer.Option(
+            "--interval", metavar="SECONDS", help="Pause between attempts (none after the last)."
+        ),
+    ] = "1.0",
+    call_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--call-timeout",
+            metavar="SECONDS",
+            help="Longest one probe may take [default: call_timeout from cbctl.toml, else 2.0].",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object per attempt and dependency, one per line."),
+    ] = False,
+) -> None:
+    """Health-check a dependency through its circuit breaker, recorded in the shared state.
+
+    Exit 0 healthy, 1 the probe failed, 2 bad usage or configuration, 3 rejected because the
+    circuit is open (the dependency was not contacted).
+
+    \b
+    Example:
+      cbctl probe redis --count 5 --interval 2
+      cbctl --state ./circuits.db probe --all --json
+    """
+    attempts = _count(count)
+    pause = _seconds("--interval", interval, zero_ok=True)
+    limit = (
+        None if call_timeout is None else _seconds("--call-timeout", call_timeout, zero_ok=False)
+    )
+    targets = _targets(ctx, name, every)
+    if limit is not None:
+        targets = [dep.with_call_timeout(limit) for dep in targets]
+    console = None
+    if not as_json:
+        from cbctl.render import make_console
+
+        console = make_console()
+    store = open_state(ctx)
+    try:
+        for number in range(1, attempts + 1):
+            results = [attempt(dep, store, number) for dep in targets]
+            _show(console, results, table=every)
+            if number < attempts:
+                time.sleep(pause)
+    finally:
+        store.close()
+    code = max(EXIT_CODES[result["outcome"]] for result in results)
+    if code:
+        raise typer.Exit(code)
