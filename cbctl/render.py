@@ -16,15 +16,16 @@ from datetime import datetime
 from typing import IO, Any
 
 from rich import box
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from cbctl.fleet import CircuitReset, SourceReport
-from cbctl.scenarios import Event, Journal
+from cbctl.scenarios import Event, FlappingReport, Journal
 
 __all__ = [
     "circuit_table",
+    "flapping_table",
     "format_age",
     "format_latency",
     "journal_table",
@@ -364,3 +365,38 @@ def probe_table(results: Iterable[Mapping[str, Any]], *, plain: bool = False) ->
             _probe_detail(result),
         )
     return table
+
+
+# -- flapping reports --------------------------------------------------------------------------
+
+
+def flapping_table(report: FlappingReport, *, plain: bool = False) -> RenderableType:
+    """With a breaker vs without: how many of the same calls reached a flapping dependency.
+
+    Counts are connections the proxy let through to the dependency (a probe may open more than
+    one), so the two rows compare like with like.
+    """
+    verdict = Text("dampened" if report.passed else "NOT dampened")
+    verdict.stylize("" if plain else _VERDICT_STYLES[report.passed])
+    title = Text(f"simulate flapping: {report.dependency} at {report.target} - ").append(verdict)
+    period = report.conditions.get("period_s")
+    flaps = f", the dependency flapping every {period:g}s" if period is not None else ""
+    table = Table(box=None if plain else box.SIMPLE_HEAVY)
+    table.add_column("pass")
+    table.add_column("connections reaching it", justify="right")
+    table.add_column("rejected fast", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_row(
+        "with breaker",
+        str(report.attempts_with_breaker),
+        str(report.rejected),
+        str(report.failures_with_breaker),
+    )
+    table.add_row(
+        "without breaker",
+        str(report.attempts_without_breaker),
+        "0",
+        str(report.failures_without_breaker),
+    )
+    caption = Text(f"{report.calls} calls per pass, one every {report.interval:g}s{flaps}")
+    return Group(title, table, caption)

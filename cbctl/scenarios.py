@@ -28,6 +28,7 @@ from cbctl.state import BreakerConfig, CircuitState
 __all__ = [
     "Check",
     "Event",
+    "FlappingReport",
     "Journal",
     "Target",
     "Transition",
@@ -382,14 +383,56 @@ def _recovers(
 
 @dataclass(frozen=True, slots=True)
 class FlappingReport:
-    """How much a breaker dampens a flapping dependency."""
+    """How much a breaker dampens a flapping dependency: the same calls with and without one.
 
+    `attempts_*` are contacts the target measured (for a proxied target: connections that
+    reached the dependency through the proxy), not calls made; `passed` means the breaker kept
+    strictly fewer of them from reaching the dependency.
+    """
+
+    dependency: str
+    target: str
+    settings: BreakerConfig
     calls: int
+    interval: float
     attempts_with_breaker: int
     attempts_without_breaker: int
     rejected: int
     failures_with_breaker: int
     failures_without_breaker: int
+    notes: tuple[str, ...] = ()
+    conditions: dict[str, float] = field(default_factory=dict)
+    """What the target did, for the record (e.g. the proxy's flapping period)."""
+
+    scenario: str = "flapping"
+
+    @property
+    def passed(self) -> bool:
+        return self.attempts_with_breaker < self.attempts_without_breaker
+
+    def to_json(self) -> dict[str, Any]:
+        """The `cbctl simulate flapping --json` object."""
+        return {
+            "scenario": self.scenario,
+            "dependency": self.dependency,
+            "target": self.target,
+            "passed": self.passed,
+            "settings": self.settings.as_dict(),
+            "notes": list(self.notes),
+            "calls": self.calls,
+            "interval_s": self.interval,
+            **{key: round(value, 6) for key, value in self.conditions.items()},
+            "with_breaker": {
+                "reached_dependency": self.attempts_with_breaker,
+                "rejected": self.rejected,
+                "failures": self.failures_with_breaker,
+            },
+            "without_breaker": {
+                "reached_dependency": self.attempts_without_breaker,
+                "rejected": 0,
+                "failures": self.failures_without_breaker,
+            },
+        }
 
 
 def run_flapping(
@@ -400,27 +443,55 @@ def run_flapping(
     interval: float,
     clock: Clock | None = None,
     sleep: Callable[[float], object] = time.sleep,
+    notes: tuple[str, ...] = (),
+    conditions: dict[str, float] | None = None,
 ) -> FlappingReport:
-    """Call a flapping target `calls` times with and without a breaker; count what reached it."""
+    """Call a flapping target `calls` times with and then without a breaker; count what reached it.
+
+    `take_down` starts each pass (for a proxied target: flapping restarts, so both passes see
+    the same sequence of phases); the target is brought back afterwards, even on interruption.
+    """
     clock = clock or SYSTEM_CLOCK
     breaker = CircuitBreaker(target.name, config=settings, clock=clock)
-    rejected = failures_with = 0
-    before = target.contacts()
-    for _ in range(calls):
+
+    def with_breaker() -> tuple[int, int]:
         outcome, _detail = _attempt(breaker, target)
-        rejected += outcome == "rejected"
-        failures_with += outcome == "failure"
-        sleep(interval)
-    with_breaker = target.contacts() - before
-    failures_without = 0
-    before = target.contacts()
-    for _ in range(calls):
+        return outcome == "rejected", outcome == "failure"
+
+    def without_breaker() -> tuple[int, int]:
         try:
             target.call()
         except Exception:
-            failures_without += 1
-        sleep(interval)
-    without_breaker = target.contacts() - before
+            return 0, 1
+        return 0, 0
+
+    def one_pass(call: Callable[[], tuple[int, int]]) -> tuple[int, int, int]:
+        rejected = failures = 0
+        before = target.contacts()
+        target.take_down()
+        try:
+            for _ in range(calls):
+                was_rejected, failed = call()
+                rejected += was_rejected
+                failures += failed
+                sleep(interval)
+        finally:
+            target.bring_back()
+        return target.contacts() - before, rejected, failures
+
+    reached_with, rejected, failures_with = one_pass(with_breaker)
+    reached_without, _, failures_without = one_pass(without_breaker)
     return FlappingReport(
-        calls, with_breaker, without_breaker, rejected, failures_with, failures_without
+        dependency=target.name,
+        target=target.address,
+        settings=settings,
+        calls=calls,
+        interval=interval,
+        attempts_with_breaker=reached_with,
+        attempts_without_breaker=reached_without,
+        rejected=rejected,
+        failures_with_breaker=failures_with,
+        failures_without_breaker=failures_without,
+        notes=notes,
+        conditions=dict(conditions or {}),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import shlex
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from cbctl import probes
 from cbctl.config import Dependency
 from cbctl.errors import DependencyError, UsageError
 from cbctl.faults import FaultProxy, Mode
-from cbctl.scenarios import Event, Journal, run_outage
+from cbctl.scenarios import Event, FlappingReport, Journal, run_flapping, run_outage
 from cbctl.standins import HttpStandin, LlamaCppStandin, standin_for
 from cbctl.state import BreakerConfig
 
@@ -33,6 +34,7 @@ __all__ = [
     "answers",
     "prepare_target",
     "retarget",
+    "simulate_flapping",
     "simulate_outage",
 ]
 
@@ -60,6 +62,11 @@ def answers(dep: Dependency, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def _check_paired(stop_cmd: str | None, start_cmd: str | None) -> None:
+    if (stop_cmd is None) != (start_cmd is None):
+        raise UsageError("--stop-cmd and --start-cmd go together: give both or neither")
 
 
 def _run(command: str, what: str) -> None:
@@ -94,18 +101,19 @@ class ProxiedTarget:
         proxy: FaultProxy,
         *,
         mode: Mode = Mode.DOWN,
+        flap_period: float = 1.0,
         stop_cmd: str | None = None,
         start_cmd: str | None = None,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
-        if (stop_cmd is None) != (start_cmd is None):
-            raise UsageError("--stop-cmd and --start-cmd go together")
+        _check_paired(stop_cmd, start_cmd)
         self._dep = dep
         self._via_proxy = dep.with_url(retarget(dep.url, LOOPBACK, proxy.port), dep.source)
         # The client library loads now, so its import is not timed as the dependency's latency.
         importlib.import_module(f"cbctl.probes.{probes.MODULES[dep.kind]}")
         self._proxy = proxy
         self._mode = mode
+        self._flap_period = flap_period
         self._stop_cmd = stop_cmd
         self._start_cmd = start_cmd
         self._sleep = sleep
@@ -124,6 +132,8 @@ class ProxiedTarget:
     def take_down(self) -> None:
         if self._stop_cmd is not None:
             _run(self._stop_cmd, "--stop-cmd")
+        elif self._mode is Mode.FLAPPING:
+            self._proxy.set_flapping(self._flap_period)
         else:
             self._proxy.set_mode(self._mode)
 
@@ -217,12 +227,16 @@ def simulate_outage(
     mode: Mode = Mode.DOWN,
     stop_cmd: str | None = None,
     start_cmd: str | None = None,
+    expect: BreakerConfig | None = None,
     on_event: Callable[[Event], object] | None = None,
     on_notice: Callable[[str], object] | None = None,
 ) -> Journal:
     """`cbctl simulate outage`: the dependency (or its stand-in) behind a fault proxy, a healthy
     llama.cpp stand-in as the bystander, and the scenario; everything is closed afterwards.
+
+    `expect` (default: `settings`) is what the checks hold the breaker to; see `run_outage`.
     """
+    _check_paired(stop_cmd, start_cmd)
     with contextlib.ExitStack() as stack:
         prepared = stack.enter_context(prepare_target(dep))
         if prepared.note and on_notice is not None:
@@ -238,5 +252,51 @@ def simulate_outage(
             bystander_standin,
         )
         notes = (prepared.note,) if prepared.note else ()
-        return run_outage(target, bystander, settings, on_event=on_event, notes=notes)
+        return run_outage(
+            target, bystander, settings, expect=expect, on_event=on_event, notes=notes
+        )
+    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+
+
+def simulate_flapping(
+    dep: Dependency,
+    settings: BreakerConfig,
+    *,
+    period: float,
+    calls: int,
+    interval: float,
+    on_notice: Callable[[str], object] | None = None,
+) -> FlappingReport:
+    """`cbctl simulate flapping`: the dependency (or its stand-in) behind a proxy that goes down
+    and up every `period` seconds; the same calls with and without a breaker, counted by the proxy.
+
+    The dependency must answer first (else DependencyError): a flapping run against something
+    that never answers would compare nothing.
+    """
+    if calls < 1:
+        raise UsageError(f"--calls must be at least 1, got {calls}")
+    for what, value in (("--period", period), ("--interval", interval)):
+        if not math.isfinite(value) or value < 0 or (value == 0 and what == "--period"):
+            raise UsageError(f"{what} must be a positive number of seconds, got {value!r}")
+    with contextlib.ExitStack() as stack:
+        prepared = stack.enter_context(prepare_target(dep))
+        if prepared.note and on_notice is not None:
+            on_notice(prepared.note)
+        host, port = _host_port(prepared.dependency)
+        proxy = stack.enter_context(FaultProxy(host, port))
+        target = ProxiedTarget(prepared.dependency, proxy, mode=Mode.FLAPPING, flap_period=period)
+        try:
+            target.call()
+        except DependencyError as error:
+            raise DependencyError(
+                f"{dep.name} did not answer before flapping started: {error}"
+            ) from None
+        return run_flapping(
+            target,
+            settings,
+            calls=calls,
+            interval=interval,
+            notes=(prepared.note,) if prepared.note else (),
+            conditions={"period_s": period},
+        )
     raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from cbctl.cli.app import app
 from cbctl.cli.common import load_dependency
+
+if TYPE_CHECKING:
+    from cbctl.config import Dependency
+    from cbctl.state import BreakerConfig
 
 simulate_app = typer.Typer(
     help="Take a dependency down through a fault proxy and verify its circuit breaker.",
@@ -63,33 +67,117 @@ def outage(
     """
     from cbctl.faults import Mode
     from cbctl.render import is_plain, journal_table, make_console, timeline_line
-    from cbctl.state import BreakerConfig
     from cbctl.targets import simulate_outage
 
-    dep = load_dependency(ctx, name, url)
-    if call_timeout is not None:
-        dep = dep.with_call_timeout(call_timeout)
-    given = {
-        "failure_threshold": failure_threshold,
-        "timeout": timeout,
-        "success_threshold": success_threshold,
-    }
-    settings = BreakerConfig.from_mapping(
-        {key: value for key, value in given.items() if value is not None}, dep.breaker
-    )
+    dep = _dependency(ctx, name, url, call_timeout)
+    settings = _settings(dep, failure_threshold, timeout, success_threshold)
     console = make_console(stderr=as_json)
     plain = is_plain(console)
-    journal = simulate_outage(
-        dep,
-        settings,
-        mode=Mode(mode.value),
-        stop_cmd=stop_cmd,
-        start_cmd=start_cmd,
-        on_notice=lambda text: console.print(text, markup=False),
-        on_event=lambda event: console.print(timeline_line(event, plain=plain)),
-    )
+    try:
+        journal = simulate_outage(
+            dep,
+            settings,
+            mode=Mode(mode.value),
+            stop_cmd=stop_cmd,
+            start_cmd=start_cmd,
+            on_notice=lambda text: console.print(text, markup=False),
+            on_event=lambda event: console.print(timeline_line(event, plain=plain)),
+        )
+    except KeyboardInterrupt:
+        _interrupted(dep.name)
     if as_json:
         typer.echo(json.dumps(journal.to_json(), indent=2))
     else:
         console.print(journal_table(journal, plain=plain))
     raise typer.Exit(0 if journal.passed else 1)
+
+
+@simulate_app.command()
+def flapping(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Dependency from cbctl.toml or built in.")] = "qdrant",
+    url: Annotated[str | None, typer.Option("--url", help="Address to use instead.")] = None,
+    period: Annotated[
+        float, typer.Option("--period", help="Seconds the proxy stays down, then up, in turn.")
+    ] = 0.5,
+    calls: Annotated[int, typer.Option("--calls", help="Calls per pass (with, without).")] = 40,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between calls.")] = 0.05,
+    failure_threshold: Annotated[
+        int | None, typer.Option("--failure-threshold", help="[default: configured, 5]")
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Recovery timeout, s [default: configured, 30]"),
+    ] = None,
+    success_threshold: Annotated[
+        int | None, typer.Option("--success-threshold", help="[default: configured, 2]")
+    ] = None,
+    call_timeout: Annotated[
+        float | None, typer.Option("--call-timeout", help="Seconds one probe may take.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """A dependency that goes down and up in turn: does its breaker dampen the calls reaching it?
+
+    The same calls run with a breaker, then without, through a proxy that flaps; exit 0 only if
+    fewer of them reached the dependency with the breaker.
+
+    \b
+    Examples:
+      cbctl simulate flapping --timeout 1
+      cbctl simulate flapping redis --url redis://127.0.0.1:6380/0 --period 0.25 --json
+    """
+    from cbctl.render import flapping_table, is_plain, make_console
+    from cbctl.targets import simulate_flapping
+
+    dep = _dependency(ctx, name, url, call_timeout)
+    settings = _settings(dep, failure_threshold, timeout, success_threshold)
+    console = make_console(stderr=as_json)
+    try:
+        report = simulate_flapping(
+            dep,
+            settings,
+            period=period,
+            calls=calls,
+            interval=interval,
+            on_notice=lambda text: console.print(text, markup=False),
+        )
+    except KeyboardInterrupt:
+        _interrupted(dep.name)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        console.print(flapping_table(report, plain=is_plain(console)))
+    raise typer.Exit(0 if report.passed else 1)
+
+
+def _dependency(
+    ctx: typer.Context, name: str, url: str | None, call_timeout: float | None
+) -> Dependency:
+    dep = load_dependency(ctx, name, url)
+    return dep if call_timeout is None else dep.with_call_timeout(call_timeout)
+
+
+def _settings(
+    dep: Dependency,
+    failure_threshold: int | None,
+    timeout: float | None,
+    success_threshold: int | None,
+) -> BreakerConfig:
+    """The dependency's configured breaker settings, with the flags given on top."""
+    from cbctl.state import BreakerConfig
+
+    given = {
+        "failure_threshold": failure_threshold,
+        "timeout": timeout,
+        "success_threshold": success_threshold,
+    }
+    return BreakerConfig.from_mapping(
+        {key: value for key, value in given.items() if value is not None}, dep.breaker
+    )
+
+
+def _interrupted(name: str) -> NoReturn:
+    """Ctrl-C: the library has already closed the proxy and brought the dependency back."""
+    typer.echo(f"cbctl: interrupted; {name} brought back, fault proxy closed", err=True)
+    raise typer.Exit(130)
