@@ -138,6 +138,11 @@ def _count(value: object) -> str:
     return str(value) if isinstance(value, int) else "-"
 
 
+def _shorten(source: str, limit: int = 40) -> str:
+    """A long path or URL kept to its informative end: `…/pytest-3/test_x/circuits.db`."""
+    return source if len(source) <= limit else "…" + source[-(limit - 1) :]
+
+
 def _summary(reports: Sequence[SourceReport]) -> str:
     states = Counter(str(stats.get("state")) for report in reports for stats in report.circuits)
     unreachable = sum(1 for report in reports if report.error is not None)
@@ -154,7 +159,10 @@ def _summary(reports: Sequence[SourceReport]) -> str:
 def circuit_table(
     reports: Sequence[SourceReport], now: float, *, plain: bool = False, title: str | None = None
 ) -> Table:
-    """One table of every circuit of every source (a fleet view); a failed source is one row."""
+    """One table of every circuit of every source (a fleet view); a failed source is one row.
+
+    On a terminal, long sources keep their last 40 characters; plain output keeps them whole.
+    """
     table = Table(
         title=title,
         caption=_summary(reports),
@@ -174,9 +182,10 @@ def circuit_table(
     table.add_column("rejected", justify="right", no_wrap=True)
     table.add_column("source", no_wrap=True)
     for report in reports:
+        source = report.source if plain else _shorten(report.source)
         if report.error is not None:
             down = Text("unreachable", style=STATE_STYLES["unreachable"])
-            table.add_row("-", down, "-", "-", "-", "-", report.error, "-", "-", report.source)
+            table.add_row("-", down, "-", "-", "-", "-", report.error, "-", "-", source)
             continue
         elapsed = now - report.fetched_at
         for stats in report.circuits:
@@ -191,7 +200,7 @@ def circuit_table(
                 _last_failure(stats, now),
                 _count(stats.get("calls")),
                 _count(stats.get("rejections")),
-                report.source,
+                source,
             )
     return table
 

@@ -155,3 +155,13 @@ def test_make_console_honours_no_color_on_a_terminal(monkeypatch: pytest.MonkeyP
     console = make_console(io.StringIO())
     assert console.is_terminal
     assert is_plain(console)
+
+
+def test_a_long_source_keeps_its_end_on_a_terminal_and_stays_whole_in_plain_text() -> None:
+    path = "/var/lib/a-very-long-directory-name/for-a-service/state/circuits.db"
+    report = SourceReport(path, (stats("qdrant"),), NOW)
+    (line,) = [
+        line for line in render(circuit_table([report], NOW)).splitlines() if "qdrant" in line
+    ]
+    assert line.rstrip().endswith(" …" + path[-39:])
+    assert path in render(circuit_table([report], NOW, plain=True))
