@@ -171,16 +171,15 @@ def circuit_table(
         caption_justify="left",
         pad_edge=False,
     )
+    # only last failure and source may wrap: on a narrow terminal they give way, not the counts
     table.add_column("circuit", no_wrap=True)
     table.add_column("state", no_wrap=True)
-    table.add_column("for", justify="right", no_wrap=True)
-    table.add_column("failures", justify="right", no_wrap=True)
-    table.add_column("half-open", justify="right", no_wrap=True)
-    table.add_column("retry in", justify="right", no_wrap=True)
-    table.add_column("last failure", overflow="ellipsis", no_wrap=True, max_width=80)
-    table.add_column("calls", justify="right", no_wrap=True)
-    table.add_column("rejected", justify="right", no_wrap=True)
-    table.add_column("source", no_wrap=True)
+    for header in ("for", "failures", "half-open", "retry in"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("last failure", overflow="fold", max_width=80)
+    for header in ("calls", "rejected"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("source", overflow="fold")
     for report in reports:
         source = report.source if plain else _shorten(report.source)
         if report.error is not None:
