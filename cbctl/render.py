@@ -13,15 +13,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cbctl.fleet import CircuitReset, SourceReport
-from cbctl.scenarios import Event, FlappingReport, Journal
+if TYPE_CHECKING:  # data types only: importing the scenarios would slow every command
+    from cbctl.fleet import CircuitReset, SourceReport
+    from cbctl.scenarios import Event, FlappingReport, Journal
 
 __all__ = [
     "circuit_table",

@@ -8,7 +8,11 @@ import typer
 
 from cbctl.cli.app import app
 from cbctl.cli.common import open_state
-from cbctl.serving import DEFAULT_HOST, DEFAULT_PORT
+
+# cbctl.serving's defaults, written out here: importing it (http.server, the health app) at
+# start-up cost every cbctl command ~35 ms. tests/test_cli_startup.py keeps the two in step.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8092
 
 
 @app.command()
