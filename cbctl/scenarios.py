@@ -205,8 +205,8 @@ def run_outage(
         if not _steady(run, breaker, target):
             return _journal(run, target, settings, notes)
         bystander_call()
+        down = True  # before: an interrupted --stop-cmd may have stopped it halfway
         target.take_down()
-        down = True
         run.event("outage", f"{target.name} taken down")
         if _opens(run, breaker, target, expect, bystander_call):
             _fails_fast(run, breaker, target)
@@ -468,8 +468,8 @@ def run_flapping(
     def one_pass(call: Callable[[], tuple[int, int]]) -> tuple[int, int, int]:
         rejected = failures = 0
         before = target.contacts()
-        target.take_down()
         try:
+            target.take_down()
             for _ in range(calls):
                 was_rejected, failed = call()
                 rejected += was_rejected
