@@ -77,6 +77,11 @@ _SCHEMA: Final = (
     "PRAGMA user_version = 1",
 )
 
+_IDENTIFY: Final = """SELECT
+    (SELECT application_id FROM pragma_application_id()),
+    (SELECT user_version FROM pragma_user_version()),
+    (SELECT count(*) FROM sqlite_master)"""
+"""One statement, so one consistent read even while another process initialises the file."""
 _SELECT_REVISION: Final = "SELECT revision FROM circuits WHERE name = ?"
 _SELECT_ONE: Final = """SELECT state, failure_count, success_count, generation, trials,
     trial_deadline, opened_at, changed_at, forced, last_failure_at, last_error,
@@ -219,9 +224,7 @@ class SqliteStore:
 
     def _schema_version(self, connection: sqlite3.Connection) -> int | None:
         """The file's schema version, None for an empty database; StateError for a foreign one."""
-        application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        application_id, version, tables = connection.execute(_IDENTIFY).fetchone()
         if application_id == 0 and version == 0 and tables == 0:
             return None
         if application_id != APPLICATION_ID:

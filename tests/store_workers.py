@@ -1,0 +1,100 @@
+"""Worker functions run in separate OS processes (multiprocessing, spawn) by test_store_processes.
+
+Each worker opens its own store on the shared location, as an independent cbctl process would.
+Kept in a module of their own so that spawned children import only this (and cbctl).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cbctl import CircuitBreaker, CircuitBreakerError
+from cbctl.state import BreakerConfig, CircuitStore
+from cbctl.stores import open_store
+from cbctl.stores.redis import RedisStore
+
+
+class Down(Exception):
+    pass
+
+
+def fail() -> None:
+    raise Down("dependency down")
+
+
+def open_location(location: str, prefix: str) -> CircuitStore:
+    """The store at `location`; Redis under a per-test key prefix."""
+    if location.startswith("redis://"):
+        return RedisStore(location, prefix=prefix)
+    return open_store(location)
+
+
+def record_failures(
+    location: str, prefix: str, threshold: int, count: int, barrier: Any, results: Any
+) -> None:
+    """Fail `count` calls through one breaker; report (raised, rejected, opens seen, degraded)."""
+    store = open_location(location, prefix)
+    breaker = CircuitBreaker("shared", failure_threshold=threshold, timeout=600.0, store=store)
+    opens: list[object] = []
+    breaker.add_listener(lambda event: opens.append(event) if event.state == "open" else None)
+    barrier.wait(30)
+    raised = rejected = 0
+    for _ in range(count):
+        try:
+            breaker.call(fail)
+        except Down:
+            raised += 1
+        except CircuitBreakerError:
+            rejected += 1
+    results.put((raised, rejected, len(opens), breaker.stats["degraded"]))
+    store.close()
+
+
+def try_one_trial(
+    location: str, prefix: str, config: dict[str, Any], hold: float, barrier: Any, results: Any
+) -> None:
+    """Attempt one call that holds its trial for `hold` seconds and then fails; report admitted."""
+    store = open_location(location, prefix)
+    breaker = CircuitBreaker("shared", store=store, **config)
+    barrier.wait(30)
+
+    def trial() -> None:
+        time.sleep(hold)
+        raise Down("still down")
+
+    try:
+        breaker.call(trial)
+    except Down:
+        results.put("admitted")
+    except CircuitBreakerError:
+        results.put("rejected")
+    store.close()
+
+
+def take_trial_and_hang(location: str, prefix: str, config: dict[str, Any], results: Any) -> None:
+    """Take a half-open trial, say so, then hang until killed (the lease must outlive us)."""
+    store = open_location(location, prefix)
+    breaker = CircuitBreaker("shared", store=store, **config)
+    breaker.__enter__()
+    results.put("holding")
+    time.sleep(600)
+
+
+def hammer_writes(location: str, progress: Any, stop: Any, results: Any) -> None:
+    """Write as fast as possible (failures and resets) until `stop` is set, counting in
+    `progress`; report how many writes ran and the first error, if any."""
+    store = open_location(location, "")
+    config = BreakerConfig(failure_threshold=3)
+    error = None
+    try:
+        while not stop.is_set():
+            if progress.value % 5 == 4:
+                store.reset("shared", config)
+            else:
+                store.record_failure("shared", config, None, f"failure {progress.value}")
+            progress.value += 1
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    results.put((progress.value, error))
+    store.close()

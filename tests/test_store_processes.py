@@ -1,0 +1,215 @@
+"""Several real OS processes on one circuit, through the state file and through Redis.
+
+Processes are started with multiprocessing's spawn (fresh interpreters, nothing inherited but the
+arguments), released together by a barrier, and report through a queue. Circuits that must
+already be past their recovery timeout are opened by the test with a store whose clock is
+100 s in the past (state file: an injected clock; Redis: a negative time offset), so no test
+waits for a timeout it does not measure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cbctl import CircuitBreaker, CircuitBreakerError, FakeClock
+from cbctl.state import BreakerConfig, CircuitStore
+from cbctl.stores.redis import RedisStore
+from cbctl.stores.sqlite import SqliteStore
+from tests import store_workers
+from tests.servers import RedisServer
+
+pytestmark = pytest.mark.slow
+
+SPAWN = multiprocessing.get_context("spawn")
+PROCESSES = 4
+_prefixes = itertools.count()
+
+
+class Shared:
+    """A location several processes open: a state file or a Redis URL (+ key prefix)."""
+
+    def __init__(self, location: str, prefix: str) -> None:
+        self.location = location
+        self.prefix = prefix
+
+    def store(self, seconds_ago: float = 0.0) -> CircuitStore:
+        """A store in this process; its clock `seconds_ago` in the past."""
+        if self.location.startswith("redis://"):
+            return RedisStore(self.location, prefix=self.prefix, time_offset=lambda: -seconds_ago)
+        clock = FakeClock(wall=time.time() - seconds_ago) if seconds_ago else None
+        return SqliteStore(self.location, clock=clock)
+
+
+@pytest.fixture(scope="module")
+def module_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Shared:
+    if request.param == "sqlite":
+        return Shared(str(tmp_path / "circuits.db"), "")
+    server: RedisServer = request.getfixturevalue("module_redis")
+    return Shared(server.url, f"proc{next(_prefixes)}:")
+
+
+def run_all(target: Any, argument_sets: list[tuple[Any, ...]], timeout: float = 30.0) -> None:
+    processes = [SPAWN.Process(target=target, args=args) for args in argument_sets]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join(timeout)
+            assert process.exitcode == 0, f"worker exited with {process.exitcode}"
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+
+def drain(results: Any, count: int) -> list[Any]:
+    return [results.get(timeout=30) for _ in range(count)]
+
+
+def test_failures_from_many_processes_are_all_counted_and_open_the_circuit_once(
+    shared: Shared,
+) -> None:
+    each = 40
+    total = PROCESSES * each
+    barrier, results = SPAWN.Barrier(PROCESSES), SPAWN.Queue()
+    run_all(
+        store_workers.record_failures,
+        [(shared.location, shared.prefix, total, each, barrier, results)] * PROCESSES,
+    )
+    reports = drain(results, PROCESSES)
+    assert sum(report[0] for report in reports) == total
+    assert sum(report[2] for report in reports) == 1, "exactly one process saw the opening"
+    assert all(report[3] is None for report in reports), "no process degraded"
+    stored = shared.store().load("shared")
+    assert stored is not None
+    assert (stored.snapshot.state, stored.snapshot.failure_count) == ("open", total)
+
+
+def test_a_circuit_tripped_by_racing_processes_opens_once_at_its_threshold(
+    shared: Shared,
+) -> None:
+    threshold = 30
+    barrier, results = SPAWN.Barrier(PROCESSES), SPAWN.Queue()
+    run_all(
+        store_workers.record_failures,
+        [(shared.location, shared.prefix, threshold, 25, barrier, results)] * PROCESSES,
+    )
+    reports = drain(results, PROCESSES)
+    assert sum(report[2] for report in reports) == 1
+    assert sum(report[1] for report in reports) > 0, "later calls were rejected"
+    stored = shared.store().load("shared")
+    assert stored is not None
+    assert (stored.snapshot.state, stored.snapshot.failure_count) == ("open", threshold)
+
+
+def test_half_open_admits_at_most_half_open_max_calls_across_processes(shared: Shared) -> None:
+    config = {"failure_threshold": 1, "timeout": 30.0, "half_open_max_calls": 2}
+    opener = shared.store(seconds_ago=100)
+    opener.record_failure("shared", BreakerConfig(**config), None, "down")
+    barrier, results = SPAWN.Barrier(PROCESSES), SPAWN.Queue()
+    run_all(
+        store_workers.try_one_trial,
+        [(shared.location, shared.prefix, config, 0.5, barrier, results)] * PROCESSES,
+    )
+    outcomes = sorted(drain(results, PROCESSES))
+    assert outcomes == ["admitted"] * 2 + ["rejected"] * (PROCESSES - 2)
+
+
+def test_a_trial_lease_expires_when_the_process_holding_it_is_killed(shared: Shared) -> None:
+    lease = 1.0
+    config = {"failure_threshold": 1, "timeout": lease}
+    shared.store(seconds_ago=100).record_failure("shared", BreakerConfig(**config), None, "down")
+    results = SPAWN.Queue()
+    holder = SPAWN.Process(
+        target=store_workers.take_trial_and_hang,
+        args=(shared.location, shared.prefix, config, results),
+    )
+    holder.start()
+    try:
+        assert results.get(timeout=30) == "holding"
+        taken = time.monotonic()
+        assert holder.pid is not None
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(10)
+        breaker = CircuitBreaker("shared", store=shared.store(), **config)
+        with pytest.raises(CircuitBreakerError):
+            breaker.call(lambda: None)
+        time.sleep(max(0.0, taken + lease + 0.1 - time.monotonic()))
+        assert breaker.call(lambda: "trial") == "trial"
+    finally:
+        if holder.is_alive():
+            holder.kill()
+            holder.join(5)
+
+
+def wait_for_progress(progress: Any, beyond: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while progress.value <= beyond:
+        assert time.monotonic() < deadline, f"a writer made no progress beyond {progress.value}"
+        time.sleep(0.01)
+
+
+def test_a_writer_killed_mid_write_leaves_the_state_file_valid_for_the_others(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "circuits.db")
+    SqliteStore(path).close()
+    stop, results = SPAWN.Event(), SPAWN.Queue()
+    counters = [SPAWN.Value("q", 0, lock=False) for _ in range(2)]
+    survivors = [
+        SPAWN.Process(target=store_workers.hammer_writes, args=(path, counter, stop, results))
+        for counter in counters
+    ]
+    for survivor in survivors:
+        survivor.start()
+    try:
+        for round_number in range(3):
+            written, never = SPAWN.Value("q", 0, lock=False), SPAWN.Event()
+            victim = SPAWN.Process(
+                target=store_workers.hammer_writes, args=(path, written, never, results)
+            )
+            victim.start()
+            wait_for_progress(written, 0)
+            time.sleep(0.05 * round_number)
+            assert victim.pid is not None
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.join(10)
+            assert victim.exitcode == -signal.SIGKILL
+            assert written.value > 0, "the victim was killed while it was writing"
+        after_kills = [counter.value for counter in counters]
+        for counter, seen in zip(counters, after_kills, strict=True):
+            wait_for_progress(counter, seen + 50)
+        stop.set()
+        for survivor in survivors:
+            survivor.join(30)
+            assert survivor.exitcode == 0
+    finally:
+        stop.set()
+        for process in survivors:
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+    reports = drain(results, len(survivors))
+    assert all(error is None for _, error in reports), reports
+    with sqlite3.connect(path) as checker:
+        assert checker.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    checker.close()
+    with SqliteStore(path) as store:
+        assert store.reset("shared").after.state == "closed"
