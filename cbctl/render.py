@@ -157,16 +157,63 @@ def _summary(reports: Sequence[SourceReport]) -> str:
     return ", ".join(parts)
 
 
+SEVERITY: Mapping[str, int] = {"unreachable": 0, "open": 1, "half_open": 2}
+"""Which rows stay when not every circuit fits: unreachable sources, open, half-open, closed."""
+
+
+def _circuit_rows(
+    reports: Sequence[SourceReport], now: float, plain: bool
+) -> list[tuple[str, list[Text]]]:
+    """(state, cells) per row, every cell a Text so that no message is read as rich markup."""
+    rows = []
+    for report in reports:
+        source = Text(report.source if plain else _shorten(report.source))
+        if report.error is not None:
+            down = Text("unreachable", style=STATE_STYLES["unreachable"])
+            cells = [Text("-"), down, *[Text("-")] * 4, Text(report.error), Text("-"), Text("-")]
+            rows.append(("unreachable", [*cells, source]))
+            continue
+        elapsed = now - report.fetched_at
+        for stats in report.circuits:
+            since = _epoch(stats.get("state_since"))
+            texts = (
+                str(stats.get("name", "?")),
+                format_age(None if since is None else now - since),
+                _ratio(stats.get("failure_count"), stats.get("failure_threshold")),
+                _half_open(stats),
+                _retry(stats, elapsed),
+                _last_failure(stats, now),
+                _count(stats.get("calls")),
+                _count(stats.get("rejections")),
+            )
+            cells = [Text(text) for text in texts]
+            cells.insert(1, state_text(stats))
+            rows.append((str(stats.get("state")), [*cells, source]))
+    return rows
+
+
 def circuit_table(
-    reports: Sequence[SourceReport], now: float, *, plain: bool = False, title: str | None = None
+    reports: Sequence[SourceReport],
+    now: float,
+    *,
+    plain: bool = False,
+    max_rows: int | None = None,
 ) -> Table:
     """One table of every circuit of every source (a fleet view); a failed source is one row.
 
-    On a terminal, long sources keep their last 40 characters; plain output keeps them whole.
+    With `max_rows` (a terminal's height), the rows that matter most are kept, in their order:
+    unreachable sources, open, half-open, then as many closed circuits as fit; the caption says
+    how many were left out. On a terminal, long sources keep their last 40 characters.
     """
+    rows = _circuit_rows(reports, now, plain)
+    caption = _summary(reports)
+    if max_rows is not None and len(rows) > max(1, max_rows):
+        ranked = sorted(range(len(rows)), key=lambda i: (SEVERITY.get(rows[i][0], 3), i))
+        kept = sorted(ranked[: max(1, max_rows)])
+        caption += f"; {len(rows) - len(kept)} not shown (terminal too small; see cbctl status)"
+        rows = [rows[i] for i in kept]
     table = Table(
-        title=title,
-        caption=_summary(reports),
+        caption=caption,
         box=None if plain else box.SIMPLE_HEAD,
         header_style="" if plain else "bold",
         caption_justify="left",
@@ -181,27 +228,8 @@ def circuit_table(
     for header in ("calls", "rejected"):
         table.add_column(header, justify="right", no_wrap=True)
     table.add_column("source", overflow="fold")
-    for report in reports:
-        source = report.source if plain else _shorten(report.source)
-        if report.error is not None:
-            down = Text("unreachable", style=STATE_STYLES["unreachable"])
-            table.add_row("-", down, "-", "-", "-", "-", report.error, "-", "-", source)
-            continue
-        elapsed = now - report.fetched_at
-        for stats in report.circuits:
-            since = _epoch(stats.get("state_since"))
-            table.add_row(
-                str(stats.get("name", "?")),
-                state_text(stats),
-                format_age(None if since is None else now - since),
-                _ratio(stats.get("failure_count"), stats.get("failure_threshold")),
-                _half_open(stats),
-                _retry(stats, elapsed),
-                _last_failure(stats, now),
-                _count(stats.get("calls")),
-                _count(stats.get("rejections")),
-                source,
-            )
+    for _, cells in rows:
+        table.add_row(*cells)
     return table
 
 

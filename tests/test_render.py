@@ -165,3 +165,21 @@ def test_a_long_source_keeps_its_end_on_a_terminal_and_stays_whole_in_plain_text
     ]
     assert line.rstrip().endswith(" …" + path[-39:])
     assert path in render(circuit_table([report], NOW, plain=True))
+
+
+def test_when_rows_do_not_fit_the_open_and_unreachable_ones_stay_in_order() -> None:
+    circuits = tuple(stats(f"c{i:02d}", "open" if i in (3, 17) else "closed") for i in range(20))
+    reports = [
+        SourceReport("state", circuits, NOW),
+        SourceReport("http://gone:8092/health", (), NOW, "unreachable: refused"),
+    ]
+    output = render(circuit_table(reports, NOW, plain=True, max_rows=5))
+    shown = [line.split()[0] for line in output.splitlines()[1:] if line[:1] in ("c", "-")]
+    assert shown == ["c00", "c01", "c03", "c17", "-"]
+    assert "16 not shown (terminal too small; see cbctl status)" in output
+
+
+def test_an_error_message_is_shown_literally_not_as_markup() -> None:
+    failing = stats("x", last_failure=ISO_NOW, last_error="ValueError: [bold]oops[/bold] [Errno 5]")
+    output = render(circuit_table([SourceReport("s", (failing,), NOW)], NOW, plain=True))
+    assert "ValueError: [bold]oops[/bold] [Errno 5]" in output

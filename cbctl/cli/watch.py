@@ -50,7 +50,9 @@ def watch(
 
         def draw() -> Table:
             now = time.time()
-            return circuit_table(fleet.read(now), now, plain=is_plain(console))
+            live = console.is_terminal and not once
+            fits = console.height - 6 if live else None  # header, caption, margin
+            return circuit_table(fleet.read(now), now, plain=is_plain(console), max_rows=fits)
 
         if once:
             console.print(draw())
