@@ -200,11 +200,12 @@ class StandinTarget:
 
 
 @contextlib.contextmanager
-def prepare_target(dep: Dependency) -> Iterator[StandinTarget]:
+def prepare_target(dep: Dependency, *, standin_allowed: bool = True) -> Iterator[StandinTarget]:
     """The dependency as given, or a built-in stand-in when its address is only a built-in default
-    and nothing answers there. An address the user gave is never replaced.
+    and nothing answers there. An address the user gave is never replaced, and neither is one
+    the operator's --stop-cmd/--start-cmd act on (they would stop the real service, not ours).
     """
-    if dep.source != "builtin" or answers(dep):
+    if not standin_allowed or dep.source != "builtin" or answers(dep):
         yield StandinTarget(dep, None)
         return
     try:
@@ -238,7 +239,7 @@ def simulate_outage(
     """
     _check_paired(stop_cmd, start_cmd)
     with contextlib.ExitStack() as stack:
-        prepared = stack.enter_context(prepare_target(dep))
+        prepared = stack.enter_context(prepare_target(dep, standin_allowed=stop_cmd is None))
         if prepared.note and on_notice is not None:
             on_notice(prepared.note)
         host, port = _host_port(prepared.dependency)

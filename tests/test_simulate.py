@@ -392,6 +392,18 @@ def test_an_address_the_user_gave_is_never_replaced_by_the_standin(
     assert steady["detail"].startswith("qdrant did not answer before the outage")
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_qdrant_here")
+def test_stop_and_start_commands_are_never_pointed_at_the_standin() -> None:
+    # The commands act on the operator's real service; probing a stand-in instead would prove
+    # nothing about it. So the built-in address stays, and nothing answers there.
+    code, journal, err = journal_of("outage", *QUICK, "--stop-cmd", "true", "--start-cmd", "true")
+    assert code == 1
+    assert "stand-in" not in err
+    assert journal["target"] == "http://localhost:6333"
+    assert check(journal, "steady state")["passed"] is False
+
+
 # -- Ctrl-C ------------------------------------------------------------------------------------
 
 
@@ -488,6 +500,13 @@ def test_bad_input_is_one_line_and_exit_2_before_anything_starts(
     assert err.startswith(message)
 
 
+@pytest.mark.parametrize("command", ["outage", "flapping"])
+def test_each_simulate_command_has_help_with_an_example(command: str) -> None:
+    code, out, _ = simulate(command, "--help")
+    assert code == 0
+    assert f"cbctl simulate {command} --timeout" in out.split("Examples:", 1)[1]
+
+
 def test_an_unknown_mode_is_a_usage_error_naming_the_option() -> None:
     code, out, err = simulate("outage", "--mode", "nonsense")
     assert code == 2
@@ -506,7 +525,7 @@ def test_an_unknown_mode_is_a_usage_error_naming_the_option() -> None:
 def test_flapping_real_redis_is_dampened_by_the_breaker(redis_server: RedisServer) -> None:
     code, report, err = journal_of(
         "flapping", "redis", "--url", redis_server.url,
-        "--period", "0.2", "--calls", "20", "--interval", "0.02",
+        "--period", "0.2", "--calls", "20", "--interval", "0.03",
     )  # fmt: skip
     assert code == 0, (report, err)
     assert {"scenario", "dependency", "target", "passed", "with_breaker", "without_breaker"} <= set(
@@ -525,7 +544,7 @@ def test_flapping_real_redis_is_dampened_by_the_breaker(redis_server: RedisServe
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_qdrant_here")
 def test_flapping_table_against_the_standin() -> None:
-    code, out, _ = simulate("flapping", "--period", "0.2", "--calls", "10", "--interval", "0.02")
+    code, out, _ = simulate("flapping", "--period", "0.2", "--calls", "20", "--interval", "0.03")
     assert code == 0
     lines = out.splitlines()
     assert "built-in qdrant stand-in" in lines[0]
