@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cbctl import CircuitBreaker, FakeClock, StateError
+from cbctl import CircuitBreaker, CircuitBreakerError, FakeClock, StateError
 from cbctl.state import BreakerConfig
 from cbctl.stores import open_store, resolve_state_location
 from cbctl.stores.sqlite import SqliteStore
@@ -209,3 +209,35 @@ def test_state_location_is_flag_then_environment_then_user_state_dir(
     assert resolve_state_location(None) == "/from/env.db"
     monkeypatch.delenv("CBCTL_STATE")
     assert resolve_state_location(None).endswith(os.path.join("cbctl", "circuits.db"))
+
+
+def test_a_state_file_locked_too_long_degrades_the_breaker_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "circuits.db"
+    clock = FakeClock()
+    store = SqliteStore(path, clock=clock, busy_timeout=0.05, retry_interval=5.0)
+    breaker = CircuitBreaker("dep", store=store, clock=clock, failure_threshold=2)
+    breaker.call(lambda: None)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        for _ in range(2):
+            with pytest.raises(ZeroDivisionError):
+                breaker.call(lambda: 1 / 0)
+        degraded = breaker.stats["degraded"]
+        assert degraded is not None
+        assert str(path) in degraded
+        assert "locked" in degraded
+        assert breaker.stats["state"] == "open", "protected in-process while degraded"
+        with pytest.raises(CircuitBreakerError):
+            breaker.call(lambda: "not called")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    clock.advance(5.0)
+    breaker.reset()
+    assert breaker.stats["degraded"] is None
+    assert breaker.call(lambda: "shared again") == "shared again"
+    stored = store.load("dep")
+    assert stored is not None
+    assert stored.snapshot.state == "closed"
+    store.close()

