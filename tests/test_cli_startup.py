@@ -15,6 +15,7 @@ from cbctl import serving
 from cbctl.cli import serve
 
 NOT_AT_START_UP = (
+    "cbctl.fleet",
     "cbctl.health",
     "cbctl.scenarios",
     "cbctl.serving",

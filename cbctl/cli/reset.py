@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cbctl.cli.app import app
 from cbctl.cli.common import open_state
 from cbctl.errors import UsageError
-from cbctl.fleet import CircuitReset, reset_in_store, reset_remote
+
+if TYPE_CHECKING:
+    from cbctl.fleet import CircuitReset
 
 
 @app.command()
@@ -43,6 +45,8 @@ def reset(
       cbctl reset qdrant
       CBCTL_TOKEN=... cbctl reset --all --url http://127.0.0.1:8092
     """
+    from cbctl.fleet import reset_in_store, reset_remote
+
     if (name is None) == (not every):
         raise UsageError("give a circuit NAME or --all (not both)")
     resets: list[CircuitReset]

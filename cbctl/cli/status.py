@@ -10,7 +10,6 @@ import typer
 
 from cbctl.cli.app import app
 from cbctl.cli.common import open_state
-from cbctl.fleet import SourceReport, read_store
 
 
 @app.command()
@@ -26,6 +25,8 @@ def status(
     Example:
       cbctl --state ./circuits.db status --json
     """
+    from cbctl.fleet import SourceReport, read_store
+
     store = open_state(ctx)
     try:
         circuits = read_store(store)

