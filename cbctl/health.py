@@ -169,10 +169,12 @@ class HealthApp:
 
     @staticmethod
     def _only(method: str, allowed: str) -> HttpResponse | None:
-        if method == allowed:
+        """None when `method` may be used here (HEAD wherever GET may), else a 405."""
+        if method == allowed or (method == "HEAD" and allowed == "GET"):
             return None
+        allow = "GET, HEAD" if allowed == "GET" else allowed
         message = f"method {method[:20]} not allowed here; use {allowed}"
-        return _json(405, {"error": message}, ("Allow", allowed))
+        return _json(405, {"error": message}, ("Allow", allow))
 
     def _health(self) -> HttpResponse:
         """The /health answer, computed at most once per `max_age` however many ask."""

@@ -14,6 +14,7 @@ from cbctl.cli import app
 from cbctl.health import health_app
 from cbctl.serving import HealthServer, running
 from cbctl.stores import open_store
+from tests.servers import RedisServer
 
 runner = CliRunner()
 TOKEN = "cli-token"
@@ -224,3 +225,20 @@ def test_reset_through_an_endpoint_with_a_wrong_token_is_exit_2(
     assert code == 2
     assert "HTTP 401" in err
     assert "nope" not in err
+
+
+@pytest.mark.slow
+def test_status_and_reset_work_on_a_redis_state(redis_server: RedisServer) -> None:
+    store = open_store(redis_server.url)
+    try:
+        registry = CircuitBreakerRegistry(default_config={"failure_threshold": 1}, store=store)
+        with pytest.raises(ConnectionError):
+            registry.get("qdrant").call(_refused)
+    finally:
+        store.close()
+    code, out, _ = run("--state", redis_server.url, "status", "--json")
+    assert code == 0
+    assert [(c["name"], c["state"]) for c in json.loads(out)] == [("qdrant", "open")]
+    code, out, _ = run("--state", redis_server.url, "reset", "qdrant")
+    assert code == 0
+    assert line_of(out, "qdrant")[1:5] == ["open", "failures", "1/1", "closed"]

@@ -112,3 +112,10 @@ def test_the_token_never_reaches_the_log(
 def test_a_port_in_use_is_a_clear_usage_error(server: HealthServer) -> None:
     with pytest.raises(UsageError, match=f"cannot listen on 127.0.0.1:{server.port}"):
         HealthServer(health_app(CircuitBreakerRegistry()), "127.0.0.1", server.port)
+
+
+def test_head_on_health_answers_headers_only(server: HealthServer) -> None:
+    response = httpx.head(f"{server.url}/health")
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) > 0
+    assert response.content == b""
