@@ -19,6 +19,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -41,7 +42,16 @@ class Throttled(Exception):
     """Excluded by a predicate."""
 
 
-OUTCOMES = ("success", "failure", "excluded_type", "excluded_predicate", "interrupted")
+# Failures and successes drive the transitions, so they are drawn more often than neutral ends.
+OUTCOMES = (
+    ("success",) * 3
+    + ("failure",) * 4
+    + (
+        "excluded_type",
+        "excluded_predicate",
+        "interrupted",
+    )
+)
 WAYS = ("call", "decorator", "with", "async")
 
 
@@ -132,7 +142,7 @@ class BreakerMachine(RuleBasedStateMachine):
         self.model: Model
 
     @initialize(
-        failure_threshold=st.integers(1, 4),
+        failure_threshold=st.integers(1, 3),
         success_threshold=st.integers(1, 3),
         timeout_quarters=st.integers(1, 80),
     )
@@ -149,41 +159,53 @@ class BreakerMachine(RuleBasedStateMachine):
         )
         self.model = Model(failure_threshold, timeout, success_threshold)
 
-    @rule(outcome=st.sampled_from(OUTCOMES), way=st.sampled_from(WAYS))
-    def call(self, outcome: str, way: str) -> None:
-        expected_retry_after = self.model.retry_after()
-        expected_call = self.model.call(outcome)
-        called, raised = invoke(self.breaker, outcome, way)
-        assert called == expected_call
-        if not expected_call:
-            assert isinstance(raised, CircuitBreakerError)
-            assert raised.name == "dep"
-            assert raised.retry_after == expected_retry_after
-        elif outcome == "success":
-            assert raised is None
-        else:
-            assert raised is not None
-            assert not isinstance(raised, CircuitBreakerError)
+    @rule(
+        calls=st.lists(
+            st.tuples(st.sampled_from(OUTCOMES), st.sampled_from(WAYS)), min_size=1, max_size=5
+        )
+    )
+    def call(self, calls: list[tuple[str, str]]) -> None:
+        """A burst of calls, each checked against the model as it ends."""
+        for outcome, way in calls:
+            expected_retry_after = self.model.retry_after()
+            expected_call = self.model.call(outcome)
+            called, raised = invoke(self.breaker, outcome, way)
+            assert called == expected_call
+            if not expected_call:
+                assert isinstance(raised, CircuitBreakerError)
+                assert raised.name == "dep"
+                assert raised.retry_after == expected_retry_after
+            elif outcome == "success":
+                assert raised is None
+            else:
+                assert raised is not None
+                assert not isinstance(raised, CircuitBreakerError)
+            self.agrees_with_the_model()
 
     @rule(quarters=st.integers(1, 100))
     def advance(self, quarters: int) -> None:
         self.clock.advance(quarters / 4)
         self.model.now += quarters / 4
 
-    @rule()
-    def reset(self) -> None:
-        self.breaker.reset()
-        self.model.reset()
+    @precondition(lambda self: self.model.retry_after() is not None)
+    @rule(early=st.sampled_from([0.0, 0.25]))
+    def advance_to_the_end_of_the_timeout(self, early: float) -> None:
+        """Land exactly on (or a quarter before) the moment an open circuit admits a trial."""
+        step = max(0.0, (self.model.retry_after() or 0.0) - early)
+        self.clock.advance(step)
+        self.model.now += step
 
-    @rule()
-    def force_open(self) -> None:
-        self.breaker.force_open()
-        self.model.force("open")
-
-    @rule()
-    def force_closed(self) -> None:
-        self.breaker.force_closed()
-        self.model.force("closed")
+    @rule(action=st.sampled_from(["reset", "force_open", "force_closed"]))
+    def manual_control(self, action: str) -> None:
+        if action == "reset":
+            self.breaker.reset()
+            self.model.reset()
+        elif action == "force_open":
+            self.breaker.force_open()
+            self.model.force("open")
+        else:
+            self.breaker.force_closed()
+            self.model.force("closed")
 
     @invariant()
     def agrees_with_the_model(self) -> None:
@@ -248,7 +270,7 @@ def invoke(breaker: CircuitBreaker, outcome: str, way: str) -> tuple[bool, BaseE
 
 SETTINGS = settings(
     max_examples=150,
-    stateful_step_count=40,
+    stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
