@@ -224,7 +224,7 @@ def circuit_table(
     table.add_column("state", no_wrap=True)
     for header in ("for", "failures", "half-open", "retry in"):
         table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("last failure", overflow="fold", max_width=80)
+    table.add_column("last failure", overflow="fold", max_width=None if plain else 80)
     for header in ("calls", "rejected"):
         table.add_column(header, justify="right", no_wrap=True)
     table.add_column("source", overflow="fold")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -242,3 +244,45 @@ def test_status_and_reset_work_on_a_redis_state(redis_server: RedisServer) -> No
     code, out, _ = run("--state", redis_server.url, "reset", "qdrant")
     assert code == 0
     assert line_of(out, "qdrant")[1:5] == ["open", "failures", "1/1", "closed"]
+
+
+@pytest.fixture
+def html_site() -> Iterator[str]:
+    """A web server that answers every request with an HTML page (not a health endpoint)."""
+
+    class Page(BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html><body><h1>Welcome to nginx!</h1></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.slow
+def test_reset_through_an_html_site_is_exit_1_saying_what_came_back(html_site: str) -> None:
+    code, _, err = run("reset", "redis", "--url", html_site, "--token", TOKEN)
+    assert code == 1
+    assert err == (f"cbctl: {html_site} answered HTTP 200 with text/html, not cbctl health JSON\n")
+
+
+@pytest.mark.slow
+def test_watch_once_shows_an_html_site_as_an_unreachable_row(html_site: str) -> None:
+    code, out, _ = run("watch", "--once", "--url", html_site)
+    assert code == 0
+    assert "unreachable" in line_of(out, "-")
+    assert "text/html, not cbctl health JSON" in out

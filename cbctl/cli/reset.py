@@ -37,8 +37,9 @@ def reset(
 ) -> None:
     """Force a circuit (or --all) back to CLOSED and show its state before and after.
 
-    Through the state by default; with --url through a service's health endpoint. An unknown
-    circuit exits 2, listing the known ones.
+    Through the state by default; with --url through a service's health endpoint. Exit 2 for
+    an unknown circuit (listing the known ones) or a refused token; exit 1 when the endpoint is
+    unreachable or does not answer like a cbctl health endpoint.
 
     \b
     Example:
