@@ -585,3 +585,35 @@ def test_probe_processes_trip_the_shared_circuit_fail_fast_and_recover(
     assert (code, result["state"]) == (0, "closed")
     closed = status()
     assert (closed["state"], closed["failure_count"], closed["success_count"]) == ("closed", 0, 0)
+
+
+@pytest.mark.slow
+def test_ctrl_c_between_attempts_is_one_line_and_exit_130(
+    tmp_path: Path, silent: SilentServer
+) -> None:
+    import signal
+
+    config = write_config(
+        tmp_path, f'[dependencies.port]\nkind = "tcp"\nurl = "{silent.url("tcp")}"\n'
+    )
+    state = str(tmp_path / "circuits.db")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CBCTL_")}
+    command = [sys.executable, "-m", "cbctl", "--state", state, "--config", config, "probe"]
+    with subprocess.Popen(
+        [*command, "port", "--json", "--count", "100", "--interval", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            first = json.loads(process.stdout.readline())
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert first["outcome"] == "success"
+    assert process.returncode == 130
+    assert out == ""
+    assert err == "cbctl: probe interrupted after 1 of 100 attempts\n"

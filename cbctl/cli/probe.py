@@ -5,8 +5,9 @@ probes from separate processes (cron, systemd, CI, a shell) trip the circuit tog
 fail fast — without contacting the dependency and without importing its client library.
 
 Exit codes: 0 healthy, 1 the probe failed, 2 usage/configuration/state error, 3 rejected by an
-open circuit. With `--count N` the last attempt's code counts; with `--all`, the worst code of
-the last round (3 if any circuit rejected, else 1 if any probe failed, else 0).
+open circuit, 130 interrupted (Ctrl-C). With `--count N` the last attempt's code counts; with
+`--all`, the worst code of the last round (3 if any circuit rejected, else 1 if any probe failed,
+else 0).
 """
 
 from __future__ import annotations
@@ -174,7 +175,8 @@ def probe(
     """Health-check a dependency through its circuit breaker, recorded in the shared state.
 
     Exit 0 healthy, 1 the probe failed, 2 bad usage or configuration, 3 rejected because the
-    circuit is open (the dependency was not contacted).
+    circuit is open (the dependency was not contacted). With --count, the last attempt decides;
+    with --all, the worst of the last round (3 before 1 before 0).
 
     \b
     Example:
@@ -195,12 +197,17 @@ def probe(
 
         console = make_console()
     store = open_state(ctx)
+    done = 0
     try:
         for number in range(1, attempts + 1):
             results = [attempt(dep, store, number) for dep in targets]
             _show(console, results, table=every)
+            done = number
             if number < attempts:
                 time.sleep(pause)
+    except KeyboardInterrupt:
+        typer.echo(f"cbctl: probe interrupted after {done} of {attempts} attempts", err=True)
+        raise typer.Exit(130) from None
     finally:
         store.close()
     code = max(EXIT_CODES[result["outcome"]] for result in results)
