@@ -617,3 +617,19 @@ def test_ctrl_c_between_attempts_is_one_line_and_exit_130(
     assert process.returncode == 130
     assert out == ""
     assert err == "cbctl: probe interrupted after 1 of 100 attempts\n"
+
+
+def test_an_unavailable_redis_state_is_a_warning_and_the_probe_still_runs(
+    tmp_path: Path,
+) -> None:
+    url = closed_port_url("tcp")
+    config = write_config(tmp_path, f'[dependencies.cache]\nkind = "tcp"\nurl = "{url}"\n')
+    state = f"redis://:state-Secret-5@127.0.0.1:{free_port()}/0"
+    code, results, err = probe_json(state, config, "cache", "--count", "2", "--interval", "0")
+    assert code == 1
+    assert [r["outcome"] for r in results] == ["failure", "failure"]
+    assert results[0]["degraded"].startswith("Redis at redis://:***@127.0.0.1:")
+    assert err.startswith("cbctl: warning: Redis at redis://:***@")
+    assert err.endswith("outcome kept in this process only\n")
+    assert err.count("\n") == 1
+    assert "state-Secret-5" not in err + json.dumps(results)

@@ -106,6 +106,7 @@ def attempt(dep: Dependency, store: CircuitStore, number: int) -> dict[str, Any]
         "retry_after": stats["retry_after"],
         "failure_threshold": stats["failure_threshold"],
         "success_threshold": stats["success_threshold"],
+        "degraded": stats["degraded"],
     }
 
 
@@ -132,6 +133,14 @@ def _show(console: Console | None, results: Sequence[dict[str, Any]], table: boo
 
     plain = is_plain(console)
     console.print(probe_table(results, plain=plain) if table else probe_line(results[0], plain))
+
+
+def _warn_if_not_shared(results: Sequence[dict[str, Any]], warned: set[str]) -> None:
+    """The shared state did not answer: say so (once), as other processes will not see it."""
+    for problem in sorted({result["degraded"] for result in results if result["degraded"]}):
+        if problem not in warned:
+            warned.add(problem)
+            typer.echo(f"cbctl: warning: {problem}; outcome kept in this process only", err=True)
 
 
 @app.command()
@@ -198,10 +207,12 @@ def probe(
         console = make_console()
     store = open_state(ctx)
     done = 0
+    warned: set[str] = set()
     try:
         for number in range(1, attempts + 1):
             results = [attempt(dep, store, number) for dep in targets]
             _show(console, results, table=every)
+            _warn_if_not_shared(results, warned)
             done = number
             if number < attempts:
                 time.sleep(pause)
