@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.cells import cell_len, set_cell_size
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -160,24 +161,40 @@ def _summary(reports: Sequence[SourceReport]) -> str:
 SEVERITY: Mapping[str, int] = {"unreachable": 0, "open": 1, "half_open": 2}
 """Which rows stay when not every circuit fits: unreachable sources, open, half-open, closed."""
 
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("circuit", "left"),
+    ("state", "left"),
+    ("for", "right"),
+    ("failures", "right"),
+    ("half-open", "right"),
+    ("retry in", "right"),
+    ("last failure", "left"),
+    ("calls", "right"),
+    ("rejected", "right"),
+    ("source", "left"),
+)
+_STATE, _LAST_FAILURE, _SOURCE = 1, 6, 9
+_GAP = "  "
+
 
 def _circuit_rows(
     reports: Sequence[SourceReport], now: float, plain: bool
-) -> list[tuple[str, list[Text]]]:
-    """(state, cells) per row, every cell a Text so that no message is read as rich markup."""
+) -> list[tuple[str, list[str]]]:
+    """(state, cells) per row, as plain strings (never read as rich markup)."""
     rows = []
     for report in reports:
-        source = Text(report.source if plain else _shorten(report.source))
+        source = report.source if plain else _shorten(report.source)
         if report.error is not None:
-            down = Text("unreachable", style=STATE_STYLES["unreachable"])
-            cells = [Text("-"), down, *[Text("-")] * 4, Text(report.error), Text("-"), Text("-")]
-            rows.append(("unreachable", [*cells, source]))
+            cells = ["-", "unreachable", "-", "-", "-", "-", report.error, "-", "-", source]
+            rows.append(("unreachable", cells))
             continue
         elapsed = now - report.fetched_at
         for stats in report.circuits:
             since = _epoch(stats.get("state_since"))
-            texts = (
+            state = str(stats.get("state", "?"))
+            cells = [
                 str(stats.get("name", "?")),
+                f"{state} (forced)" if stats.get("forced") else state,
                 format_age(None if since is None else now - since),
                 _ratio(stats.get("failure_count"), stats.get("failure_threshold")),
                 _half_open(stats),
@@ -185,11 +202,75 @@ def _circuit_rows(
                 _last_failure(stats, now),
                 _count(stats.get("calls")),
                 _count(stats.get("rejections")),
-            )
-            cells = [Text(text) for text in texts]
-            cells.insert(1, state_text(stats))
-            rows.append((str(stats.get("state")), [*cells, source]))
+                source,
+            ]
+            rows.append((state, cells))
     return rows
+
+
+class CircuitTable:
+    """The circuit table as lines of text, laid out for the width it is rendered at.
+
+    Not a rich Table: measuring and padding every cell of every row through rich is most of a
+    live redraw's cost, and here one Text per line is enough. Columns keep their natural width;
+    on a narrow terminal "last failure" and then "source" give way (cut with an ellipsis);
+    plain output is never cut. The state cell is coloured by STATE_STYLES.
+    """
+
+    def __init__(self, rows: list[tuple[str, list[str]]], caption: str, plain: bool) -> None:
+        self.rows = rows
+        self.caption = caption
+        self.plain = plain
+
+    def _widths(self, available: int | None) -> list[int]:
+        widths = [cell_len(header) for header, _ in COLUMNS]
+        for _, cells in self.rows:
+            for index, cell in enumerate(cells):
+                widths[index] = max(widths[index], cell_len(cell))
+        if self.plain or available is None:
+            return widths
+        widths[_LAST_FAILURE] = min(widths[_LAST_FAILURE], 80)
+        excess = sum(widths) + len(_GAP) * (len(widths) - 1) - available
+        for index in (_LAST_FAILURE, _SOURCE):
+            if excess <= 0:
+                break
+            floor = min(widths[index], 12)
+            cut = min(excess, widths[index] - floor)
+            widths[index] -= cut
+            excess -= cut
+        return widths
+
+    def _line(self, cells: Sequence[str], widths: Sequence[int], state: str | None) -> Text:
+        line = Text(no_wrap=True, overflow="ellipsis")
+        for index, (cell, width, (_, justify)) in enumerate(
+            zip(cells, widths, COLUMNS, strict=True)
+        ):
+            if cell_len(cell) > width:
+                cell = set_cell_size(cell, max(0, width - 1)) + "…"
+            padded = cell.rjust(width) if justify == "right" else cell.ljust(width)
+            if index == len(widths) - 1:
+                padded = padded.rstrip()
+            style = STATE_STYLES.get(state or "", "") if index == _STATE and not self.plain else ""
+            line.append(padded, style)
+            if index < len(widths) - 1:
+                line.append(_GAP)
+        return line
+
+    def lines(self, width: int | None) -> list[Text]:
+        widths = self._widths(width)
+        header = self._line([name for name, _ in COLUMNS], widths, None)
+        if not self.plain:
+            header.stylize("bold")
+        result = [header]
+        if not self.plain:
+            rule = sum(widths) + len(_GAP) * (len(widths) - 1)
+            result.append(Text("─" * (rule if width is None else min(rule, width)), "dim"))
+        result += [self._line(cells, widths, state) for state, cells in self.rows]
+        result.append(Text(self.caption))
+        return result
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from self.lines(None if self.plain else options.max_width)
 
 
 def circuit_table(
@@ -198,7 +279,7 @@ def circuit_table(
     *,
     plain: bool = False,
     max_rows: int | None = None,
-) -> Table:
+) -> CircuitTable:
     """One table of every circuit of every source (a fleet view); a failed source is one row.
 
     With `max_rows` (a terminal's height), the rows that matter most are kept, in their order:
@@ -212,25 +293,7 @@ def circuit_table(
         kept = sorted(ranked[: max(1, max_rows)])
         caption += f"; {len(rows) - len(kept)} not shown (terminal too small; see cbctl status)"
         rows = [rows[i] for i in kept]
-    table = Table(
-        caption=caption,
-        box=None if plain else box.SIMPLE_HEAD,
-        header_style="" if plain else "bold",
-        caption_justify="left",
-        pad_edge=False,
-    )
-    # only last failure and source may wrap: on a narrow terminal they give way, not the counts
-    table.add_column("circuit", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    for header in ("for", "failures", "half-open", "retry in"):
-        table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("last failure", overflow="fold", max_width=None if plain else 80)
-    for header in ("calls", "rejected"):
-        table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("source", overflow="fold")
-    for _, cells in rows:
-        table.add_row(*cells)
-    return table
+    return CircuitTable(rows, caption, plain)
 
 
 # -- resets ------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import pytest
@@ -183,3 +184,22 @@ def test_an_error_message_is_shown_literally_not_as_markup() -> None:
     failing = stats("x", last_failure=ISO_NOW, last_error="ValueError: [bold]oops[/bold] [Errno 5]")
     output = render(circuit_table([SourceReport("s", (failing,), NOW)], NOW, plain=True))
     assert "ValueError: [bold]oops[/bold] [Errno 5]" in output
+
+
+def test_on_a_narrow_terminal_the_last_failure_gives_way_and_counts_stay_whole() -> None:
+    failing = stats(
+        "postgresql",
+        "open",
+        failure_count=5,
+        retry_after=9.0,
+        last_failure=ISO_NOW,
+        last_error="OperationalError: connection to server at 127.0.0.1 port 5432 failed",
+    )
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, force_terminal=True, color_system=None)
+    console.print(circuit_table([SourceReport("/var/lib/cbctl/circuits.db", (failing,), NOW)], NOW))
+    lines = buffer.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 100
+    (row,) = [line for line in lines if line.startswith("postgresql")]
+    assert row.split()[:6] == ["postgresql", "open", "4m05s", "5/5", "-", "9.0s"]
+    assert re.search(r" 0s ago: \w+… ", row)

@@ -12,7 +12,7 @@ from cbctl.cli.app import app, globals_of
 from cbctl.cli.common import open_state
 
 if TYPE_CHECKING:
-    from rich.table import Table
+    from cbctl.render import CircuitTable
 
 
 @app.command()
@@ -49,7 +49,7 @@ def watch(
     console = make_console()
     with FleetReader(store, endpoints, timeout=min(2.0, max(0.5, interval))) as fleet:
 
-        def draw() -> Table:
+        def draw() -> CircuitTable:
             now = time.time()
             live = console.is_terminal and not once
             fits = console.height - 6 if live else None  # header, caption, margin
