@@ -533,6 +533,9 @@ def test_an_open_circuit_rejects_without_contacting_or_importing_the_client(
     assert tripping.returncode == 1, tripping.stderr[-500:]
     assert json.loads(tripping.stdout)["state"] == "open"
     assert CLIENT_LIBRARIES[kind] in imported_top_level_modules(tripping.stderr)
+    deadline = time.monotonic() + 5
+    while not silent.connections and time.monotonic() < deadline:
+        time.sleep(0.02)
     contacted = connections_after(silent)
     assert contacted >= 1
 

@@ -211,9 +211,9 @@ def probe(
     try:
         for number in range(1, attempts + 1):
             results = [attempt(dep, store, number) for dep in targets]
+            done = number
             _show(console, results, table=every)
             _warn_if_not_shared(results, warned)
-            done = number
             if number < attempts:
                 time.sleep(pause)
     except KeyboardInterrupt:
