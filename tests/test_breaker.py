@@ -493,6 +493,29 @@ def test_decorator_keeps_an_async_function_async(clock: FakeClock) -> None:
     asyncio.run(scenario())
 
 
+def test_decorated_methods_bind_self_and_use_the_fallback_when_open(clock: FakeClock) -> None:
+    breaker = make(clock, failure_threshold=1, fallback=lambda rejection: "fallback")
+
+    class Repository:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @breaker
+        def fetch(self, key: str) -> str:
+            self.calls += 1
+            if key == "bad":
+                raise Boom(key)
+            return key
+
+    repository = Repository()
+    assert repository.fetch("a") == "a"
+    with pytest.raises(Boom):
+        repository.fetch("bad")
+    assert repository.fetch("a") == "fallback"
+    assert repository.calls == 2
+    assert breaker.stats["rejections"] == 1
+
+
 def test_with_block_records_outcomes_and_rejects_when_open(clock: FakeClock) -> None:
     breaker = make(clock, failure_threshold=2)
     with breaker:
