@@ -1,0 +1,139 @@
+"""The state file and the Redis Lua script agree with the pure functions, operation by operation.
+
+Hypothesis draws sequences of operations (admit, outcomes with any permit seen so far, release,
+reset, force, time passing); each is applied to the memory store (the pure functions of
+cbctl.state under a lock: the reference) and to the store under test, and every answer must be
+the same: the permit, and the snapshot after (times compared where the time bases agree).
+Time moves in steps of 0.5 s against a timeout of 2.25 s, so no decision sits on a boundary
+that the few real milliseconds of a Redis round trip could tip.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cbctl import CircuitState, FakeClock
+from cbctl.state import BreakerConfig, CircuitStore, Permit, Snapshot, Update
+from cbctl.stores import MemoryStore
+from cbctl.stores.redis import RedisStore
+from cbctl.stores.sqlite import SqliteStore
+from tests.servers import RedisServer
+
+CONFIG = BreakerConfig(
+    failure_threshold=2, timeout=2.25, success_threshold=2, half_open_max_calls=2
+)
+_circuits = itertools.count()
+Step = tuple[str, int, float]
+
+# Kinds repeated to weight them: failures and admits are common, so circuits open, go half-open
+# and close often; resets and forcing are rare, so they do not wash every sequence out.
+KINDS = (
+    ["admit"] * 12 + ["failure"] * 10 + ["success"] * 8 + ["advance"] * 8
+    + ["release"] * 2 + ["reset"] * 2 + ["force_open", "force_closed"]
+)  # fmt: skip
+# An outcome reports with the latest permit (-1) most of the time, or with any older one.
+operation = st.tuples(
+    st.sampled_from(KINDS),
+    st.one_of(st.just(-1), st.just(-1), st.integers(0, 20)),
+    st.sampled_from([0.5, 1.0, 2.5]),
+)
+# Half the sequences start by opening the circuit and letting its timeout pass.
+TO_HALF_OPEN: list[Step] = [("failure", -1, 0.5), ("failure", -1, 0.5), ("advance", -1, 2.5)]
+operations = st.builds(
+    lambda prefix, rest: prefix + rest,
+    st.sampled_from([[], TO_HALF_OPEN]),
+    st.lists(operation, min_size=10, max_size=60),
+)
+
+
+def discrete(snapshot: Snapshot) -> tuple[object, ...]:
+    return (
+        snapshot.state,
+        snapshot.failure_count,
+        snapshot.success_count,
+        snapshot.generation,
+        snapshot.trials,
+        snapshot.forced,
+        snapshot.last_error,
+        snapshot.opened_at is None,
+        snapshot.trial_deadline is None,
+    )
+
+
+def apply(store: CircuitStore, name: str, step: Step, permits: list[Permit | None]) -> Update:
+    kind, index, _ = step
+    permit = permits[index % len(permits)]
+    if kind == "admit":
+        return store.admit(name, CONFIG)
+    if kind == "success":
+        return store.record_success(name, CONFIG, permit)
+    if kind == "failure":
+        return store.record_failure(name, CONFIG, permit, f"error {index}")
+    if kind == "release":
+        return store.release(name, CONFIG, permit)
+    if kind == "reset":
+        return store.reset(name, CONFIG)
+    target = CircuitState.OPEN if kind == "force_open" else CircuitState.CLOSED
+    return store.force(name, CONFIG, target)
+
+
+def check_mirror(
+    store: CircuitStore, reference: MemoryStore, clock: FakeClock, steps: list[Step]
+) -> set[CircuitState]:
+    """Apply `steps` to both stores, compare every answer; return the states visited."""
+    name = f"mirror-{next(_circuits)}"
+    permits: list[Permit | None] = [None]
+    visited = set()
+    for step in steps:
+        if step[0] == "advance":
+            clock.advance(step[2])
+            continue
+        expected: Update = apply(reference, name, step, permits)
+        actual: Update = apply(store, name, step, permits)
+        assert actual.permit == expected.permit, step
+        assert discrete(actual.after) == discrete(expected.after), step
+        if step[0] == "admit" and expected.permit is not None:
+            permits.append(expected.permit)
+        visited.add(expected.after.state)
+    return visited
+
+
+@pytest.fixture(scope="module")
+def mirror_redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=operations)
+def test_the_state_file_mirrors_the_pure_functions(tmp_path: Path, steps: list[Step]) -> None:
+    clock = FakeClock()
+    with SqliteStore(tmp_path / "mirror.db", clock=clock) as store:
+        check_mirror(store, MemoryStore(clock), clock, steps)
+        circuits = store.load_all()
+    assert all(c.config == CONFIG for c in circuits)
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=operations)
+def test_the_redis_script_mirrors_the_pure_functions(
+    mirror_redis: RedisServer, steps: list[Step]
+) -> None:
+    clock = FakeClock()
+    start = RedisStore(mirror_redis.url).clock_now()
+    store = RedisStore(mirror_redis.url, time_offset=lambda: clock.wall() - start)
+    try:
+        check_mirror(store, MemoryStore(clock), clock, steps)
+    finally:
+        store.close()
