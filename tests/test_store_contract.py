@@ -279,6 +279,26 @@ def test_threads_recording_failures_lose_no_update_and_open_once(backend: Backen
     assert len(opened) == 1
 
 
+def test_threads_sharing_one_store_object_lose_no_update(backend: Backend) -> None:
+    threads, each = 4, 25
+    breaker = backend.breaker(failure_threshold=10**6)
+
+    def hammer() -> None:
+        for _ in range(each):
+            with pytest.raises(Boom):
+                breaker.call(fail)
+
+    workers = [threading.Thread(target=hammer) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    stored = backend.store.load("dep")
+    assert stored is not None
+    assert stored.snapshot.failure_count == threads * each
+    assert breaker.stats["degraded"] is None
+
+
 def test_circuits_do_not_share_state_and_load_all_lists_them_with_settings(
     backend: Backend,
 ) -> None:
