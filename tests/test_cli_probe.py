@@ -636,3 +636,22 @@ def test_an_unavailable_redis_state_is_a_warning_and_the_probe_still_runs(
     assert err.endswith("outcome kept in this process only\n")
     assert err.count("\n") == 1
     assert "state-Secret-5" not in err + json.dumps(results)
+
+
+@pytest.mark.slow
+def test_all_probes_side_by_side_so_silent_dependencies_cost_one_call_timeout(
+    state: str, tmp_path: Path, silent: SilentServer
+) -> None:
+    http = silent.url("http")
+    tables = [f'[dependencies.{name}]\nurl = "{http}"\n' for name in ("qdrant", "llamacpp")]
+    tables.append(f'[dependencies.redis]\nurl = "{silent.url("redis")}/0"\n')
+    tables.append(f'[dependencies.postgresql]\nurl = "{silent.url("postgresql")}/db"\n')
+    tables += [f'[dependencies.web{n}]\nkind = "http"\nurl = "{http}/{n}"\n' for n in range(6)]
+    config = write_config(tmp_path, "".join(tables))
+    started = time.monotonic()
+    code, results, _ = probe_json(state, config, "--all", "--call-timeout", "1")
+    elapsed = time.monotonic() - started
+    assert code == 1
+    assert len(results) == 10
+    assert {r["reason"] for r in results} == {"timeout"}
+    assert elapsed < 5, f"10 silent dependencies took {elapsed:.1f}s: probed one after another?"

@@ -110,6 +110,16 @@ def attempt(dep: Dependency, store: CircuitStore, number: int) -> dict[str, Any]
     }
 
 
+def _round(targets: Sequence[Dependency], store: CircuitStore, number: int) -> list[dict[str, Any]]:
+    """One attempt per dependency; several run side by side, so `--all` takes one call timeout."""
+    if len(targets) == 1:
+        return [attempt(targets[0], store, number)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(targets), thread_name_prefix="cbctl-probe-all") as pool:
+        return list(pool.map(lambda dep: attempt(dep, store, number), targets))
+
+
 def _targets(ctx: typer.Context, name: str | None, every: bool) -> list[Dependency]:
     from cbctl.config import load_config
 
@@ -155,7 +165,10 @@ def probe(
         ),
     ] = None,
     every: Annotated[
-        bool, typer.Option("--all", help="Probe every configured dependency; exit with the worst.")
+        bool,
+        typer.Option(
+            "--all", help="Probe every configured dependency at once; exit with the worst code."
+        ),
     ] = False,
     count: Annotated[
         str,
@@ -210,7 +223,7 @@ def probe(
     warned: set[str] = set()
     try:
         for number in range(1, attempts + 1):
-            results = [attempt(dep, store, number) for dep in targets]
+            results = _round(targets, store, number)
             done = number
             _show(console, results, table=every)
             _warn_if_not_shared(results, warned)
