@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 EXIT_CODES = {"success": 0, "failure": 1, "rejected": 3}
 
 
+# --count, --interval and --call-timeout arrive as text and are checked here, so that a bad value
+# is one `cbctl: ...` line with exit code 2, like every other cbctl error.
+
+
 def _count(text: str) -> int:
     """`--count`: a whole number of attempts, at least 1."""
     try:
