@@ -155,13 +155,14 @@ def test_watch_once_prints_one_snapshot_of_the_state(state: str) -> None:
     assert out.count("3 circuits") == 1
 
 
-@pytest.mark.parametrize(
-    ("interval", "message"),
-    [("abc", "valid number"), ("-1", "greater than or equal to 0.1"), ("0", "0.1")],
-)
-def test_watch_refuses_a_bad_interval_with_exit_2(state: str, interval: str, message: str) -> None:
+@pytest.mark.parametrize(("interval", "message"), [("abc", "abc"), ("-1", "0.1"), ("0", "0.1")])
+def test_watch_refuses_a_bad_interval_with_exit_2_on_one_line(
+    state: str, interval: str, message: str
+) -> None:
     code, _, err = run("--state", state, "watch", "--interval", interval, "--once")
     assert code == 2
+    assert err.startswith("cbctl watch: ")
+    assert err.count("\n") == 1
     assert "--interval" in err
     assert message in err
 

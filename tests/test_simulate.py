@@ -513,11 +513,11 @@ def test_an_unknown_mode_is_a_usage_error_naming_the_option() -> None:
     code, out, err = simulate("outage", "--mode", "nonsense")
     assert code == 2
     assert out == ""
-    error = [line for line in err.splitlines() if line.startswith("Error:")]
-    assert len(error) == 1
-    assert "'--mode'" in error[0]
-    assert "nonsense" in error[0]
-    assert "blackhole" in error[0]
+    assert err.count("\n") == 1
+    assert err.startswith("cbctl simulate outage: ")
+    assert "'--mode'" in err
+    assert "nonsense" in err
+    assert "blackhole" in err
 
 
 # -- flapping ----------------------------------------------------------------------------------

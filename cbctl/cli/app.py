@@ -25,7 +25,18 @@ class Globals:
 
 
 class _Group(TyperGroup):
-    """Turns every CbctlError into one line on stderr and its exit code (traceback with --debug)."""
+    """The one place errors become output: one line on stderr and the documented exit code.
+
+    CbctlError carries its own exit code (a traceback instead with --debug); a usage error from
+    the parser (bad flag, bad value, missing argument) is exit 2, also on one line.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return list(super().parse_args(ctx, args))
+        except Exception as error:
+            _exit_on_usage_error(ctx, error)
+            raise
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -35,6 +46,24 @@ class _Group(TyperGroup):
                 raise
             typer.echo(f"cbctl: {error}", err=True)
             ctx.exit(error.exit_code)
+        except Exception as error:
+            _exit_on_usage_error(ctx, error)
+            raise
+
+
+def _exit_on_usage_error(ctx: Any, error: Exception) -> None:
+    """Print a parser usage error as `cbctl CMD: what is wrong` and exit 2; else return.
+
+    Recognised by shape (exit_code 2, format_message, ctx) because Typer vendors its parser
+    privately; asking for help with no arguments is not an error and is left alone.
+    """
+    if getattr(error, "exit_code", None) != 2 or not hasattr(error, "format_message"):
+        return
+    if type(error).__name__ == "NoArgsIsHelpError":
+        return
+    where = getattr(getattr(error, "ctx", None), "command_path", None) or "cbctl"
+    typer.echo(f"{where}: {error.format_message()}", err=True)
+    ctx.exit(2)
 
 
 def _debug(ctx: typer.Context) -> bool:
