@@ -16,13 +16,10 @@ __all__ = ["load_dependency", "open_state", "state_location"]
 
 
 def state_location(ctx: typer.Context) -> str:
-    """`--state` / `$CBCTL_STATE` (Typer reads both), else the user state directory's file."""
-    given = globals_of(ctx).state
-    if given:
-        return given
-    from cbctl.stores import default_state_path
+    """`--state` / `$CBCTL_STATE`, else the user state directory's file."""
+    from cbctl.stores import resolve_state_location
 
-    return str(default_state_path())
+    return resolve_state_location(globals_of(ctx).state)
 
 
 def open_state(ctx: typer.Context) -> CircuitStore:

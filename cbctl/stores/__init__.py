@@ -52,7 +52,7 @@ def open_store(location: str, *, clock: Clock | None = None) -> CircuitStore:
 
         return RedisStore(location)
     if scheme:
-        from cbctl.stores.redis import redact_url
+        from cbctl.config import redact_url
 
         raise StateError(
             f"unsupported state location {redact_url(location)}: "

@@ -39,7 +39,8 @@ class MemoryStore:
     ) -> Update:
         with self._lock:
             now = self._clock.wall()
-            before, known = self._circuits.get(name, (Snapshot(changed_at=now), None))
+            entry = self._circuits.get(name)
+            before, known = entry if entry is not None else (Snapshot(changed_at=now), None)
             settings = config or known or BreakerConfig()
             after, permit = change(before, settings, now)
             self._circuits[name] = (after, settings)

@@ -20,13 +20,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
+from cbctl.config import redact_url
 from cbctl.errors import StateError, StoreUnavailableError
 from cbctl.state import BreakerConfig, CircuitState, Permit, Snapshot, StoredCircuit, Update
 
 if TYPE_CHECKING:
     import redis as redis_py
 
-__all__ = ["RedisStore", "redact_url"]
+__all__ = ["RedisStore"]
 
 _STATES: Final = {state.value: state for state in CircuitState}
 _NO_CONFIG: Final = ("", "", "", "")
@@ -186,23 +187,6 @@ if changed then
 end
 return out
 """
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (userinfo or `?password=`) replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable Redis URL>"
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-    query = "&".join(
-        f"{key}=***" if key.lower() in {"password", "pass", "passwd"} else f"{key}={value}"
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def _number(text: str) -> float | None:
