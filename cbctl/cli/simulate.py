@@ -27,32 +27,63 @@ class OutageMode(StrEnum):
     BLACKHOLE = "blackhole"
 
 
+# Options both scenarios take; the breaker settings default to the dependency's configured ones.
+Name = Annotated[
+    str, typer.Argument(metavar="NAME", help="Dependency from cbctl.toml or built in.")
+]
+Url = Annotated[str | None, typer.Option("--url", metavar="URL", help="Use this address instead.")]
+FailureThreshold = Annotated[
+    int | None,
+    typer.Option(
+        "--failure-threshold", metavar="N", help="Failures that open it [default: configured, 5]."
+    ),
+]
+RecoveryTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Recovery timeout before a trial [default: configured, 30].",
+    ),
+]
+SuccessThreshold = Annotated[
+    int | None,
+    typer.Option(
+        "--success-threshold",
+        metavar="N",
+        help="Trial successes that close it [default: configured, 2].",
+    ),
+]
+CallTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--call-timeout",
+        metavar="SECONDS",
+        help="Longest one probe may take [default: configured, 2].",
+    ),
+]
+
+
 @simulate_app.command()
 def outage(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Dependency from cbctl.toml or built in.")] = "qdrant",
-    url: Annotated[str | None, typer.Option("--url", help="Address to use instead.")] = None,
+    name: Name = "qdrant",
+    url: Url = None,
     mode: Annotated[
-        OutageMode, typer.Option("--mode", help="down: refused; blackhole: never answers.")
+        OutageMode,
+        typer.Option("--mode", help="down: connections refused; blackhole: never answered."),
     ] = OutageMode.DOWN,
-    failure_threshold: Annotated[
-        int | None, typer.Option("--failure-threshold", help="[default: configured, 5]")
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option("--timeout", help="Recovery timeout, s [default: configured, 30]"),
-    ] = None,
-    success_threshold: Annotated[
-        int | None, typer.Option("--success-threshold", help="[default: configured, 2]")
-    ] = None,
-    call_timeout: Annotated[
-        float | None, typer.Option("--call-timeout", help="Seconds one probe may take.")
-    ] = None,
+    failure_threshold: FailureThreshold = None,
+    timeout: RecoveryTimeout = None,
+    success_threshold: SuccessThreshold = None,
+    call_timeout: CallTimeout = None,
     stop_cmd: Annotated[
-        str | None, typer.Option("--stop-cmd", help="Command that really stops it.")
+        str | None,
+        typer.Option("--stop-cmd", metavar="CMD", help="Command that really stops it."),
     ] = None,
     start_cmd: Annotated[
-        str | None, typer.Option("--start-cmd", help="Command that starts it again.")
+        str | None,
+        typer.Option("--start-cmd", metavar="CMD", help="Command that starts it again."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the journal as JSON.")] = False,
 ) -> None:
@@ -95,26 +126,24 @@ def outage(
 @simulate_app.command()
 def flapping(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Dependency from cbctl.toml or built in.")] = "qdrant",
-    url: Annotated[str | None, typer.Option("--url", help="Address to use instead.")] = None,
+    name: Name = "qdrant",
+    url: Url = None,
     period: Annotated[
-        float, typer.Option("--period", help="Seconds the proxy stays down, then up, in turn.")
+        float,
+        typer.Option(
+            "--period", metavar="SECONDS", help="Seconds the proxy stays down, then up, in turn."
+        ),
     ] = 0.5,
-    calls: Annotated[int, typer.Option("--calls", help="Calls per pass (with, without).")] = 40,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between calls.")] = 0.05,
-    failure_threshold: Annotated[
-        int | None, typer.Option("--failure-threshold", help="[default: configured, 5]")
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option("--timeout", help="Recovery timeout, s [default: configured, 30]"),
-    ] = None,
-    success_threshold: Annotated[
-        int | None, typer.Option("--success-threshold", help="[default: configured, 2]")
-    ] = None,
-    call_timeout: Annotated[
-        float | None, typer.Option("--call-timeout", help="Seconds one probe may take.")
-    ] = None,
+    calls: Annotated[
+        int, typer.Option("--calls", metavar="N", help="Calls per pass (with, then without).")
+    ] = 40,
+    interval: Annotated[
+        float, typer.Option("--interval", metavar="SECONDS", help="Seconds between calls.")
+    ] = 0.05,
+    failure_threshold: FailureThreshold = None,
+    timeout: RecoveryTimeout = None,
+    success_threshold: SuccessThreshold = None,
+    call_timeout: CallTimeout = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """A dependency that goes down and up in turn: does its breaker dampen the calls reaching it?
