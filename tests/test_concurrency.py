@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -191,7 +192,9 @@ def test_concurrent_mixed_outcomes_add_up_exactly(make_store: StoreFactory) -> N
 
 
 @pytest.mark.parametrize("make_store", STORES, ids=STORE_IDS)
-def test_concurrent_failures_open_the_circuit_exactly_once(make_store: StoreFactory) -> None:
+def test_concurrent_failures_open_the_circuit_exactly_once(
+    make_store: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = FakeClock()
     breaker = CircuitBreaker("dep", failure_threshold=5, clock=clock, store=make_store(clock))
     events: list[StateChange] = []
@@ -205,8 +208,11 @@ def test_concurrent_failures_open_the_circuit_exactly_once(make_store: StoreFact
             with contextlib.suppress(Boom, CircuitBreakerError):
                 breaker.call(lambda: ran.append(True) or fail())
 
-    run_threads(CALLERS, caller)
+    with caplog.at_level(logging.INFO, logger="cbctl"):
+        run_threads(CALLERS, caller)
     assert [(e.previous, e.state) for e in events] == [(CircuitState.CLOSED, CircuitState.OPEN)]
+    transitions = [r.getMessage() for r in caplog.records if hasattr(r, "circuit_state")]
+    assert transitions == ["circuit=dep circuit_state=open previous=closed failures=5"]
     stats = breaker.stats
     assert stats["state"] == "open"
     assert stats["failures"] == len(ran)
