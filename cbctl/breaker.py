@@ -61,11 +61,6 @@ class StateChange:
     failure_count: int
 
 
-_entered: ContextVar[tuple[tuple[CircuitBreaker, Permit | None], ...]] = ContextVar(
-    "cbctl_entered", default=()
-)
-
-
 class CircuitBreaker:
     """Protects calls to one dependency: fails fast while the dependency is known to be down.
 
@@ -79,6 +74,7 @@ class CircuitBreaker:
         "_closed_fast",
         "_config",
         "_degraded",
+        "_entered",
         "_exclude_predicates",
         "_exclude_types",
         "_failures",
@@ -136,6 +132,10 @@ class CircuitBreaker:
         self._snapshot = Snapshot(changed_at=self._clock.monotonic())
         self._closed_fast = store is None
         self._open_until: float | None = None
+        # Permits of `with` blocks still open, per thread / asyncio task (innermost last).
+        self._entered: ContextVar[tuple[Permit | None, ...]] = ContextVar(
+            "cbctl_entered", default=()
+        )
         self._degraded: str | None = None
         self._listeners: tuple[Callable[[StateChange], object], ...] = ()
         self._successes = itertools.count()
@@ -260,7 +260,7 @@ class CircuitBreaker:
 
     def __enter__(self) -> CircuitBreaker:
         permit = self._admit()
-        _entered.set((*_entered.get(), (self, permit)))
+        self._entered.set((*self._entered.get(), permit))
         return self
 
     def __exit__(
@@ -287,12 +287,11 @@ class CircuitBreaker:
         self.__exit__(exc_type, exc, traceback)
 
     def _pop_permit(self) -> Permit | None:
-        entered = _entered.get()
-        for index in range(len(entered) - 1, -1, -1):
-            if entered[index][0] is self:
-                _entered.set(entered[:index] + entered[index + 1 :])
-                return entered[index][1]
-        raise RuntimeError(f"circuit {self.name!r} exited without being entered")
+        entered = self._entered.get()
+        if not entered:
+            raise RuntimeError(f"circuit {self.name!r} exited without being entered")
+        self._entered.set(entered[:-1])
+        return entered[-1]
 
     def allows_call(self) -> bool:
         """Whether a call made now would be admitted, without raising and without taking a permit.
