@@ -164,7 +164,11 @@ def test_half_open_failure_reopens_and_restarts_the_timer(backend: Backend) -> N
     assert breaker.state is CircuitState.OPEN
     with pytest.raises(CircuitBreakerError) as rejected:
         breaker.call(ok)
-    assert rejected.value.retry_after == pytest.approx(5.0, abs=0.5)
+    # A timer that was not restarted would have ~0 s left (5.5 s passed since the first open);
+    # the slack is for Redis, whose clock is the real server clock moving under a loaded CI.
+    retry_after = rejected.value.retry_after
+    assert retry_after is not None
+    assert 3.0 <= retry_after <= 5.0
 
 
 def test_excluded_errors_and_interrupts_are_neutral_and_free_the_trial(backend: Backend) -> None:
