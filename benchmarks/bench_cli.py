@@ -81,8 +81,8 @@ def in_process_attempt_ms(
     """
     import redis
 
-    from cbctl.cli.probe import attempt
     from cbctl.config import load_config
+    from cbctl.probing import probe_once
     from cbctl.stores import open_store
 
     dependency = load_config(config).dependency("redis")
@@ -102,7 +102,7 @@ def in_process_attempt_ms(
         return statistics.median(samples)
 
     try:
-        return median_ms(lambda: attempt(dependency, store, 1)), median_ms(client_check)
+        return median_ms(lambda: probe_once(dependency, store)), median_ms(client_check)
     finally:
         store.close()
 

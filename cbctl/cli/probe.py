@@ -16,22 +16,19 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cbctl.cli.app import app, globals_of
 from cbctl.cli.common import open_state
-from cbctl.errors import CircuitBreakerError, DependencyError, UsageError
+from cbctl.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from cbctl.config import Dependency
-    from cbctl.state import CircuitStore
-
-EXIT_CODES = {"success": 0, "failure": 1, "rejected": 3}
-
+    from cbctl.probing import ProbeAttempt
 
 # --count, --interval and --call-timeout arrive as text and are checked here, so that a bad value
 # is one `cbctl: ...` line with exit code 2, like every other cbctl error.
@@ -60,70 +57,6 @@ def _seconds(option: str, text: str, *, zero_ok: bool) -> float:
     return value
 
 
-def attempt(dep: Dependency, store: CircuitStore, number: int) -> dict[str, Any]:
-    """One probe of `dep` through its breaker on `store`, as the JSON object `--json` prints.
-
-    The latency of an admitted probe starts after its client library is imported, so that it
-    measures the dependency, not a cold import; a rejection's latency is the whole decision.
-    """
-    import importlib
-
-    from cbctl.breaker import CircuitBreaker
-    from cbctl.probes import MODULES, check, scrub, secrets_of
-
-    started = time.perf_counter()
-
-    def probe_once() -> str:
-        importlib.import_module(f"cbctl.probes.{MODULES[dep.kind]}")
-        nonlocal started
-        started = time.perf_counter()
-        return check(dep, dep.call_timeout)
-
-    breaker = CircuitBreaker(dep.name, config=dep.breaker, store=store)
-    detail: str | None = None
-    error: str | None = None
-    reason: str | None = None
-    try:
-        detail = breaker.call(probe_once)
-        outcome = "success"
-    except CircuitBreakerError as rejection:
-        outcome, error, reason = "rejected", str(rejection), "circuit_open"
-    except DependencyError as failure:
-        outcome, error = "failure", scrub(str(failure), secrets_of(dep))
-        reason = getattr(failure, "reason", None)
-    latency_ms = (time.perf_counter() - started) * 1000
-    stats = breaker.stats
-    return {
-        "dependency": dep.name,
-        "ok": outcome == "success",
-        "outcome": outcome,
-        "state": stats["state"],
-        "latency_ms": round(latency_ms, 3),
-        "error": error,
-        "failure_count": stats["failure_count"],
-        "success_count": stats["success_count"],
-        "attempt": number,
-        "kind": dep.kind,
-        "url": dep.display_url,
-        "detail": detail,
-        "reason": reason,
-        "retry_after": stats["retry_after"],
-        "failure_threshold": stats["failure_threshold"],
-        "success_threshold": stats["success_threshold"],
-        "degraded": stats["degraded"],
-    }
-
-
-def _round(targets: Sequence[Dependency], store: CircuitStore, number: int) -> list[dict[str, Any]]:
-    """One attempt per dependency; several run side by side, so `--all` takes one call timeout."""
-    if len(targets) == 1:
-        return [attempt(targets[0], store, number)]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(len(targets), thread_name_prefix="cbctl-probe-all") as pool:
-        return list(pool.map(lambda dep: attempt(dep, store, number), targets))
-
-
 def _targets(ctx: typer.Context, name: str | None, every: bool) -> list[Dependency]:
     from cbctl.config import load_config
 
@@ -137,21 +70,22 @@ def _targets(ctx: typer.Context, name: str | None, every: bool) -> list[Dependen
     return [config.dependency(name)]
 
 
-def _show(console: Console | None, results: Sequence[dict[str, Any]], table: bool) -> None:
+def _show(console: Console | None, results: Sequence[ProbeAttempt], table: bool) -> None:
     """Print one round: JSON lines when `console` is None, else a line or a table."""
+    rows = [result.as_json() for result in results]
     if console is None:
-        for result in results:
-            typer.echo(json.dumps(result))
+        for row in rows:
+            typer.echo(json.dumps(row))
         return
     from cbctl.render import is_plain, probe_line, probe_table
 
     plain = is_plain(console)
-    console.print(probe_table(results, plain=plain) if table else probe_line(results[0], plain))
+    console.print(probe_table(rows, plain=plain) if table else probe_line(rows[0], plain))
 
 
-def _warn_if_not_shared(results: Sequence[dict[str, Any]], warned: set[str]) -> None:
+def _warn_if_not_shared(results: Sequence[ProbeAttempt], warned: set[str]) -> None:
     """The shared state did not answer: say so (once), as other processes will not see it."""
-    for problem in sorted({result["degraded"] for result in results if result["degraded"]}):
+    for problem in sorted({result.degraded for result in results if result.degraded}):
         if problem not in warned:
             warned.add(problem)
             typer.echo(f"cbctl: warning: {problem}; outcome kept in this process only", err=True)
@@ -222,12 +156,14 @@ def probe(
         from cbctl.render import make_console
 
         console = make_console()
+    from cbctl.probing import probe_round
+
     store = open_state(ctx)
     done = 0
     warned: set[str] = set()
     try:
         for number in range(1, attempts + 1):
-            results = _round(targets, store, number)
+            results = probe_round(targets, store, number)
             done = number
             _show(console, results, table=every)
             _warn_if_not_shared(results, warned)
@@ -238,6 +174,6 @@ def probe(
         raise typer.Exit(130) from None
     finally:
         store.close()
-    code = max(EXIT_CODES[result["outcome"]] for result in results)
+    code = max(result.exit_code for result in results)
     if code:
         raise typer.Exit(code)

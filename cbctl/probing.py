@@ -1,0 +1,119 @@
+"""Probing a dependency through its circuit breaker: what `cbctl probe` does, as a library.
+
+One attempt = the breaker's admission decision, the probe (only if admitted: a rejected attempt
+never contacts the dependency nor imports its client library), and the circuit as it stands
+afterwards, recorded in the shared store so that probes from separate processes trip together.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from cbctl.breaker import CircuitBreaker
+from cbctl.errors import CircuitBreakerError, DependencyError
+
+if TYPE_CHECKING:
+    from cbctl.config import Dependency
+    from cbctl.state import CircuitStore
+
+__all__ = ["EXIT_CODES", "ProbeAttempt", "probe_once", "probe_round"]
+
+Outcome = Literal["success", "failure", "rejected"]
+
+EXIT_CODES: dict[str, int] = {"success": 0, "failure": 1, "rejected": 3}
+"""The CLI exit code of each outcome (DESIGN.md §5)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAttempt:
+    """One probe through the breaker; `as_json()` is the `cbctl probe --json` object."""
+
+    dependency: str
+    ok: bool
+    outcome: Outcome
+    state: str
+    latency_ms: float
+    error: str | None
+    failure_count: int
+    success_count: int
+    attempt: int
+    kind: str
+    url: str
+    detail: str | None
+    reason: str | None
+    retry_after: float | None
+    failure_threshold: int
+    success_threshold: int
+    degraded: str | None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.outcome]
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe_once(dep: Dependency, store: CircuitStore, number: int = 1) -> ProbeAttempt:
+    """Probe `dep` once through its breaker on `store`.
+
+    The latency of an admitted probe starts after its client library is imported, so that it
+    measures the dependency, not a cold import; a rejection's latency is the whole decision.
+    """
+    from cbctl.probes import MODULES, check, scrub, secrets_of
+
+    started = time.perf_counter()
+
+    def probe() -> str:
+        importlib.import_module(f"cbctl.probes.{MODULES[dep.kind]}")
+        nonlocal started
+        started = time.perf_counter()
+        return check(dep, dep.call_timeout)
+
+    breaker = CircuitBreaker(dep.name, config=dep.breaker, store=store)
+    outcome: Outcome = "success"
+    detail = error = reason = None
+    try:
+        detail = breaker.call(probe)
+    except CircuitBreakerError as rejection:
+        outcome, error, reason = "rejected", str(rejection), "circuit_open"
+    except DependencyError as failure:
+        outcome, error = "failure", scrub(str(failure), secrets_of(dep))
+        reason = getattr(failure, "reason", None)
+    latency_ms = (time.perf_counter() - started) * 1000
+    stats = breaker.stats
+    return ProbeAttempt(
+        dependency=dep.name,
+        ok=outcome == "success",
+        outcome=outcome,
+        state=stats["state"],
+        latency_ms=round(latency_ms, 3),
+        error=error,
+        failure_count=stats["failure_count"],
+        success_count=stats["success_count"],
+        attempt=number,
+        kind=dep.kind,
+        url=dep.display_url,
+        detail=detail,
+        reason=reason,
+        retry_after=stats["retry_after"],
+        failure_threshold=stats["failure_threshold"],
+        success_threshold=stats["success_threshold"],
+        degraded=stats["degraded"],
+    )
+
+
+def probe_round(
+    deps: Sequence[Dependency], store: CircuitStore, number: int = 1
+) -> list[ProbeAttempt]:
+    """One attempt per dependency, side by side, so a dead stack costs one call timeout."""
+    if len(deps) == 1:
+        return [probe_once(deps[0], store, number)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(deps), thread_name_prefix="cbctl-probe-all") as pool:
+        return list(pool.map(lambda dep: probe_once(dep, store, number), deps))
