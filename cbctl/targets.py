@@ -238,12 +238,9 @@ def simulate_outage(
     `expect` (default: `settings`) is what the checks hold the breaker to; see `run_outage`.
     """
     _check_paired(stop_cmd, start_cmd)
-    with contextlib.ExitStack() as stack:
-        prepared = stack.enter_context(prepare_target(dep, standin_allowed=stop_cmd is None))
-        if prepared.note and on_notice is not None:
-            on_notice(prepared.note)
-        host, port = _host_port(prepared.dependency)
-        proxy = stack.enter_context(FaultProxy(host, port))
+    stack = contextlib.ExitStack()
+    try:
+        prepared, proxy = _behind_proxy(stack, dep, on_notice, standin_allowed=stop_cmd is None)
         target = ProxiedTarget(
             prepared.dependency, proxy, mode=mode, stop_cmd=stop_cmd, start_cmd=start_cmd
         )
@@ -256,7 +253,8 @@ def simulate_outage(
         return run_outage(
             target, bystander, settings, expect=expect, on_event=on_event, notes=notes
         )
-    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+    finally:
+        stack.close()
 
 
 def simulate_flapping(
@@ -279,12 +277,9 @@ def simulate_flapping(
     for what, value in (("--period", period), ("--interval", interval)):
         if not math.isfinite(value) or value < 0 or (value == 0 and what == "--period"):
             raise UsageError(f"{what} must be a positive number of seconds, got {value!r}")
-    with contextlib.ExitStack() as stack:
-        prepared = stack.enter_context(prepare_target(dep))
-        if prepared.note and on_notice is not None:
-            on_notice(prepared.note)
-        host, port = _host_port(prepared.dependency)
-        proxy = stack.enter_context(FaultProxy(host, port))
+    stack = contextlib.ExitStack()
+    try:
+        prepared, proxy = _behind_proxy(stack, dep, on_notice, standin_allowed=True)
         target = ProxiedTarget(prepared.dependency, proxy, mode=Mode.FLAPPING, flap_period=period)
         try:
             target.call()
@@ -300,4 +295,21 @@ def simulate_flapping(
             notes=(prepared.note,) if prepared.note else (),
             conditions={"period_s": period},
         )
-    raise AssertionError("unreachable")  # pragma: no cover - ExitStack does not swallow
+    finally:
+        stack.close()
+
+
+def _behind_proxy(
+    stack: contextlib.ExitStack,
+    dep: Dependency,
+    on_notice: Callable[[str], object] | None,
+    *,
+    standin_allowed: bool,
+) -> tuple[StandinTarget, FaultProxy]:
+    """The dependency (or its stand-in, said through `on_notice`) and a fault proxy in front of
+    it, both closed with `stack`."""
+    prepared = stack.enter_context(prepare_target(dep, standin_allowed=standin_allowed))
+    if prepared.note and on_notice is not None:
+        on_notice(prepared.note)
+    host, port = _host_port(prepared.dependency)
+    return prepared, stack.enter_context(FaultProxy(host, port))

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from cbctl.probing import ProbeAttempt
 
 # --count, --interval and --call-timeout arrive as text and are checked here, so that a bad value
-# is one `cbctl: ...` line with exit code 2, like every other cbctl error.
+# is told in the option's own terms ("a whole number of attempts", "seconds") rather than the
+# parser's generic range message; both end as one line with exit code 2.
 
 
 def _count(text: str) -> int:
