@@ -14,7 +14,9 @@ call_timeout = 2.0    # seconds one probe/call may take (`timeout` is the recove
 ```
 
 The file is found via `--config`, `$CBCTL_CONFIG`, `./cbctl.toml`, then the user config dir.
-Without a file, the four dependencies of a local AI stack are built in; `CBCTL_<NAME>_URL`
+Without a file (or with one that has no `[dependencies]`), the four dependencies of a local
+AI stack are built in; a file's `[dependencies]` replace them unless it sets top-level
+`builtins = true`. `CBCTL_<NAME>_URL`
 overrides any dependency's url. Every error names the file, the key and what is wrong, and
 never shows a password: `repr(Dependency)` and every message carry `redact_url(url)`.
 """
@@ -128,6 +130,11 @@ class Dependency:
     source: UrlSource = "builtin"
     api_key: str | None = field(default=None, repr=False)
     expected_status: int = 200
+    origins: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
+    )
+    """Where each setting came from (`dependencies.x.timeout`, `defaults.timeout`, `default`,
+    `built-in`, `$CBCTL_X_URL`, `--url`), for `cbctl config`."""
 
     def __post_init__(self) -> None:
         where = f"dependency {self.name!r}"
@@ -155,12 +162,14 @@ class Dependency:
         """The same dependency at another address (e.g. `--url`), validated."""
         where = {"flag": "--url", "env": f"${env_var_for(self.name)}"}.get(source, self.name)
         _check_url(self.kind, url, where)
-        return replace(self, url=url, source=source)
+        origins = MappingProxyType({**self.origins, "url": where})
+        return replace(self, url=url, source=source, origins=origins)
 
     def with_call_timeout(self, seconds: float) -> Dependency:
         """The same dependency with another call timeout (e.g. `--call-timeout`), validated."""
         _check_seconds(seconds, "--call-timeout")
-        return replace(self, call_timeout=float(seconds))
+        origins = MappingProxyType({**self.origins, "call_timeout": "--call-timeout"})
+        return replace(self, call_timeout=float(seconds), origins=origins)
 
     def __repr__(self) -> str:
         return (
@@ -262,7 +271,10 @@ def parse_config(
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{origin}: invalid TOML: {error}") from None
-    _reject_unknown(document, {"defaults", "dependencies"}, origin, "")
+    _reject_unknown(document, {"builtins", "defaults", "dependencies"}, origin, "")
+    builtins = document.get("builtins", "dependencies" not in document)
+    if not isinstance(builtins, bool):
+        raise ConfigError(f"{origin}: builtins must be true or false, got {_describe(builtins)}")
 
     defaults_table = _table(document.get("defaults", {}), origin, "defaults")
     _reject_unknown(defaults_table, _DEFAULTS_KEYS, origin, "defaults.")
@@ -275,9 +287,11 @@ def parse_config(
 
     tables = _table(document.get("dependencies", {}), origin, "dependencies")
     dependencies: dict[str, Dependency] = {}
-    for name in [*BUILTIN_URLS, *(n for n in tables if n not in BUILTIN_URLS)]:
+    chosen = [*BUILTIN_URLS] if builtins else []
+    for name in [*chosen, *(n for n in tables if n not in chosen)]:
         table = _table(tables.get(name, {}), origin, f"dependencies.{name}")
         dependency = _dependency(name, table, defaults, call_timeout, origin)
+        dependency = replace(dependency, origins=_origins(table, defaults_table, dependency))
         dependencies[name] = _apply_env(dependency, env)
     return Config(
         path=path,
@@ -341,13 +355,30 @@ def _dependency(
     )
 
 
+def _origins(
+    table: Mapping[str, Any], defaults: Mapping[str, Any], dependency: Dependency
+) -> Mapping[str, str]:
+    """Where each value of `dependency` came from, as `cbctl config` shows it."""
+    own = f"dependencies.{dependency.name}"
+    found = {
+        key: f"{own}.{key}" if key in table else f"defaults.{key}" if key in defaults else "default"
+        for key in (*_BREAKER_INT_KEYS, *_SECONDS_KEYS)
+    }
+    found["kind"] = f"{own}.kind" if "kind" in table else "built-in"
+    found["url"] = f"{own}.url" if "url" in table else "built-in"
+    for key in _KIND_KEYS.get(dependency.kind, ()):
+        found[key] = f"{own}.{key}" if key in table else "default"
+    return MappingProxyType(found)
+
+
 def _apply_env(dependency: Dependency, env: Mapping[str, str]) -> Dependency:
     variable = env_var_for(dependency.name)
     url = env.get(variable)
     if not url:
         return dependency
     _check_url(dependency.kind, url, f"${variable}")
-    return replace(dependency, url=url, source="env")
+    origins = MappingProxyType({**dependency.origins, "url": f"${variable}"})
+    return replace(dependency, url=url, source="env", origins=origins)
 
 
 def _table(value: Any, origin: str, key: str) -> Mapping[str, Any]:

@@ -14,6 +14,7 @@ __all__ = [
     "CircuitBreakerError",
     "ConfigError",
     "DependencyError",
+    "MissingStateError",
     "ScenarioFailed",
     "StateError",
     "StoreUnavailableError",
@@ -38,6 +39,10 @@ class ConfigError(CbctlError):
 
 class StateError(CbctlError):
     """The shared state (state file, Redis) cannot be opened, read or trusted."""
+
+
+class MissingStateError(StateError):
+    """The state a reading command was pointed at does not exist (a mistyped --state)."""
 
 
 class StoreUnavailableError(StateError):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # data types only: importing the scenarios would slow every c
 
 __all__ = [
     "circuit_table",
+    "config_table",
     "flapping_table",
     "format_age",
     "format_latency",
@@ -38,6 +39,7 @@ __all__ = [
     "run_live",
     "state_text",
     "timeline_line",
+    "watch_header",
 ]
 
 # -- consoles ----------------------------------------------------------------------------------
@@ -116,7 +118,8 @@ def _half_open(stats: Mapping[str, Any]) -> str:
 
 
 def _retry(stats: Mapping[str, Any], elapsed: float) -> str:
-    """Seconds until an open circuit admits a trial, counted down since the data was read."""
+    """Seconds until an open circuit admits a trial, counted down since the data was read;
+    `trial due` once that time has come (the next call is let through)."""
     if stats.get("state") != "open":
         return "-"
     if stats.get("forced"):
@@ -124,7 +127,11 @@ def _retry(stats: Mapping[str, Any], elapsed: float) -> str:
     retry = stats.get("retry_after")
     if not isinstance(retry, int | float):
         return "-"
-    return f"{max(0.0, retry - elapsed):.1f}s"
+    left = retry - elapsed
+    return f"{left:.1f}s" if left >= 0.05 else TRIAL_DUE
+
+
+TRIAL_DUE = "trial due"
 
 
 def _last_failure(stats: Mapping[str, Any], now: float) -> str:
@@ -138,11 +145,6 @@ def _last_failure(stats: Mapping[str, Any], now: float) -> str:
 
 def _count(value: object) -> str:
     return str(value) if isinstance(value, int) else "-"
-
-
-def _shorten(source: str, limit: int = 40) -> str:
-    """A long path or URL kept to its informative end: `…/pytest-3/test_x/circuits.db`."""
-    return source if len(source) <= limit else "…" + source[-(limit - 1) :]
 
 
 def _summary(reports: Sequence[SourceReport]) -> str:
@@ -168,25 +170,30 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("failures", "right"),
     ("half-open", "right"),
     ("retry in", "right"),
-    ("last failure", "left"),
     ("calls", "right"),
     ("rejected", "right"),
-    ("source", "left"),
+    ("last failure", "left"),
 )
-_STATE, _LAST_FAILURE, _SOURCE = 1, 6, 9
+_STATE, _FOR, _HALF_OPEN, _CALLS, _REJECTED, _LAST_FAILURE = 1, 2, 4, 6, 7, 8
+_GIVE_WAY = (_REJECTED, _CALLS, _HALF_OPEN, _FOR)
+"""Columns dropped, in this order, when a terminal is too narrow for the error to be read;
+circuit, state, failures, retry and the error always stay."""
+_UNKNOWN_COUNTERS = (_CALLS, _REJECTED)
+"""Columns left out when no row knows them (a store keeps state, not per-process counters)."""
+_ERROR_FLOOR = 24
 _GAP = "  "
 
+Row = tuple[str, list[str], str]
+"""(state, cells, source) of one line of the circuit table."""
 
-def _circuit_rows(
-    reports: Sequence[SourceReport], now: float, plain: bool
-) -> list[tuple[str, list[str]]]:
-    """(state, cells) per row, as plain strings (never read as rich markup)."""
-    rows = []
+
+def _circuit_rows(reports: Sequence[SourceReport], now: float) -> list[Row]:
+    """One row per circuit (a failed source: one row), as plain strings (never markup)."""
+    rows: list[Row] = []
     for report in reports:
-        source = report.source if plain else _shorten(report.source)
         if report.error is not None:
-            cells = ["-", "unreachable", "-", "-", "-", "-", report.error, "-", "-", source]
-            rows.append(("unreachable", cells))
+            cells = ["-", "unreachable", "-", "-", "-", "-", "-", "-", report.error]
+            rows.append(("unreachable", cells, report.source))
             continue
         elapsed = now - report.fetched_at
         for stats in report.circuits:
@@ -199,12 +206,11 @@ def _circuit_rows(
                 _ratio(stats.get("failure_count"), stats.get("failure_threshold")),
                 _half_open(stats),
                 _retry(stats, elapsed),
-                _last_failure(stats, now),
                 _count(stats.get("calls")),
                 _count(stats.get("rejections")),
-                source,
+                _last_failure(stats, now),
             ]
-            rows.append((state, cells))
+            rows.append((state, cells, report.source))
     return rows
 
 
@@ -212,61 +218,82 @@ class CircuitTable:
     """The circuit table as lines of text, laid out for the width it is rendered at.
 
     Not a rich Table: measuring and padding every cell of every row through rich is most of a
-    live redraw's cost, and here one Text per line is enough. Columns keep their natural width;
-    on a narrow terminal "last failure" and then "source" give way (cut with an ellipsis);
-    plain output is never cut. The state cell is coloured by STATE_STYLES.
+    live redraw's cost, and here one Text per line is enough. The source is shown once — in the
+    caption for one source, as a heading over each group for several — and "last failure", the
+    last column, gets the rest of the line. On a narrow terminal the columns of _GIVE_WAY are
+    dropped before the error is cut to less than _ERROR_FLOOR; plain output is never cut.
     """
 
-    def __init__(self, rows: list[tuple[str, list[str]]], caption: str, plain: bool) -> None:
+    def __init__(self, rows: list[Row], caption: str, plain: bool) -> None:
         self.rows = rows
         self.caption = caption
         self.plain = plain
+        self.grouped = len({source for _, _, source in rows}) > 1
 
-    def _widths(self, available: int | None) -> list[int]:
-        widths = [cell_len(header) for header, _ in COLUMNS]
-        for _, cells in self.rows:
+    def _columns(self, available: int | None) -> tuple[list[int], list[int]]:
+        """The indexes of the columns shown and their widths."""
+        natural = [cell_len(header) for header, _ in COLUMNS]
+        for _, cells, _ in self.rows:
             for index, cell in enumerate(cells):
-                widths[index] = max(widths[index], cell_len(cell))
+                natural[index] = max(natural[index], cell_len(cell))
+        shown = [
+            index
+            for index in range(len(COLUMNS))
+            if index not in _UNKNOWN_COUNTERS
+            or any(cells[index] != "-" for _, cells, _ in self.rows)
+        ]
         if self.plain or available is None:
-            return widths
-        widths[_LAST_FAILURE] = min(widths[_LAST_FAILURE], 80)
-        excess = sum(widths) + len(_GAP) * (len(widths) - 1) - available
-        for index in (_LAST_FAILURE, _SOURCE):
-            if excess <= 0:
-                break
-            floor = min(widths[index], 12)
-            cut = min(excess, widths[index] - floor)
-            widths[index] -= cut
-            excess -= cut
-        return widths
+            return shown, [natural[index] for index in shown]
 
-    def _line(self, cells: Sequence[str], widths: Sequence[int], state: str | None) -> Text:
+        def fixed() -> int:
+            return sum(natural[i] + len(_GAP) for i in shown if i != _LAST_FAILURE)
+
+        for index in _GIVE_WAY:
+            if available - fixed() >= min(natural[_LAST_FAILURE], _ERROR_FLOOR):
+                break
+            if index in shown:
+                shown.remove(index)
+        widths = [natural[index] for index in shown]
+        widths[-1] = max(cell_len(COLUMNS[_LAST_FAILURE][0]), available - fixed())
+        return shown, widths
+
+    def _line(
+        self, cells: Sequence[str], shown: Sequence[int], widths: Sequence[int], state: str | None
+    ) -> Text:
         line = Text(no_wrap=True, overflow="ellipsis")
-        for index, (cell, width, (_, justify)) in enumerate(
-            zip(cells, widths, COLUMNS, strict=True)
-        ):
+        for position, (index, width) in enumerate(zip(shown, widths, strict=True)):
+            cell = cells[index]
             if cell_len(cell) > width:
                 cell = set_cell_size(cell, max(0, width - 1)) + "…"
+            justify = COLUMNS[index][1]
             padded = cell.rjust(width) if justify == "right" else cell.ljust(width)
-            if index == len(widths) - 1:
+            if position == len(shown) - 1:
                 padded = padded.rstrip()
             style = STATE_STYLES.get(state or "", "") if index == _STATE and not self.plain else ""
             line.append(padded, style)
-            if index < len(widths) - 1:
+            if position < len(shown) - 1:
                 line.append(_GAP)
         return line
 
     def lines(self, width: int | None) -> list[Text]:
-        widths = self._widths(width)
-        header = self._line([name for name, _ in COLUMNS], widths, None)
+        shown, widths = self._columns(width)
+        header = self._line([name for name, _ in COLUMNS], shown, widths, None)
         if not self.plain:
             header.stylize("bold")
         result = [header]
         if not self.plain:
             rule = sum(widths) + len(_GAP) * (len(widths) - 1)
             result.append(Text("─" * (rule if width is None else min(rule, width)), "dim"))
-        result += [self._line(cells, widths, state) for state, cells in self.rows]
-        result.append(Text(self.caption))
+        group = None
+        for state, cells, source in self.rows:
+            if self.grouped and source != group:
+                group = source
+                heading = Text(f"{source}:", "" if self.plain else "bold cyan")
+                heading.truncate(width or len(source) + 1, overflow="ellipsis")
+                result.append(heading)
+            result.append(self._line(cells, shown, widths, state))
+        caption = Text(self.caption, no_wrap=True, overflow="ellipsis")
+        result.append(caption)
         return result
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -284,16 +311,33 @@ def circuit_table(
 
     With `max_rows` (a terminal's height), the rows that matter most are kept, in their order:
     unreachable sources, open, half-open, then as many closed circuits as fit; the caption says
-    how many were left out. On a terminal, long sources keep their last 40 characters.
+    how many were left out. With one source, the caption names it.
     """
-    rows = _circuit_rows(reports, now, plain)
+    rows = _circuit_rows(reports, now)
     caption = _summary(reports)
+    if len(reports) == 1:
+        caption += f" in {reports[0].source}"
+    if max_rows is not None and len(reports) > 1:
+        max_rows -= len(reports)  # the group headings
     if max_rows is not None and len(rows) > max(1, max_rows):
         ranked = sorted(range(len(rows)), key=lambda i: (SEVERITY.get(rows[i][0], 3), i))
         kept = sorted(ranked[: max(1, max_rows)])
         caption += f"; {len(rows) - len(kept)} not shown (terminal too small; see cbctl status)"
         rows = [rows[i] for i in kept]
     return CircuitTable(rows, caption, plain)
+
+
+def watch_header(
+    sources: Sequence[str], interval: float | None, refreshed: float, *, plain: bool = False
+) -> Text:
+    """watch(1)-style first line: what is watched, how often, and when it was last read."""
+    every = f"every {interval:g}s" if interval is not None else "once"
+    at = time.strftime("%H:%M:%S", time.localtime(refreshed))
+    header = Text(f"cbctl watch {every}: {', '.join(sources)}  (refreshed {at})")
+    header.no_wrap, header.overflow = True, "ellipsis"
+    if not plain:
+        header.stylize("bold")
+    return header
 
 
 # -- resets ------------------------------------------------------------------------------------
@@ -412,7 +456,9 @@ def _outcome_text(result: Mapping[str, Any], plain: bool) -> Text:
 
 def _retry_in(result: Mapping[str, Any]) -> str:
     retry = result.get("retry_after")
-    return f"{retry:.1f}s" if isinstance(retry, int | float) else "-"
+    if not isinstance(retry, int | float):
+        return "-"
+    return f"{retry:.1f}s" if retry >= 0.05 else TRIAL_DUE
 
 
 def _probe_detail(result: Mapping[str, Any]) -> str:
@@ -431,8 +477,11 @@ def probe_line(result: Mapping[str, Any], plain: bool = False) -> Text:
     )
     if result.get("state") == "half_open":
         line.append(f"  successes {_half_open(result)}")
-    if _retry_in(result) != "-":
-        line.append(f"  retry in {_retry_in(result)}")
+    retry = _retry_in(result)
+    if retry == TRIAL_DUE:
+        line.append(f"  {TRIAL_DUE}")
+    elif retry != "-":
+        line.append(f"  retry in {retry}")
     if _probe_detail(result):
         line.append(f"  {_probe_detail(result)}")
     return line
@@ -500,3 +549,43 @@ def flapping_table(report: FlappingReport, *, plain: bool = False) -> Renderable
     )
     caption = Text(f"{report.calls} calls per pass, one every {report.interval:g}s{flaps}")
     return Group(title, table, caption)
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def _origin(origin: str) -> str:
+    """`dependencies.redis.timeout` -> `file`, `defaults.timeout` -> `file [defaults]`: the
+    caption names the file, and the short form leaves the width to the values."""
+    if origin.startswith("dependencies."):
+        return "file"
+    if origin.startswith("defaults."):
+        return "file [defaults]"
+    return origin
+
+
+def config_table(resolved: Mapping[str, Any], *, plain: bool = False) -> RenderableType:
+    """`cbctl config`: one group of rows per dependency, each value with where it came from."""
+    table = Table(
+        box=None if plain else box.SIMPLE_HEAD,
+        header_style="" if plain else "bold",
+        pad_edge=False,
+    )
+    for column in ("dependency", "setting", "value", "from"):
+        table.add_column(column, no_wrap=column != "from", overflow="fold")
+    for entry in resolved["dependencies"]:
+        origins = entry.get("from", {})
+        first = True
+        for key, value in entry.items():
+            if key in ("name", "from"):
+                continue
+            shown = "-" if value is None else f"{value:g}" if isinstance(value, float) else value
+            origin = _origin(str(origins.get(key, "default")))
+            name = entry["name"] if first else ""
+            table.add_row(Text(name), Text(key), Text(str(shown)), Text(origin))
+            first = False
+        table.add_section()
+    where = resolved.get("file") or "built-in defaults (no cbctl.toml found)"
+    count = len(resolved["dependencies"])
+    caption = Text(f"{count} dependenc{'y' if count == 1 else 'ies'} from {where}")
+    return Group(table, caption)

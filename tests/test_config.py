@@ -47,6 +47,7 @@ def test_without_a_file_the_four_dependencies_are_built_in() -> None:
 def test_design_example_file_sets_defaults_and_per_dependency_overrides() -> None:
     config = parse_config(
         """
+        builtins = true
         [defaults]
         failure_threshold = 5
         timeout = 30.0
@@ -70,6 +71,7 @@ def test_design_example_file_sets_defaults_and_per_dependency_overrides() -> Non
 def test_defaults_apply_to_every_dependency_unless_overridden() -> None:
     config = parse_config(
         """
+        builtins = true
         [defaults]
         failure_threshold = 7
         timeout = 12
@@ -87,6 +89,48 @@ def test_defaults_apply_to_every_dependency_unless_overridden() -> None:
     assert redis.source == "builtin"
     assert config.dependency("qdrant").call_timeout == 0.5
     assert config.dependency("qdrant").breaker.timeout == 12.0
+
+
+def test_a_file_with_dependencies_replaces_the_built_ins() -> None:
+    config = parse_config(
+        "[dependencies.redis]\nurl = 'redis://cache:6379/0'\n"
+        "[dependencies.pg]\nkind = 'postgresql'\nurl = 'postgresql://db/app'\n",
+        environ={},
+    )
+    assert config.names == ["pg", "redis"]
+
+
+def test_builtins_true_keeps_the_built_ins_next_to_the_file_s_dependencies() -> None:
+    config = parse_config(
+        "builtins = true\n[dependencies.pg]\nkind = 'postgresql'\nurl = 'postgresql://db/a'\n",
+        environ={},
+    )
+    assert config.names == ["llamacpp", "pg", "postgresql", "qdrant", "redis"]
+
+
+def test_a_file_with_only_defaults_keeps_the_built_ins() -> None:
+    config = parse_config("[defaults]\nfailure_threshold = 9\n", environ={})
+    assert config.names == ["llamacpp", "postgresql", "qdrant", "redis"]
+    assert config.dependency("redis").breaker.failure_threshold == 9
+
+
+def test_builtins_must_be_a_boolean() -> None:
+    assert _error("builtins = 'yes'") == (
+        f"{FILE}: builtins must be true or false, got 'yes' (a string)"
+    )
+
+
+def test_every_value_says_where_it_came_from() -> None:
+    config = parse_config(
+        "[defaults]\ntimeout = 12\n[dependencies.redis]\nfailure_threshold = 3\n",
+        environ={"CBCTL_REDIS_URL": "redis://elsewhere:6379/0"},
+    )
+    origins = config.dependency("redis").origins
+    assert origins["failure_threshold"] == "dependencies.redis.failure_threshold"
+    assert origins["timeout"] == "defaults.timeout"
+    assert origins["success_threshold"] == "default"
+    assert origins["url"] == "$CBCTL_REDIS_URL"
+    assert origins["kind"] == "built-in"
 
 
 def test_extra_http_and_tcp_dependencies_with_their_own_options() -> None:
@@ -114,7 +158,7 @@ def test_extra_http_and_tcp_dependencies_with_their_own_options() -> None:
 
 def test_env_var_overrides_the_url_and_says_so() -> None:
     config = parse_config(
-        "[dependencies.my-cache]\nkind = 'redis'\nurl = 'redis://a:6379/0'",
+        "builtins = true\n[dependencies.my-cache]\nkind = 'redis'\nurl = 'redis://a:6379/0'",
         environ={
             "CBCTL_QDRANT_URL": "http://10.0.0.5:6333",
             "CBCTL_MY_CACHE_URL": "redis://b:6380/1",
@@ -395,7 +439,8 @@ def test_redact_url(url: str, redacted: str) -> None:
 
 def test_repr_of_dependency_and_config_hides_passwords_and_api_keys() -> None:
     config = parse_config(
-        "[dependencies.vectors]\nkind = 'qdrant'\nurl = 'http://h:6333'\napi_key = 'qk-secret'\n",
+        "builtins = true\n[dependencies.vectors]\nkind = 'qdrant'\nurl = 'http://h:6333'\n"
+        "api_key = 'qk-secret'\n",
         environ={"CBCTL_POSTGRESQL_URL": "postgresql://app:pg-secret@db/x?password=pg-secret"},
     )
     shown = repr(config) + str(config) + repr(config.dependency("postgresql"))

@@ -321,3 +321,16 @@ def test_last_failure_is_wall_clock_utc(backend: Backend) -> None:
     breaker = backend.breaker()
     trip(breaker, 1)
     assert breaker.stats["last_failure"] == "2026-01-01T00:00:00Z"
+
+
+def test_a_forgotten_circuit_is_gone_for_every_instance_and_starts_afresh(
+    backend: Backend,
+) -> None:
+    service = backend.breaker(failure_threshold=1)
+    trip(service, 1)
+    operator = backend.reopen()
+    assert operator.forget("dep") is True
+    assert operator.forget("dep") is False
+    assert [stored.name for stored in backend.store.load_all()] == []
+    assert service.call(ok) == "ok"
+    assert service.stats["state"] == "closed"

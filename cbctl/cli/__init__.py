@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from cbctl.cli import forget as forget
 from cbctl.cli import probe as probe
 from cbctl.cli import reset as reset
 from cbctl.cli import serve as serve
+from cbctl.cli import show_config as show_config
 from cbctl.cli import simulate as simulate
 from cbctl.cli import status as status
 from cbctl.cli import watch as watch

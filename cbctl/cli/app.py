@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,7 +44,7 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except CbctlError as error:
             if _debug(ctx):
-                raise
+                traceback.print_exc()
             typer.echo(f"cbctl: {error}", err=True)
             ctx.exit(error.exit_code)
         except Exception as error:
@@ -62,8 +63,17 @@ def _exit_on_usage_error(ctx: Any, error: Exception) -> None:
     if type(error).__name__ == "NoArgsIsHelpError":
         return
     where = getattr(getattr(error, "ctx", None), "command_path", None) or "cbctl"
-    typer.echo(f"{where}: {error.format_message()}", err=True)
+    option = getattr(error, "option_name", None)
+    if type(error).__name__ == "NoSuchOption" and option in GLOBAL_OPTIONS and where != "cbctl":
+        message = f"`{option}` is a global option: put it before the command"
+    else:
+        message = error.format_message()
+    typer.echo(f"{where}: {message}", err=True)
     ctx.exit(2)
+
+
+GLOBAL_OPTIONS = frozenset({"--state", "--config", "--debug"})
+"""Options of `cbctl` itself; given after a command they get a hint rather than "no such option"."""
 
 
 def _debug(ctx: typer.Context) -> bool:
@@ -114,7 +124,10 @@ def root(
         ),
     ] = None,
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+        bool,
+        typer.Option(
+            "--debug", help="Also show tracebacks of errors (the exit code stays the same)."
+        ),
     ] = False,
     version: Annotated[
         bool,

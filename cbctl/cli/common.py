@@ -22,11 +22,15 @@ def state_location(ctx: typer.Context) -> str:
     return resolve_state_location(globals_of(ctx).state)
 
 
-def open_state(ctx: typer.Context) -> CircuitStore:
-    """The store this invocation works on; errors are StateError with a clear message."""
+def open_state(ctx: typer.Context, *, create: bool = True) -> CircuitStore:
+    """The store this invocation works on; errors are StateError with a clear message.
+
+    Commands that only read or change recorded circuits pass `create=False`: a state file
+    that does not exist is then an error (exit 2), not a new empty state.
+    """
     from cbctl.stores import open_store
 
-    return open_store(state_location(ctx))
+    return open_store(state_location(ctx), create=create)
 
 
 def load_dependency(ctx: typer.Context, name: str, url: str | None = None) -> Dependency:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cbctl.cli.app import app
+from cbctl.cli.app import app, globals_of
 from cbctl.cli.common import open_state
 from cbctl.errors import UsageError
 
@@ -38,8 +38,9 @@ def reset(
     """Force a circuit (or --all) back to CLOSED and show its state before and after.
 
     Through the state by default; with --url through a service's health endpoint. Exit 2 for
-    an unknown circuit (listing the known ones) or a refused token; exit 1 when the endpoint is
-    unreachable or does not answer like a cbctl health endpoint.
+    an unknown circuit (listing the known ones), a state file that does not exist, or a refused
+    token; exit 1 when the endpoint is unreachable or does not answer like a cbctl health
+    endpoint. A configured dependency with no recorded state is already closed: a no-op, exit 0.
 
     \b
     Example:
@@ -56,8 +57,15 @@ def reset(
             raise UsageError("--url needs --token (or $CBCTL_TOKEN) for the endpoint's resets")
         resets, source = reset_remote(url, name, token), url
     else:
-        store = open_state(ctx)
+        store = open_state(ctx, create=False)
         try:
+            if name is not None and store.load(name) is None and _configured(ctx, name):
+                typer.echo(
+                    f"cbctl: {name} has no recorded state in {store.url}: "
+                    "it is closed already; nothing to reset",
+                    err=True,
+                )
+                return
             resets, source = reset_in_store(store, name), store.url
         finally:
             store.close()
@@ -68,3 +76,9 @@ def reset(
         typer.echo(f"no circuits to reset in {source}", err=True)
         return
     console.print(reset_table(resets, source, plain=is_plain(console)))
+
+
+def _configured(ctx: typer.Context, name: str) -> bool:
+    from cbctl.config import load_config
+
+    return name in load_config(globals_of(ctx).config).dependencies

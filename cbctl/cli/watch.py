@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from cbctl.cli.app import app, globals_of
 from cbctl.cli.common import open_state
-
-if TYPE_CHECKING:
-    from cbctl.render import CircuitTable
 
 
 @app.command()
@@ -28,13 +25,18 @@ def watch(
             "--url", metavar="URL", help="A service's health endpoint; repeat for a fleet view."
         ),
     ] = None,
-    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once", help="Print one snapshot and exit (1 when no source could be read)."
+        ),
+    ] = False,
 ) -> None:
     """Live table of circuits, redrawn in place; Ctrl-C stops it (exit 0).
 
     Shows the state; with --url, those services' health endpoints (and the state too if --state
     is given). An endpoint that stops answering shows as unreachable. Without a terminal, each
-    refresh is printed after the last.
+    refresh is printed after the last. A state file that does not exist is an error (exit 2).
 
     \b
     Example:
@@ -43,20 +45,38 @@ def watch(
     from cbctl.fleet import FleetReader, health_url
 
     endpoints = [health_url(url) for url in urls or []]
-    store = open_state(ctx) if not endpoints or globals_of(ctx).state else None
-    from cbctl.render import circuit_table, is_plain, make_console, run_live
+    watch_state = not endpoints or globals_of(ctx).state
+    store = open_state(ctx, create=False) if watch_state else None
+    from rich.console import Group
+
+    from cbctl.render import circuit_table, is_plain, make_console, run_live, watch_header
 
     console = make_console()
+    plain = is_plain(console)
+    sources = ([store.url] if store is not None else []) + [_shown(url) for url in endpoints]
+    unreachable = False
     with FleetReader(store, endpoints, timeout=min(2.0, max(0.5, interval))) as fleet:
 
-        def draw() -> CircuitTable:
+        def draw() -> Group:
+            nonlocal unreachable
             now = time.time()
             live = console.is_terminal and not once
-            fits = console.height - 6 if live else None  # header, caption, margin
-            return circuit_table(fleet.read(now), now, plain=is_plain(console), max_rows=fits)
+            fits = console.height - 7 if live else None  # header lines, caption, margin
+            reports = fleet.read(now)
+            unreachable = all(report.error is not None for report in reports)
+            header = watch_header(sources, None if once else interval, now, plain=plain)
+            return Group(header, circuit_table(reports, now, plain=plain, max_rows=fits))
 
         if once:
             console.print(draw())
+            if unreachable:
+                raise typer.Exit(1)
             return
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends: exit 0
             run_live(console, draw, interval)
+
+
+def _shown(url: str) -> str:
+    from cbctl.config import redact_url
+
+    return redact_url(url)

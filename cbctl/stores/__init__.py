@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from cbctl.clock import Clock
-from cbctl.errors import StateError
+from cbctl.errors import MissingStateError, StateError
 from cbctl.state import CircuitStore
 from cbctl.stores.memory import MemoryStore
 
@@ -38,11 +38,13 @@ def resolve_state_location(given: str | None = None) -> str:
     return given or os.environ.get(STATE_ENV_VAR) or str(default_state_path())
 
 
-def open_store(location: str, *, clock: Clock | None = None) -> CircuitStore:
+def open_store(location: str, *, clock: Clock | None = None, create: bool = True) -> CircuitStore:
     """A store for `memory://`, a `redis://` / `rediss://` URL, or a state-file path.
 
     `clock` is the time base of the memory store and the state file; Redis uses its own clock.
     A location that cannot be used raises StateError naming it (passwords redacted).
+    With `create=False` a state file that does not exist is a StateError instead of a new
+    empty one: reading commands must not turn a mistyped path into "0 circuits".
     """
     if location == "memory://":
         return MemoryStore(clock)
@@ -60,6 +62,16 @@ def open_store(location: str, *, clock: Clock | None = None) -> CircuitStore:
         )
     if not location.strip():
         raise StateError("the state location is empty: give a file path or a redis:// URL")
+    if not create:
+        _must_exist(Path(location).expanduser())
     from cbctl.stores.sqlite import SqliteStore
 
     return SqliteStore(location, clock=clock)
+
+
+def _must_exist(path: Path) -> None:
+    if not os.path.lexists(path):
+        raise MissingStateError(
+            f"no state file at {path.absolute()}: nothing has been recorded there "
+            "(check --state / $CBCTL_STATE; `cbctl probe` creates it)"
+        )

@@ -86,5 +86,10 @@ class MemoryStore:
     def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update:
         return self._apply(name, config, lambda s, c, now: (machine.force(s, state, now), None))
 
+    def forget(self, name: str) -> bool:
+        """Remove the circuit's state; True if there was any."""
+        with self._lock:
+            return self._circuits.pop(name, None) is not None
+
     def close(self) -> None:
         """Nothing to release; present so every store can be closed the same way."""

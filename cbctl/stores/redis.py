@@ -404,6 +404,11 @@ class RedisStore:
             raise ValueError("a circuit can be forced open or closed, not half-open")
         return self._update(self._run("force", name, config, None, state.value))
 
+    def forget(self, name: str) -> bool:
+        """Delete the circuit's key (`cbctl forget`); True if there was one."""
+        deleted: int = self._guarded(lambda: self._client.delete(self.key(name)))
+        return deleted > 0
+
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()

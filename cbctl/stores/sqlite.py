@@ -96,6 +96,8 @@ _UPSERT: Final = """INSERT OR REPLACE INTO circuits (name, state, failure_count,
     last_error, failure_threshold, timeout, success_threshold, half_open_max_calls, revision)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
+_DELETE: Final = "DELETE FROM circuits WHERE name = ?"
+
 _STATES: Final = {state.value: state for state in CircuitState}
 
 Change = Callable[[Snapshot, BreakerConfig, float], tuple[Snapshot, Permit | None]]
@@ -393,6 +395,17 @@ class SqliteStore:
             return machine.force(s, state, now), None
 
         return self._apply(name, config, hold, optimistic=False)
+
+    def forget(self, name: str) -> bool:
+        """Delete the circuit's row (`cbctl forget`); True if there was one."""
+        with self._lock:
+            try:
+                deleted = self._connection.execute(_DELETE, (name,)).rowcount
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+            finally:
+                self._decoded.pop(name, None)
+        return deleted > 0
 
     def close(self) -> None:
         """Close the connection (the last one out checkpoints the WAL into the file)."""

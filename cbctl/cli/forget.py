@@ -1,0 +1,83 @@
+"""`cbctl forget`: remove circuits from the shared state (renamed or retired dependencies)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+
+from cbctl.cli.app import app
+from cbctl.cli.common import open_state
+from cbctl.errors import UnknownCircuitError, UsageError
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str = "--stale") -> float:
+    """`90`, `90s`, `15m`, `2h`, `7d` -> seconds; a UsageError naming the option otherwise."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None or float(found[1]) <= 0:
+        raise UsageError(f"{option} must be a duration such as 90s, 15m, 2h or 7d, got {text!r}")
+    return float(found[1]) * _UNIT[found[2]]
+
+
+@app.command()
+def forget(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[NAME]...", help="Circuits to remove.", show_default=False),
+    ] = None,
+    stale: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION",
+            help="Instead of names: every circuit unchanged and without failures for this long "
+            "(90s, 15m, 2h, 7d); circuits held by force-open/closed are kept.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Remove circuits from the state; a process still using one starts it afresh (closed).
+
+    Exit 2 for a name the state does not know (nothing is removed then) or a state file that
+    does not exist.
+
+    \b
+    Example:
+      cbctl forget old-search
+      cbctl forget --stale 7d
+    """
+    if bool(names) == (stale is not None):
+        raise UsageError("give circuit NAMEs or --stale DURATION (not both)")
+    store = open_state(ctx, create=False)
+    try:
+        circuits = {stored.name: stored for stored in store.load_all()}
+        if stale is not None:
+            age = parse_duration(stale)
+            now = store.clock_now()
+            chosen = [
+                name
+                for name, stored in sorted(circuits.items())
+                if not stored.snapshot.forced
+                and now - max(stored.snapshot.changed_at or 0, stored.snapshot.last_failure_at or 0)
+                >= age
+            ]
+        else:
+            chosen = list(dict.fromkeys(names or []))
+            for name in chosen:
+                if name not in circuits:
+                    raise UnknownCircuitError(name, circuits)
+        gone = [name for name in chosen if store.forget(name)]
+        source = store.url
+    finally:
+        store.close()
+    if not gone:
+        typer.echo(
+            f"cbctl: no circuit in {source} unchanged for {stale}; nothing forgotten", err=True
+        )
+        return
+    for name in gone:
+        typer.echo(f"forgot {name} ({circuits[name].snapshot.state.value}) in {source}")
