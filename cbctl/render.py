@@ -180,7 +180,6 @@ _GIVE_WAY = (_REJECTED, _CALLS, _HALF_OPEN, _FOR)
 circuit, state, failures, retry and the error always stay."""
 _UNKNOWN_COUNTERS = (_CALLS, _REJECTED)
 """Columns left out when no row knows them (a store keeps state, not per-process counters)."""
-_ERROR_FLOOR = 24
 _GAP = "  "
 
 Row = tuple[str, list[str], str]
@@ -220,14 +219,17 @@ class CircuitTable:
     Not a rich Table: measuring and padding every cell of every row through rich is most of a
     live redraw's cost, and here one Text per line is enough. The source is shown once — in the
     caption for one source, as a heading over each group for several — and "last failure", the
-    last column, gets the rest of the line. On a narrow terminal the columns of _GIVE_WAY are
-    dropped before the error is cut to less than _ERROR_FLOOR; plain output is never cut.
+    last column, gets the rest of the line. Where the error does not fit, the columns of
+    _GIVE_WAY are dropped before it is cut; plain output is never cut.
     """
 
-    def __init__(self, rows: list[Row], caption: str, plain: bool) -> None:
+    def __init__(
+        self, rows: list[Row], caption: str, plain: bool, source: str | None = None
+    ) -> None:
         self.rows = rows
         self.caption = caption
         self.plain = plain
+        self.source = source
         self.grouped = len({source for _, _, source in rows}) > 1
 
     def _columns(self, available: int | None) -> tuple[list[int], list[int]]:
@@ -249,7 +251,7 @@ class CircuitTable:
             return sum(natural[i] + len(_GAP) for i in shown if i != _LAST_FAILURE)
 
         for index in _GIVE_WAY:
-            if available - fixed() >= min(natural[_LAST_FAILURE], _ERROR_FLOOR):
+            if available - fixed() >= natural[_LAST_FAILURE]:
                 break
             if index in shown:
                 shown.remove(index)
@@ -292,9 +294,17 @@ class CircuitTable:
                 heading.truncate(width or len(source) + 1, overflow="ellipsis")
                 result.append(heading)
             result.append(self._line(cells, shown, widths, state))
-        caption = Text(self.caption, no_wrap=True, overflow="ellipsis")
-        result.append(caption)
+        result.append(self._caption(width))
         return result
+
+    def _caption(self, width: int | None) -> Text:
+        """The summary, then the one source; a long source keeps its informative end."""
+        if self.source is None:
+            return Text(self.caption, no_wrap=True, overflow="ellipsis")
+        source, room = self.source, None if width is None else width - len(self.caption) - 4
+        if room is not None and cell_len(source) > room:
+            source = "…" + source[-max(1, room - 1) :]
+        return Text(f"{self.caption} in {source}", no_wrap=True, overflow="ellipsis")
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield from self.lines(None if self.plain else options.max_width)
@@ -315,8 +325,6 @@ def circuit_table(
     """
     rows = _circuit_rows(reports, now)
     caption = _summary(reports)
-    if len(reports) == 1:
-        caption += f" in {reports[0].source}"
     if max_rows is not None and len(reports) > 1:
         max_rows -= len(reports)  # the group headings
     if max_rows is not None and len(rows) > max(1, max_rows):
@@ -324,7 +332,7 @@ def circuit_table(
         kept = sorted(ranked[: max(1, max_rows)])
         caption += f"; {len(rows) - len(kept)} not shown (terminal too small; see cbctl status)"
         rows = [rows[i] for i in kept]
-    return CircuitTable(rows, caption, plain)
+    return CircuitTable(rows, caption, plain, reports[0].source if len(reports) == 1 else None)
 
 
 def watch_header(

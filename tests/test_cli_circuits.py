@@ -124,10 +124,22 @@ def test_reset_all_closes_every_circuit(state: str) -> None:
 
 
 def test_reset_of_an_unknown_circuit_is_exit_2_listing_the_known_ones(state: str) -> None:
-    code, out, err = run("--state", state, "reset", "llamacpp")
+    code, out, err = run("--state", state, "reset", "nosuch")
     assert code == 2
     assert out == ""
-    assert err == "cbctl: unknown circuit 'llamacpp' (known: postgresql, qdrant, redis)\n"
+    assert err == "cbctl: unknown circuit 'nosuch' (known: postgresql, qdrant, redis)\n"
+
+
+def test_reset_of_a_configured_circuit_with_no_recorded_state_is_a_no_op_that_says_so(
+    state: str,
+) -> None:
+    code, out, err = run("--state", state, "reset", "llamacpp")
+    assert code == 0
+    assert out == ""
+    assert err.startswith("cbctl: llamacpp has no recorded state in ")
+    assert "nothing to reset" in err
+    _, after, _ = run("--state", state, "status", "--json")
+    assert "llamacpp" not in [each["name"] for each in json.loads(after)]
 
 
 @pytest.mark.parametrize(
@@ -194,9 +206,14 @@ def test_watch_once_shows_the_state_and_endpoints_with_a_dead_one_as_unreachable
         dead = gone.url
     code, out, _ = run("--state", state, "watch", "--once", "--url", server.url, "--url", dead)
     assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"cbctl watch once: {state}, {server.url}/health, {dead}/health")
+    assert re.search(r"\(refreshed \d\d:\d\d:\d\d\)$", lines[0])
+    groups = [line for line in lines if line.endswith("/health:") or line.endswith(".db:")]
+    assert groups == [f"{state}:", f"{server.url}/health:", f"{dead}/health:"]
     assert line_of(out, "llamacpp")[1] == "open"
-    assert line_of(out, "llamacpp")[-1] == f"{server.url}/health"
-    assert line_of(out, "redis")[-1] == state
+    row = {line.split()[0]: number for number, line in enumerate(lines) if line.strip()}
+    assert row["redis"] < lines.index(groups[1]) < row["llamacpp"] < lines.index(groups[2])
     assert "unreachable" in line_of(out, "-")
     assert "5 circuits, 3 closed, 2 open, 1 source unreachable" in out
 
@@ -286,6 +303,6 @@ def test_reset_through_an_html_site_is_exit_1_saying_what_came_back(html_site: s
 @pytest.mark.slow
 def test_watch_once_shows_an_html_site_as_an_unreachable_row(html_site: str) -> None:
     code, out, _ = run("watch", "--once", "--url", html_site)
-    assert code == 0
+    assert code == 1  # every source unreachable
     assert "unreachable" in line_of(out, "-")
     assert "text/html, not cbctl health JSON" in out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 from typing import Any
 
 import pytest
@@ -64,10 +63,7 @@ def test_durations_are_short_and_readable(seconds: float | None, text: str) -> N
 def test_a_closed_circuit_shows_time_in_state_failures_and_calls() -> None:
     report = SourceReport("/var/lib/cbctl/circuits.db", (stats("qdrant", failure_count=2),), NOW)
     line = line_of(render(circuit_table([report], NOW, plain=True)), "qdrant")
-    assert line.split() == [
-        "qdrant", "closed", "4m05s", "2/5", "-", "-", "-", "10", "0",
-        "/var/lib/cbctl/circuits.db",
-    ]  # fmt: skip
+    assert line.split() == ["qdrant", "closed", "4m05s", "2/5", "-", "-", "10", "0", "-"]
 
 
 def test_an_open_circuit_counts_down_to_its_retry_and_shows_the_last_failure() -> None:
@@ -84,8 +80,8 @@ def test_an_open_circuit_counts_down_to_its_retry_and_shows_the_last_failure() -
     line = line_of(render(circuit_table([report], NOW, plain=True)), "redis")
     assert "5/5" in line
     assert "12.0s" in line  # 15 s when read, 3 s ago
-    assert "2m00s ago: ConnectionRefusedError: [Errno 111] Connection refused" in line
-    assert line.split()[-2:] == ["4", "http://127.0.0.1:8092/health"]
+    assert line.endswith("2m00s ago: ConnectionRefusedError: [Errno 111] Connection refused")
+    assert line.split()[6:8] == ["10", "4"]
 
 
 def test_a_half_open_circuit_shows_its_progress_towards_closing() -> None:
@@ -112,12 +108,12 @@ def test_an_unreachable_source_is_one_row_and_counted_in_the_summary() -> None:
     assert "2 circuits, 1 closed, 1 open, 1 source unreachable" in output
 
 
-def test_store_circuits_without_call_counters_show_dashes() -> None:
+def test_store_circuits_without_call_counters_leave_those_columns_out() -> None:
     report = SourceReport("state", (stats("qdrant", calls=None, rejections=None),), NOW)
-    assert line_of(render(circuit_table([report], NOW, plain=True)), "qdrant").split()[7:9] == [
-        "-",
-        "-",
-    ]
+    output = render(circuit_table([report], NOW, plain=True))
+    assert "calls" not in output
+    assert "rejected" not in output
+    assert line_of(output, "qdrant").split() == ["qdrant", "closed", "4m05s", "0/5", "-", "-", "-"]
 
 
 def test_states_are_coloured_on_a_terminal_and_plain_otherwise() -> None:
@@ -158,14 +154,61 @@ def test_make_console_honours_no_color_on_a_terminal(monkeypatch: pytest.MonkeyP
     assert is_plain(console)
 
 
-def test_a_long_source_keeps_its_end_on_a_terminal_and_stays_whole_in_plain_text() -> None:
+def test_one_source_is_named_once_in_the_caption_not_on_every_row() -> None:
     path = "/var/lib/a-very-long-directory-name/for-a-service/state/circuits.db"
-    report = SourceReport(path, (stats("qdrant"),), NOW)
-    (line,) = [
-        line for line in render(circuit_table([report], NOW)).splitlines() if "qdrant" in line
+    report = SourceReport(path, (stats("qdrant"), stats("redis")), NOW)
+    output = render(circuit_table([report], NOW, plain=True))
+    assert output.count(path) == 1
+    assert output.splitlines()[-1] == f"2 circuits, 2 closed in {path}"
+
+
+def test_several_sources_each_head_their_group_of_rows() -> None:
+    reports = [
+        SourceReport("/tmp/circuits.db", (stats("qdrant"), stats("redis")), NOW),
+        SourceReport("http://10.0.0.7:8092/health", (stats("qdrant"),), NOW),
     ]
-    assert line.rstrip().endswith(" …" + path[-39:])
-    assert path in render(circuit_table([report], NOW, plain=True))
+    lines = render(circuit_table(reports, NOW, plain=True)).splitlines()
+    assert [line.split()[0] for line in lines[1:-1]] == [
+        "/tmp/circuits.db:", "qdrant", "redis", "http://10.0.0.7:8092/health:", "qdrant",
+    ]  # fmt: skip
+
+
+def test_an_open_circuit_past_its_timeout_says_trial_due() -> None:
+    report = SourceReport("s", (stats("redis", "open", retry_after=2.0),), NOW - 5)
+    line = line_of(render(circuit_table([report], NOW, plain=True)), "redis")
+    assert "trial due" in line
+    assert "0.0s" not in line
+
+
+def _terminal(table: Any, width: int) -> list[str]:
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, force_terminal=True, color_system=None).print(table)
+    return buffer.getvalue().splitlines()
+
+
+LONG_ERROR = "OperationalError: connection to server at 127.0.0.1 port 5432 failed"
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_at_80_and_120_columns_state_failures_retry_and_the_error_stay_readable(
+    width: int,
+) -> None:
+    failing = stats(
+        "postgresql", "open", failure_count=5, retry_after=9.0,
+        last_failure=ISO_NOW, last_error=LONG_ERROR,
+    )  # fmt: skip
+    path = "/home/operator/.local/state/cbctl/circuits.db"
+    lines = _terminal(circuit_table([SourceReport(path, (failing,), NOW)], NOW), width)
+    assert max(len(line) for line in lines) <= width
+    (row,) = [line for line in lines if line.startswith("postgresql")]
+    cells = row.split()
+    assert cells[1:2] == ["open"]
+    assert "5/5" in cells
+    assert "9.0s" in cells
+    error_width = len(row) - row.index("0s ago:")
+    assert error_width >= (40 if width == 80 else 70)
+    assert (LONG_ERROR in row) == (width == 120)
+    assert sum(path in line for line in lines) == 1  # in the caption, not on the row
 
 
 def test_when_rows_do_not_fit_the_open_and_unreachable_ones_stay_in_order() -> None:
@@ -174,7 +217,7 @@ def test_when_rows_do_not_fit_the_open_and_unreachable_ones_stay_in_order() -> N
         SourceReport("state", circuits, NOW),
         SourceReport("http://gone:8092/health", (), NOW, "unreachable: refused"),
     ]
-    output = render(circuit_table(reports, NOW, plain=True, max_rows=5))
+    output = render(circuit_table(reports, NOW, plain=True, max_rows=7))  # 2 source headings
     shown = [line.split()[0] for line in output.splitlines()[1:] if line[:1] in ("c", "-")]
     assert shown == ["c00", "c01", "c03", "c17", "-"]
     assert "16 not shown (terminal too small; see cbctl status)" in output
@@ -186,20 +229,14 @@ def test_an_error_message_is_shown_literally_not_as_markup() -> None:
     assert "ValueError: [bold]oops[/bold] [Errno 5]" in output
 
 
-def test_on_a_narrow_terminal_the_last_failure_gives_way_and_counts_stay_whole() -> None:
+def test_on_a_narrow_terminal_optional_columns_give_way_before_the_error_is_cut() -> None:
     failing = stats(
-        "postgresql",
-        "open",
-        failure_count=5,
-        retry_after=9.0,
-        last_failure=ISO_NOW,
-        last_error="OperationalError: connection to server at 127.0.0.1 port 5432 failed",
-    )
-    buffer = io.StringIO()
-    console = Console(file=buffer, width=100, force_terminal=True, color_system=None)
-    console.print(circuit_table([SourceReport("/var/lib/cbctl/circuits.db", (failing,), NOW)], NOW))
-    lines = buffer.getvalue().splitlines()
-    assert max(len(line) for line in lines) <= 100
-    (row,) = [line for line in lines if line.startswith("postgresql")]
-    assert row.split()[:6] == ["postgresql", "open", "4m05s", "5/5", "-", "9.0s"]
-    assert re.search(r" 0s ago: \w+… ", row)
+        "postgresql", "open", failure_count=5, retry_after=9.0,
+        last_failure=ISO_NOW, last_error=LONG_ERROR,
+    )  # fmt: skip
+    lines = _terminal(circuit_table([SourceReport("/s.db", (failing,), NOW)], NOW), 80)
+    header = lines[0].split()
+    assert "rejected" not in header
+    assert "calls" not in header
+    assert header[:2] == ["circuit", "state"]
+    assert {"failures", "retry", "last"} <= set(header)
