@@ -36,6 +36,7 @@ __all__ = [
     "probe_line",
     "probe_table",
     "reset_table",
+    "round_heading",
     "run_live",
     "state_text",
     "timeline_line",
@@ -493,6 +494,11 @@ def probe_line(result: Mapping[str, Any], plain: bool = False) -> Text:
     if _probe_detail(result):
         line.append(f"  {_probe_detail(result)}")
     return line
+
+
+def round_heading(number: int, attempts: int, at: float) -> Text:
+    """`round 2/5 at 12:03:04`: the line between tables of `probe --all --count N`."""
+    return Text(f"round {number}/{attempts} at {time.strftime('%H:%M:%S', time.localtime(at))}")
 
 
 def probe_table(results: Iterable[Mapping[str, Any]], *, plain: bool = False) -> Table:

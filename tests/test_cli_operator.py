@@ -229,3 +229,30 @@ def test_status_on_a_terminal_fits_the_width_and_shows_the_source_once(
     assert "2/2" in row
     assert "0s ago: ConnectionError: connection re" in row
     assert ("ConnectionError: connection refused" in row) == (width == 120)
+
+
+# -- habits ------------------------------------------------------------------------------------
+
+
+def test_probe_takes_several_names_and_exits_with_the_worst(config: Path, tmp_path: Path) -> None:
+    code, out, _ = run(
+        "--config", str(config), "--state", str(tmp_path / "s.db"),
+        "probe", "pgblack", "redis", "pgblack", "--json", "--call-timeout", "0.5",
+    )  # fmt: skip
+    assert code == 1
+    assert [json.loads(line)["dependency"] for line in out.splitlines()] == ["pgblack", "redis"]
+
+
+def test_rounds_of_probe_all_count_are_headed_with_their_number_and_time(
+    config: Path, tmp_path: Path
+) -> None:
+    code, out, _ = run(
+        "--config", str(config), "--state", str(tmp_path / "s.db"),
+        "probe", "--all", "--count", "2", "--interval", "0", "--call-timeout", "0.5",
+    )  # fmt: skip
+    assert code == 1
+    headings = [line for line in out.splitlines() if line.startswith("round ")]
+    assert len(headings) == 2
+    assert re.fullmatch(r"round 1/2 at \d\d:\d\d:\d\d", headings[0])
+    assert headings[1].startswith("round 2/2 at ")
+    assert out.count("pgblack") == 2

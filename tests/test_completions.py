@@ -59,3 +59,54 @@ def test_the_bash_completion_completes_commands_and_options(words: str, expected
     )
     assert result.returncode == 0, result.stderr
     assert expected <= set(result.stdout.split()), result.stdout
+
+
+def _bash_complete(words: str, env: dict[str, str] | None = None) -> list[str]:
+    script = (
+        f"source {COMPLETIONS / 'cbctl.bash'}; COMP_WORDS=({words}); "
+        f"COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); _cbctl_completion cbctl; "
+        'printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    bin_dir = str(Path(sys.executable).parent)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "CBCTL_CONFIG": "",
+            **(env or {}),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_completes_dependency_names_from_the_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "cbctl.toml"
+    config.write_text(
+        "[dependencies.search]\nkind = 'tcp'\nurl = 'tcp://h:7700'\n"
+        "[dependencies.sessions]\nkind = 'redis'\nurl = 'redis://h:6379/0'\n"
+    )
+    assert _bash_complete(f"cbctl --config {config} probe se") == ["search", "sessions"]
+    assert _bash_complete(f"cbctl --config {config} simulate outage s") == ["search", "sessions"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_completes_circuit_names_from_the_state_then_the_configuration(
+    tmp_path: Path,
+) -> None:
+    from cbctl import CircuitBreakerRegistry
+    from cbctl.stores import open_store
+
+    state = tmp_path / "circuits.db"
+    store = open_store(str(state))
+    CircuitBreakerRegistry(store=store).get("retired-index").call(lambda: None)
+    store.close()
+    names = _bash_complete(f"cbctl --state {state} reset ''", {"HOME": str(tmp_path)})
+    assert names == ["retired-index", "llamacpp", "postgresql", "qdrant", "redis"]
+    assert _bash_complete(f"cbctl --state {state} forget re") == ["retired-index", "redis"]
+    assert _bash_complete(f"cbctl --state {state} status q") == ["qdrant"]

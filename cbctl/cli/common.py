@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -12,7 +14,13 @@ from cbctl.state import CircuitStore
 if TYPE_CHECKING:
     from cbctl.config import Dependency
 
-__all__ = ["load_dependency", "open_state", "state_location"]
+__all__ = [
+    "complete_circuits",
+    "complete_dependencies",
+    "load_dependency",
+    "open_state",
+    "state_location",
+]
 
 
 def state_location(ctx: typer.Context) -> str:
@@ -39,3 +47,38 @@ def load_dependency(ctx: typer.Context, name: str, url: str | None = None) -> De
 
     dependency = load_config(globals_of(ctx).config).dependency(name)
     return dependency.with_url(url, "flag") if url else dependency
+
+
+def _root_params(ctx: typer.Context) -> dict[str, object]:
+    """The global options as parsed so far (during completion the root callback has not run)."""
+    return dict(ctx.find_root().params)
+
+
+def complete_dependencies(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of dependency names from the configuration `--config` points at."""
+    from cbctl.config import load_config
+
+    try:
+        config = _root_params(ctx).get("config")
+        names = load_config(config if isinstance(config, str | Path) else None).names
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def complete_circuits(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of circuit names: those in the state, then the configured ones."""
+    from cbctl.stores import open_store, resolve_state_location
+
+    found: list[str] = []
+    # No state yet, or an unreadable one: offer the configured names only.
+    with contextlib.suppress(Exception):
+        given = _root_params(ctx).get("state")
+        location = resolve_state_location(given if isinstance(given, str) else None)
+        store = open_store(location, create=False)
+        try:
+            found = sorted(stored.name for stored in store.load_all())
+        finally:
+            store.close()
+    found += [name for name in complete_dependencies(ctx, "") if name not in found]
+    return [name for name in found if name.startswith(incomplete)]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cbctl.cli.app import app
-from cbctl.cli.common import open_state
+from cbctl.cli.common import complete_circuits, open_state
 from cbctl.errors import UnknownCircuitError, UsageError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -28,7 +28,12 @@ def forget(
     ctx: typer.Context,
     names: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[NAME]...", help="Circuits to remove.", show_default=False),
+        typer.Argument(
+            metavar="[NAME]...",
+            help="Circuits to remove.",
+            show_default=False,
+            autocompletion=complete_circuits,
+        ),
     ] = None,
     stale: Annotated[
         str | None,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cbctl.cli.app import app, globals_of
-from cbctl.cli.common import open_state
+from cbctl.cli.common import complete_dependencies, open_state
 from cbctl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -58,17 +58,19 @@ def _seconds(option: str, text: str, *, zero_ok: bool) -> float:
     return value
 
 
-def _targets(ctx: typer.Context, name: str | None, every: bool) -> list[Dependency]:
+def _targets(ctx: typer.Context, names: Sequence[str], every: bool) -> list[Dependency]:
     from cbctl.config import load_config
 
-    if every and name is not None:
-        raise UsageError("give a dependency NAME or --all, not both")
+    if every and names:
+        raise UsageError("give dependency NAMEs or --all, not both")
     config = load_config(globals_of(ctx).config)
     if every:
+        if not config.names:
+            raise UsageError(f"no dependencies configured in {config.origin}")
         return [config.dependencies[each] for each in config.names]
-    if name is None:
+    if not names:
         raise UsageError(f"which dependency? give a NAME ({', '.join(config.names)}) or --all")
-    return [config.dependency(name)]
+    return [config.dependency(name) for name in dict.fromkeys(names)]
 
 
 def _show(console: Console | None, results: Sequence[ProbeAttempt], table: bool) -> None:
@@ -84,6 +86,15 @@ def _show(console: Console | None, results: Sequence[ProbeAttempt], table: bool)
     console.print(probe_table(rows, plain=plain) if table else probe_line(rows[0], plain))
 
 
+def _round_heading(console: Console, number: int, attempts: int) -> None:
+    """Which round a table is, and when: rounds of several dependencies look alike."""
+    from cbctl.render import round_heading
+
+    if number > 1:
+        console.print()
+    console.print(round_heading(number, attempts, time.time()))
+
+
 def _warn_if_not_shared(results: Sequence[ProbeAttempt], warned: set[str]) -> None:
     """The shared state did not answer: say so (once), as other processes will not see it."""
     for problem in sorted({result.degraded for result in results if result.degraded}):
@@ -95,12 +106,13 @@ def _warn_if_not_shared(results: Sequence[ProbeAttempt], warned: set[str]) -> No
 @app.command()
 def probe(
     ctx: typer.Context,
-    name: Annotated[
-        str | None,
+    names: Annotated[
+        list[str] | None,
         typer.Argument(
-            metavar="NAME",
-            help="The dependency to probe (from cbctl.toml or built in).",
+            metavar="[NAME]...",
+            help="The dependencies to probe (from cbctl.toml or built in).",
             show_default=False,
+            autocompletion=complete_dependencies,
         ),
     ] = None,
     every: Annotated[
@@ -137,11 +149,12 @@ def probe(
 
     Exit 0 healthy, 1 the probe failed, 2 bad usage or configuration, 3 rejected because the
     circuit is open (the dependency was not contacted). With --count, the last attempt decides;
-    with --all, the worst of the last round (3 before 1 before 0).
+    with several NAMEs or --all, the worst of the last round (3 before 1 before 0).
 
     \b
     Example:
       cbctl probe redis --count 5 --interval 2
+      cbctl probe qdrant redis
       cbctl --state ./circuits.db probe --all --json
     """
     attempts = _count(count)
@@ -149,7 +162,8 @@ def probe(
     limit = (
         None if call_timeout is None else _seconds("--call-timeout", call_timeout, zero_ok=False)
     )
-    targets = _targets(ctx, name, every)
+    targets = _targets(ctx, names or [], every)
+    table = len(targets) > 1
     if limit is not None:
         targets = [dep.with_call_timeout(limit) for dep in targets]
     console = None
@@ -166,7 +180,9 @@ def probe(
         for number in range(1, attempts + 1):
             results = probe_round(targets, store, number)
             done = number
-            _show(console, results, table=every)
+            if console is not None and table and attempts > 1:
+                _round_heading(console, number, attempts)
+            _show(console, results, table=table)
             _warn_if_not_shared(results, warned)
             if number < attempts:
                 time.sleep(pause)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cbctl.cli.app import app, globals_of
-from cbctl.cli.common import open_state
+from cbctl.cli.common import complete_circuits, open_state
 from cbctl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -18,7 +18,13 @@ if TYPE_CHECKING:
 def reset(
     ctx: typer.Context,
     name: Annotated[
-        str | None, typer.Argument(metavar="NAME", help="The circuit to close.", show_default=False)
+        str | None,
+        typer.Argument(
+            metavar="NAME",
+            help="The circuit to close.",
+            show_default=False,
+            autocompletion=complete_circuits,
+        ),
     ] = None,
     every: Annotated[bool, typer.Option("--all", help="Close every circuit.")] = False,
     url: Annotated[

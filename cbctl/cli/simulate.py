@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from cbctl.cli.app import app
-from cbctl.cli.common import load_dependency
+from cbctl.cli.common import complete_dependencies, load_dependency
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -29,7 +29,12 @@ class OutageMode(StrEnum):
 
 # Options both scenarios take; the breaker settings default to the dependency's configured ones.
 Name = Annotated[
-    str, typer.Argument(metavar="NAME", help="Dependency from cbctl.toml or built in.")
+    str,
+    typer.Argument(
+        metavar="NAME",
+        help="Dependency from cbctl.toml or built in.",
+        autocompletion=complete_dependencies,
+    ),
 ]
 Url = Annotated[str | None, typer.Option("--url", metavar="URL", help="Use this address instead.")]
 FailureThreshold = Annotated[

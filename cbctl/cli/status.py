@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from cbctl.cli.app import app, globals_of
-from cbctl.cli.common import open_state
+from cbctl.cli.common import complete_circuits, open_state
 from cbctl.errors import UnknownCircuitError
 
 
@@ -22,6 +22,7 @@ def status(
             metavar="[NAME]...",
             help="Only these circuits [default: every one].",
             show_default=False,
+            autocompletion=complete_circuits,
         ),
     ] = None,
     as_json: Annotated[
