@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
+from dataclasses import fields
+from typing import Any, Final
 
 from cbctl.breaker import CircuitBreaker
 from cbctl.clock import Clock
@@ -12,6 +14,41 @@ from cbctl.errors import ConfigError, UnknownCircuitError
 from cbctl.state import BreakerConfig, CircuitStore
 
 __all__ = ["CircuitBreakerRegistry"]
+
+_SETTINGS: Final = frozenset(f.name for f in fields(BreakerConfig))
+_REGISTRY_WIDE: Final = frozenset({"clock", "store"})
+_ARGUMENTS: Final = (
+    frozenset(
+        parameter.name
+        for parameter in inspect.signature(CircuitBreaker.__init__).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    )
+    - _SETTINGS
+    - _REGISTRY_WIDE
+    - {"config"}
+)
+"""Per-breaker arguments of CircuitBreaker that are not BreakerConfig settings (exclude,
+fallback, and whatever CircuitBreaker learns later): read from its signature, so the registry
+never lags behind it."""
+
+
+def _split(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(breaker settings, other per-breaker arguments); the registry's own are refused."""
+    shared = sorted(set(given) & _REGISTRY_WIDE)
+    if shared:
+        raise ConfigError(
+            f"{shared[0]} is shared by every breaker of a registry: "
+            f"give it to CircuitBreakerRegistry({shared[0]}=...)"
+        )
+    unknown = sorted(set(given) - _SETTINGS - _ARGUMENTS)
+    if unknown:
+        known = ", ".join(sorted(_SETTINGS | _ARGUMENTS))
+        raise ConfigError(f"unknown breaker setting {unknown[0]!r} (known: {known})")
+    settings = {key: value for key, value in given.items() if key not in _ARGUMENTS}
+    arguments = {key: value for key, value in given.items() if key in _ARGUMENTS}
+    if "exclude" in arguments:
+        arguments["exclude"] = tuple(arguments["exclude"])
+    return settings, arguments
 
 
 class CircuitBreakerRegistry:
@@ -33,13 +70,16 @@ class CircuitBreakerRegistry:
             self._default = default_config
         else:
             self._default = BreakerConfig.from_mapping(default_config or {})
-        self._overrides = {
-            name: BreakerConfig.from_mapping(settings, self._default)
-            for name, settings in (overrides or {}).items()
-        }
+        self._overrides: dict[str, BreakerConfig] = {}
+        self._arguments: dict[str, dict[str, Any]] = {}
+        for name, settings in (overrides or {}).items():
+            config, arguments = _split(settings)
+            self._overrides[name] = BreakerConfig.from_mapping(config, self._default)
+            self._arguments[name] = arguments
         self._store = store
         self._clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._made_with: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -57,24 +97,36 @@ class CircuitBreakerRegistry:
     def get(self, name: str, **overrides: Any) -> CircuitBreaker:
         """The breaker called `name`, created on first use; later calls return the same object.
 
-        Settings given for a name that already exists must match it: silently ignoring them would
-        leave a caller believing in a threshold that is not in force.
+        `overrides` are breaker settings (failure_threshold, timeout, ...) and any other
+        per-breaker argument of CircuitBreaker (exclude, fallback, ...); the clock and the store
+        belong to the registry. Arguments given for a name that already exists must match it:
+        silently ignoring them would leave a caller believing in a threshold that is not in force.
         """
         breaker = self._breakers.get(name)
         if breaker is not None and not overrides:
             return breaker
+        settings, given = _split(overrides)
         with self._lock:
             breaker = self._breakers.get(name)
             config = self.config_for(name)
-            if overrides:
-                config = BreakerConfig.from_mapping(overrides, config)
+            if settings:
+                config = BreakerConfig.from_mapping(settings, config)
+            arguments = {**self._arguments.get(name, {}), **given}
             if breaker is None:
-                breaker = CircuitBreaker(name, config=config, clock=self._clock, store=self._store)
+                breaker = CircuitBreaker(
+                    name, config=config, clock=self._clock, store=self._store, **arguments
+                )
                 self._breakers[name] = breaker
+                self._made_with[name] = arguments
             elif breaker.config != config:
                 raise ConfigError(
                     f"circuit {name!r} already exists with {breaker.config.as_dict()}; "
                     f"cannot change it to {config.as_dict()}"
+                )
+            elif given and {**self._made_with[name], **given} != self._made_with[name]:
+                raise ConfigError(
+                    f"circuit {name!r} already exists with other "
+                    f"{', '.join(sorted(given))}; give them on its first get()"
                 )
             return breaker
 

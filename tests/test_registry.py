@@ -178,3 +178,62 @@ def test_registries_sharing_a_store_share_circuits(clock: FakeClock) -> None:
     operator.reset("redis")
     assert service.get("redis").state is CircuitState.CLOSED
     assert service.store is store
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "store-backed"])
+def test_exclude_and_fallback_go_through_get_like_through_the_constructor(
+    clock: FakeClock, shared: bool
+) -> None:
+    registry = CircuitBreakerRegistry(
+        default_config={"failure_threshold": 1},
+        store=MemoryStore(clock) if shared else None,
+        clock=clock,
+    )
+    cache = registry.get("cache", exclude=(KeyError,), fallback=lambda error: "stale")
+
+    def missing() -> None:
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        cache.call(missing)
+    assert cache.state is CircuitState.CLOSED  # excluded: neutral
+    with pytest.raises(ConnectionError):
+        cache.call(_refuse)
+    assert cache.call(_refuse) == "stale"  # open: the fallback answers
+    assert registry.get("cache") is cache
+
+
+def _refuse() -> None:
+    raise ConnectionError("refused")
+
+
+def test_per_name_overrides_may_carry_exclude(clock: FakeClock) -> None:
+    registry = CircuitBreakerRegistry(
+        default_config={"failure_threshold": 1},
+        overrides={"cache": {"exclude": [KeyError], "timeout": 5.0}},
+        clock=clock,
+    )
+    cache = registry.get("cache")
+    with pytest.raises(KeyError):
+        cache.call(lambda: {}["k"])
+    assert cache.state is CircuitState.CLOSED
+    assert cache.config.timeout == 5.0
+
+
+def test_other_arguments_for_an_existing_breaker_are_refused(clock: FakeClock) -> None:
+    registry = CircuitBreakerRegistry(clock=clock)
+    registry.get("cache", exclude=(KeyError,))
+    assert registry.get("cache", exclude=(KeyError,)) is registry.get("cache")
+    with pytest.raises(ConfigError, match="already exists with other exclude"):
+        registry.get("cache", exclude=(ValueError,))
+
+
+@pytest.mark.parametrize("argument", ["store", "clock"])
+def test_the_registry_wide_clock_and_store_are_refused_per_breaker(argument: str) -> None:
+    with pytest.raises(ConfigError, match=rf"give it to CircuitBreakerRegistry\({argument}="):
+        CircuitBreakerRegistry().get("x", **{argument: None})
+
+
+def test_an_unknown_argument_lists_settings_and_per_breaker_arguments() -> None:
+    with pytest.raises(ConfigError, match=r"unknown breaker setting 'treshold' \(known: .*exclude"):
+        CircuitBreakerRegistry().get("x", treshold=3)
