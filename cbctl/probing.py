@@ -61,18 +61,27 @@ class ProbeAttempt:
 def probe_once(dep: Dependency, store: CircuitStore, number: int = 1) -> ProbeAttempt:
     """Probe `dep` once through its breaker on `store`.
 
-    The latency of an admitted probe starts after its client library is imported, so that it
-    measures the dependency, not a cold import; a rejection's latency is the whole decision.
+    The latency of an admitted probe starts after its client library is imported and its client
+    built (a probe module's `set_up(dep)`, once per process) and ends when the check returns,
+    before the outcome is recorded in the store, so that it measures the dependency's round
+    trip, not a cold import, set-up or state file; a rejection's latency is the whole decision.
     """
     from cbctl.probes import MODULES, check, scrub, secrets_of
 
     started = time.perf_counter()
+    ended: float | None = None
 
     def probe() -> str:
-        importlib.import_module(f"cbctl.probes.{MODULES[dep.kind]}")
-        nonlocal started
+        module = importlib.import_module(f"cbctl.probes.{MODULES[dep.kind]}")
+        set_up = getattr(module, "set_up", None)
+        if set_up is not None:
+            set_up(dep)
+        nonlocal started, ended
         started = time.perf_counter()
-        return check(dep, dep.call_timeout)
+        try:
+            return check(dep, dep.call_timeout)
+        finally:
+            ended = time.perf_counter()
 
     breaker = CircuitBreaker(dep.name, config=dep.breaker, store=store)
     outcome: Outcome = "success"
@@ -84,7 +93,7 @@ def probe_once(dep: Dependency, store: CircuitStore, number: int = 1) -> ProbeAt
     except DependencyError as failure:
         outcome, error = "failure", scrub(str(failure), secrets_of(dep))
         reason = getattr(failure, "reason", None)
-    latency_ms = (time.perf_counter() - started) * 1000
+    latency_ms = ((ended or time.perf_counter()) - started) * 1000
     stats = breaker.stats
     return ProbeAttempt(
         dependency=dep.name,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from cbctl.config import Dependency
 from cbctl.probing import probe_once, probe_round
 from cbctl.standins import LlamaCppStandin
@@ -59,3 +63,57 @@ def test_a_round_probes_every_dependency_and_keeps_their_order() -> None:
         "failure_count",
         "success_count",
     }
+
+
+class _Ticks:
+    """A perf_counter that moves only when told to, standing in for `time` in cbctl.probing."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_latency_is_the_check_alone_not_client_set_up_nor_recording_the_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cbctl.probes
+    from cbctl import probing
+    from cbctl.probes import llamacpp as module
+
+    ticks = _Ticks()
+    store = MemoryStore()
+    monkeypatch.setattr(probing, "time", ticks)
+
+    def slow_set_up(dep: Dependency) -> None:
+        ticks.now += 1000.0  # building a client: not the dependency's time
+
+    def check(dep: Dependency, timeout: float | None = None) -> str:
+        ticks.now += 0.004  # the round trip
+        return "200 ok"
+
+    record_success = store.record_success
+
+    def slow_record(*args: Any) -> Any:
+        ticks.now += 500.0  # the state file: not the dependency's time either
+        return record_success(*args)
+
+    monkeypatch.setattr(module, "set_up", slow_set_up)
+    monkeypatch.setattr(cbctl.probes, "check", check)
+    monkeypatch.setattr(store, "record_success", slow_record)
+    attempt = probe_once(llamacpp("http://127.0.0.1:9"), store)
+    assert attempt.outcome == "success"
+    assert attempt.latency_ms == pytest.approx(4.0)
+
+
+def test_the_http_client_is_built_once_per_process_and_shared_by_probes() -> None:
+    from cbctl.probes._httpx import shared_client
+
+    with LlamaCppStandin() as standin:
+        dep = llamacpp(standin.url)
+        probe_once(dep, MemoryStore())
+        client = shared_client(False)
+        probe_once(dep, MemoryStore())
+    assert shared_client(False) is client
+    assert not client.is_closed

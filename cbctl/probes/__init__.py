@@ -2,12 +2,14 @@
 
 Contract of every probe module: `check(dep, timeout) -> str` returns a short description of the
 healthy answer ("PONG", "SELECT 1 ok", "200 ok") or raises `ProbeError` (a DependencyError)
-with a one-line, password-free message. Each module bounds its client with connect and read
-timeouts; the dispatcher adds a deadline around the whole call, because some waits cannot be
-bounded from inside a client (name resolution, psycopg's 2-second minimum connect timeout).
+with a one-line, password-free message. A module may also have `set_up(dep)`, which builds what
+is reused across probes (an HTTP client) before the latency clock starts. Each module bounds
+its client with connect and read timeouts; the dispatcher adds a deadline around the whole
+call, because some waits cannot be bounded from inside a client (name resolution,
+psycopg's 2-second minimum connect timeout).
 
 The kind's module — and with it the client library — is imported only when a probe runs, so
-a probe rejected by an open circuit never pays for qdrant_client or psycopg.
+a probe rejected by an open circuit never pays for httpx, redis or psycopg.
 """
 
 from __future__ import annotations

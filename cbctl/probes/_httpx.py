@@ -14,7 +14,14 @@ from cbctl.probes import ProbeError, refused, scrub, secrets_of, timed_out
 if TYPE_CHECKING:
     from cbctl.config import Dependency
 
-__all__ = ["client_for", "split_credentials", "tls_for", "transport_problem"]
+__all__ = [
+    "get",
+    "prepare",
+    "shared_client",
+    "split_credentials",
+    "tls_for",
+    "transport_problem",
+]
 
 
 @functools.cache
@@ -41,20 +48,40 @@ def split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
     return bare, httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
 
 
-def client_for(
-    url: str, budget: float, headers: dict[str, str] | None = None
-) -> tuple[httpx.Client, str]:
-    """A client whose every phase (connect, read, write, pool) is bounded by `budget`, and
-    the URL to request with it (credentials moved from the URL into the client's auth)."""
-    bare, auth = split_credentials(url)
-    client = httpx.Client(
-        timeout=httpx.Timeout(budget),
-        headers=headers,
-        auth=auth,
+DEFAULT_TIMEOUT = 2.0
+
+
+@functools.cache
+def shared_client(https: bool) -> httpx.Client:
+    """One client per process (per TLS need), built on first use and kept: building one costs
+    far more than a loopback request, and is not the dependency's latency. Timeouts, headers
+    and credentials are given per request, so every probe can share it."""
+    return httpx.Client(
         follow_redirects=False,
-        verify=tls_for(url),
+        verify=_verified_tls() if https else False,
+        timeout=DEFAULT_TIMEOUT,  # every probe request passes its own budget
     )
-    return client, bare
+
+
+def prepare(url: str) -> None:
+    """Build the shared client for `url` now, before a probe's clock starts.
+
+    httpx encodes a request's host with the `idna` codec, whose first use imports it (~1 ms):
+    set-up as well, so it is imported here.
+    """
+    import encodings.idna  # noqa: F401
+
+    shared_client(url.lower().startswith("https:"))
+
+
+def get(url: str, budget: float, headers: dict[str, str] | None = None) -> httpx.Response:
+    """`GET url` on the shared client, every phase (connect, read, write, pool) bounded by
+    `budget`; credentials in the URL are sent as basic auth, never logged with it."""
+    bare, auth = split_credentials(url)
+    client = shared_client(url.lower().startswith("https:"))
+    return client.get(
+        bare, headers=headers, auth=auth or httpx.USE_CLIENT_DEFAULT, timeout=httpx.Timeout(budget)
+    )
 
 
 def transport_problem(error: BaseException, dep: Dependency, timeout: float) -> ProbeError:

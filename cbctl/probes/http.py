@@ -7,20 +7,23 @@ from typing import TYPE_CHECKING
 import httpx
 
 from cbctl.probes import Deadline, ProbeError
-from cbctl.probes._httpx import client_for, transport_problem
+from cbctl.probes._httpx import get, prepare, transport_problem
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
 
-__all__ = ["check"]
+__all__ = ["check", "set_up"]
+
+
+def set_up(dep: Dependency) -> None:
+    """Client set-up, kept out of the probe's latency."""
+    prepare(dep.url)
 
 
 def check(dep: Dependency, timeout: float) -> str:
     deadline = Deadline(timeout)
     try:
-        client, bare_url = client_for(dep.url, deadline.remaining(dep))
-        with client:
-            response = client.get(bare_url)
+        response = get(dep.url, deadline.remaining(dep))
     except httpx.HTTPError as error:
         raise transport_problem(error, dep, timeout) from None
     described = f"{response.status_code} {response.reason_phrase.lower()}".strip()

@@ -1,76 +1,74 @@
-"""Qdrant: readiness (`GET /readyz`), then the collection list through qdrant-client.
+"""Qdrant: readiness (`GET /readyz`), then the collection list (`GET /collections`), with httpx.
 
-`/readyz` says whether the node can take traffic. It is read with httpx (qdrant-client's
-own `readyz()` expects JSON where Qdrant answers plain text, qdrant-client issue #625). The
-collection listing then goes through qdrant-client, the library applications use, and it is
-the call that proves the API key: Qdrant leaves its health endpoints open without a key.
+`/readyz` says whether the node can take traffic. The collection listing is the call that proves
+the API key: Qdrant leaves its health endpoints open without a key. Both are the REST calls
+qdrant-client makes; they are made with httpx because importing qdrant-client costs 1-5 s per
+process (pydantic models, gRPC stubs), which a probe from cron or a shell would pay every time.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from qdrant_client import QdrantClient
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from cbctl.probes import Deadline, ProbeError, scrub, secrets_of
-from cbctl.probes._httpx import client_for, tls_for, transport_problem
+from cbctl.probes._httpx import get, prepare, transport_problem
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from cbctl.config import Dependency
 
-__all__ = ["check"]
+__all__ = ["check", "set_up"]
+
+
+def set_up(dep: Dependency) -> None:
+    """Client set-up, kept out of the probe's latency."""
+    prepare(dep.url)
 
 
 def check(dep: Dependency, timeout: float) -> str:
     deadline = Deadline(timeout)
     headers = {"api-key": dep.api_key} if dep.api_key else {}
-    http, base = client_for(dep.url.rstrip("/"), deadline.remaining(dep), headers)
+    base = dep.url.rstrip("/")
     try:
-        with http:
-            ready = http.get(f"{base}/readyz")
+        ready = get(f"{base}/readyz", deadline.remaining(dep), headers)
+        if ready.status_code != 200:
+            raise _status_problem(ready.status_code, ready.text, dep)
+        listing = get(f"{base}/collections", deadline.remaining(dep), headers)
     except httpx.HTTPError as error:
         raise transport_problem(error, dep, timeout) from None
-    if ready.status_code != 200:
-        raise _status_problem(ready.status_code, ready.text, dep)
-
-    client = QdrantClient(
-        url=base,
-        headers=headers,  # `api_key=` would warn about plain http on every probe
-        timeout=max(1, int(deadline.remaining(dep)) + 1),
-        check_compatibility=False,
-        verify=tls_for(base),
-    )
-    client.http.client.add_middleware(_bounded_by(deadline, dep))
-    try:
-        collections = client.get_collections().collections
-    except UnexpectedResponse as error:
-        raise _status_problem(
-            error.status_code, error.content.decode(errors="replace"), dep
-        ) from None
-    except ResponseHandlingException as error:
-        raise transport_problem(error, dep, timeout) from None
-    finally:
-        client.close()
+    if listing.status_code != 200:
+        raise _status_problem(listing.status_code, _message(listing), dep)
+    collections = _collections(listing)
+    if collections is None:
+        raise ProbeError(
+            f"unexpected answer to GET /collections at {dep.address}: not Qdrant's JSON",
+            "unhealthy",
+        )
     count = len(collections)
     return f"ready, {count} collection{'' if count == 1 else 's'}"
 
 
-def _bounded_by(
-    deadline: Deadline, dep: Dependency
-) -> Callable[[httpx.Request, Callable[[httpx.Request], httpx.Response]], httpx.Response]:
-    """qdrant-client middleware: each request may use only what is left of the probe's time."""
+def _collections(response: httpx.Response) -> list[Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    result = body.get("result") if isinstance(body, dict) else None
+    found = result.get("collections") if isinstance(result, dict) else None
+    return found if isinstance(found, list) else None
 
-    def middleware(
-        request: httpx.Request, call_next: Callable[[httpx.Request], httpx.Response]
-    ) -> httpx.Response:
-        request.extensions["timeout"] = httpx.Timeout(deadline.remaining(dep)).as_dict()
-        return call_next(request)
 
-    return middleware
+def _message(response: httpx.Response) -> str:
+    """Qdrant's error text (`{"status": {"error": "..."}}`), else the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text
+    status = body.get("status") if isinstance(body, dict) else None
+    if isinstance(status, dict) and isinstance(status.get("error"), str):
+        return str(status["error"])
+    return response.text
 
 
 def _status_problem(status: int | None, body: str, dep: Dependency) -> ProbeError:
