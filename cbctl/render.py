@@ -539,7 +539,12 @@ def flapping_table(report: FlappingReport, *, plain: bool = False) -> Renderable
     Counts are connections the proxy let through to the dependency (a probe may open more than
     one), so the two rows compare like with like.
     """
-    verdict = Text("dampened" if report.passed else "NOT dampened")
+    if report.passed:
+        verdict = Text("dampened")
+    elif report.successes_with_breaker == 0:
+        verdict = Text("FAILED: no call got through with the breaker")
+    else:
+        verdict = Text("NOT dampened")
     verdict.stylize("" if plain else _VERDICT_STYLES[report.passed])
     title = Text(f"simulate flapping: {report.dependency} at {report.target} - ").append(verdict)
     period = report.conditions.get("period_s")
@@ -549,17 +554,20 @@ def flapping_table(report: FlappingReport, *, plain: bool = False) -> Renderable
     table.add_column("connections reaching it", justify="right")
     table.add_column("rejected fast", justify="right")
     table.add_column("failed", justify="right")
+    table.add_column("succeeded", justify="right")
     table.add_row(
         "with breaker",
         str(report.attempts_with_breaker),
         str(report.rejected),
         str(report.failures_with_breaker),
+        str(report.successes_with_breaker),
     )
     table.add_row(
         "without breaker",
         str(report.attempts_without_breaker),
         "0",
         str(report.failures_without_breaker),
+        str(report.successes_without_breaker),
     )
     caption = Text(f"{report.calls} calls per pass, one every {report.interval:g}s{flaps}")
     return Group(title, table, caption)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cbctl.breaker import CircuitBreaker, StateChange
 from cbctl.clock import SYSTEM_CLOCK, Clock
-from cbctl.errors import CircuitBreakerError
+from cbctl.errors import CircuitBreakerError, DependencyError
 from cbctl.state import BreakerConfig, CircuitState
 
 __all__ = [
@@ -206,7 +207,11 @@ def run_outage(
             return _journal(run, target, settings, notes)
         bystander_call()
         down = True  # before: an interrupted --stop-cmd may have stopped it halfway
-        target.take_down()
+        try:
+            target.take_down()
+        except DependencyError as error:  # the outage never began: blame that, not the breaker
+            run.check("outage begins", False, str(error))
+            return _journal(run, target, settings, notes)
         run.event("outage", f"{target.name} taken down")
         if _opens(run, breaker, target, expect, bystander_call):
             _fails_fast(run, breaker, target)
@@ -269,11 +274,13 @@ def _opens(
     threshold = expect.failure_threshold
     failures = 0
     opened_after: int | None = None
+    first_cause: str | None = None
     for attempt in range(1, threshold + 1):
         outcome, detail = _attempt(breaker, target)
         run.event("outage", f"call {attempt}: {outcome} ({detail})", breaker.state)
         if outcome == "failure":
             failures += 1
+            first_cause = first_cause or detail
         if breaker.state is OPEN:
             opened_after = attempt
             break
@@ -281,8 +288,12 @@ def _opens(
     passed = failures == threshold and opened_after == threshold
     if opened_after is None:
         detail = f"still {breaker.state.value} after {threshold} calls ({failures} failed)"
+        if not failures:
+            detail += f": {target.name} kept answering"
     else:
         detail = f"opened after {failures} failures (threshold {threshold})"
+    if first_cause is not None:
+        detail += f"; first failure: {first_cause}"
     return run.check("opens after failure_threshold failures", passed, detail)
 
 
@@ -386,8 +397,7 @@ class FlappingReport:
     """How much a breaker dampens a flapping dependency: the same calls with and without one.
 
     `attempts_*` are contacts the target measured (for a proxied target: connections that
-    reached the dependency through the proxy), not calls made; `passed` means the breaker kept
-    strictly fewer of them from reaching the dependency.
+    reached the dependency through the proxy), not calls made; `successes_*` are calls answered.
     """
 
     dependency: str
@@ -401,6 +411,8 @@ class FlappingReport:
     failures_with_breaker: int
     failures_without_breaker: int
     notes: tuple[str, ...] = ()
+    successes_with_breaker: int = 0
+    successes_without_breaker: int = 0
     conditions: dict[str, float] = field(default_factory=dict)
     """What the target did, for the record (e.g. the proxy's flapping period)."""
 
@@ -408,7 +420,12 @@ class FlappingReport:
 
     @property
     def passed(self) -> bool:
-        return self.attempts_with_breaker < self.attempts_without_breaker
+        """Fewer calls reached the dependency with the breaker, and it still let some succeed:
+        a breaker that rejects everything "dampens" too, and protects nothing."""
+        return (
+            self.attempts_with_breaker < self.attempts_without_breaker
+            and self.successes_with_breaker > 0
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The `cbctl simulate flapping --json` object."""
@@ -426,11 +443,13 @@ class FlappingReport:
                 "reached_dependency": self.attempts_with_breaker,
                 "rejected": self.rejected,
                 "failures": self.failures_with_breaker,
+                "successes": self.successes_with_breaker,
             },
             "without_breaker": {
                 "reached_dependency": self.attempts_without_breaker,
                 "rejected": 0,
                 "failures": self.failures_without_breaker,
+                "successes": self.successes_without_breaker,
             },
         }
 
@@ -454,33 +473,32 @@ def run_flapping(
     clock = clock or SYSTEM_CLOCK
     breaker = CircuitBreaker(target.name, config=settings, clock=clock)
 
-    def with_breaker() -> tuple[int, int]:
-        outcome, _detail = _attempt(breaker, target)
-        return outcome == "rejected", outcome == "failure"
+    def with_breaker() -> str:
+        return _attempt(breaker, target)[0]
 
-    def without_breaker() -> tuple[int, int]:
+    def without_breaker() -> str:
         try:
             target.call()
         except Exception:
-            return 0, 1
-        return 0, 0
+            return "failure"
+        return "success"
 
-    def one_pass(call: Callable[[], tuple[int, int]]) -> tuple[int, int, int]:
-        rejected = failures = 0
+    def one_pass(call: Callable[[], str]) -> tuple[int, Counter[str]]:
+        outcomes: Counter[str] = Counter()
         before = target.contacts()
         try:
             target.take_down()
             for _ in range(calls):
-                was_rejected, failed = call()
-                rejected += was_rejected
-                failures += failed
+                outcomes[call()] += 1
                 sleep(interval)
         finally:
             target.bring_back()
-        return target.contacts() - before, rejected, failures
+        return target.contacts() - before, outcomes
 
-    reached_with, rejected, failures_with = one_pass(with_breaker)
-    reached_without, _, failures_without = one_pass(without_breaker)
+    reached_with, with_outcomes = one_pass(with_breaker)
+    reached_without, without_outcomes = one_pass(without_breaker)
+    rejected, failures_with = with_outcomes["rejected"], with_outcomes["failure"]
+    failures_without = without_outcomes["failure"]
     return FlappingReport(
         dependency=target.name,
         target=target.address,
@@ -494,4 +512,6 @@ def run_flapping(
         failures_without_breaker=failures_without,
         notes=notes,
         conditions=dict(conditions or {}),
+        successes_with_breaker=with_outcomes["success"],
+        successes_without_breaker=without_outcomes["success"],
     )

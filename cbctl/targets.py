@@ -41,6 +41,8 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 COMMAND_TIMEOUT = 120.0
 """How long a --stop-cmd/--start-cmd may run (podman stop waits 10 s by default)."""
+STOP_GRACE = 10.0
+"""How long the dependency may go on answering after --stop-cmd returned."""
 
 
 def retarget(url: str, host: str, port: int) -> str:
@@ -117,6 +119,7 @@ class ProxiedTarget:
         self._stop_cmd = stop_cmd
         self._start_cmd = start_cmd
         self._sleep = sleep
+        self._stopped = False
 
     @property
     def name(self) -> str:
@@ -127,11 +130,24 @@ class ProxiedTarget:
         return self._dep.display_url
 
     def call(self) -> str:
-        return probes.check(self._via_proxy)
+        try:
+            return probes.check(self._via_proxy)
+        except DependencyError as through_proxy:
+            if not self._stopped:
+                raise
+            # Stopped by the operator's command, the dependency fails behind the proxy, and the
+            # client only sees the proxy hang up: ask the dependency itself what is wrong.
+            try:
+                probes.check(self._dep)
+            except DependencyError as cause:
+                raise cause from None
+            raise through_proxy from None
 
     def take_down(self) -> None:
         if self._stop_cmd is not None:
             _run(self._stop_cmd, "--stop-cmd")
+            self._stopped = True
+            self._wait_until_down()
         elif self._mode is Mode.FLAPPING:
             self._proxy.set_flapping(self._flap_period)
         else:
@@ -142,7 +158,25 @@ class ProxiedTarget:
             self._proxy.set_mode(Mode.UP)
             return
         _run(self._start_cmd, "--start-cmd")
+        self._stopped = False
         self._wait_until_answering()
+
+    def _wait_until_down(self) -> None:
+        """A stop command may return before the service has stopped (or stop nothing at all):
+        the outage starts only once the dependency itself no longer answers."""
+        limit = STOP_GRACE
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                probes.check(self._dep)
+            except DependencyError:
+                return
+            if time.monotonic() > deadline:
+                raise DependencyError(
+                    f"the stop command returned but the dependency still answers at "
+                    f"{self._dep.address} (checked for {limit:g}s)"
+                )
+            self._sleep(0.2)
 
     def _wait_until_answering(self, limit: float = 60.0) -> None:
         """After --start-cmd the service needs a moment: wait for it directly, not via the proxy."""

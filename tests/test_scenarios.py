@@ -146,3 +146,58 @@ def test_a_breaker_dampens_a_flapping_dependency() -> None:
     assert report.attempts_with_breaker < report.attempts_without_breaker
     assert report.rejected == report.calls - report.attempts_with_breaker
     assert report.failures_with_breaker < report.failures_without_breaker
+
+
+def test_flapping_counts_successes_with_and_without_the_breaker() -> None:
+    clock = FakeClock(monotonic=0.0)
+    target = FlappingTarget(clock, period=10.0)
+    settings = BreakerConfig(failure_threshold=3, timeout=5.0, success_threshold=2)
+    report = run_flapping(
+        target, settings, calls=200, interval=0.5, clock=clock, sleep=clock.advance
+    )
+    assert report.successes_without_breaker == 200 - report.failures_without_breaker
+    assert report.successes_with_breaker == (
+        report.calls - report.rejected - report.failures_with_breaker
+    )
+    assert report.successes_with_breaker > 0
+    assert report.passed
+    assert report.to_json()["with_breaker"]["successes"] == report.successes_with_breaker
+
+
+def test_flapping_does_not_pass_when_the_breaker_let_nothing_through() -> None:
+    clock = FakeClock(monotonic=0.0)
+    target = FlappingTarget(clock, period=10.0)
+    never_retries = BreakerConfig(failure_threshold=1, timeout=10_000.0, success_threshold=2)
+    target.period = 0.1  # down by the first call, and the breaker never lets a trial through
+    clock.advance(0.15)
+    report = run_flapping(
+        target, never_retries, calls=50, interval=0.5, clock=clock, sleep=clock.advance
+    )
+    assert report.attempts_with_breaker < report.attempts_without_breaker  # "dampened"...
+    assert report.successes_with_breaker == 0
+    assert not report.passed  # ...but it protected nothing
+
+
+class StopsLate(FakeTarget):
+    """A stop command that returned while the dependency still answers."""
+
+    def take_down(self) -> None:
+        raise DependencyError("the stop command returned but the dependency still answers at x:1")
+
+
+def test_an_outage_that_never_began_is_reported_as_such_not_as_a_breaker_fault() -> None:
+    target = StopsLate("redis")
+    journal = run(target)
+    assert [(c.name, c.passed) for c in journal.checks] == [
+        ("steady state", True),
+        ("outage begins", False),
+    ]
+    assert "still answers" in journal.checks[1].detail
+    assert target.brought_back == 1
+
+
+def test_the_first_real_cause_of_the_failures_is_in_the_verdict() -> None:
+    journal = run(FakeTarget("qdrant"))
+    assert journal.checks[1].detail == (
+        "opened after 5 failures (threshold 5); first failure: connection refused at fake://qdrant"
+    )

@@ -333,19 +333,38 @@ def test_outage_with_stop_and_start_commands_restarts_the_real_server_process(
 
 
 @pytest.mark.slow
-def test_a_dependency_the_stop_command_does_not_stop_fails_with_exit_1(
-    redis_server: RedisServer,
+def test_a_stop_command_that_stops_nothing_is_blamed_not_the_breaker(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("cbctl.targets.STOP_GRACE", 0.5)
     code, journal, _ = journal_of(
         "outage", "redis", "--url", redis_server.url, *QUICK,
         "--stop-cmd", "true", "--start-cmd", "true",
     )  # fmt: skip
     assert code == 1
     assert journal["passed"] is False
-    opens = check(journal, "opens after failure_threshold failures")
-    assert opens["passed"] is False
-    assert opens["detail"] == "still closed after 5 calls (0 failed)"
     assert check(journal, "steady state")["passed"] is True
+    begins = check(journal, "outage begins")
+    assert begins["passed"] is False
+    assert begins["detail"] == (
+        "the stop command returned but the dependency still answers at "
+        f"{redis_server.url.split('//')[1].split('/')[0]} (checked for 0.5s)"
+    )
+    assert [item["name"] for item in journal["checks"]] == ["steady state", "outage begins"]
+
+
+@pytest.mark.slow
+def test_a_stop_command_reports_the_first_real_cause_not_the_proxy_hanging_up(
+    daemon_redis: StoppableServer,
+) -> None:
+    code, journal, err = journal_of(
+        "outage", "redis", "--url", daemon_redis.url, *QUICK,
+        "--stop-cmd", daemon_redis.stop_cmd, "--start-cmd", daemon_redis.start_cmd,
+    )  # fmt: skip
+    assert code == 0, (journal, err)
+    address = daemon_redis.url.split("//")[1].split("/")[0]
+    detail = check(journal, "opens after failure_threshold failures")["detail"]
+    assert detail.endswith(f"; first failure: connection refused at {address}")
 
 
 @pytest.mark.slow
@@ -359,8 +378,8 @@ def test_a_breaker_that_never_trips_fails_the_verdict_against_a_real_server(
     )
     assert not journal.passed
     failed = {item.name: item.detail for item in journal.checks if not item.passed}
-    assert failed["opens after failure_threshold failures"] == (
-        "still closed after 5 calls (5 failed)"
+    assert failed["opens after failure_threshold failures"].startswith(
+        "still closed after 5 calls (5 failed); first failure: "
     )
     assert "recovers: half-open, then closed" in failed
     assert redis_server.ping() == "+PONG"  # brought back: the proxy is the only thing that broke
@@ -527,9 +546,10 @@ def test_an_unknown_mode_is_a_usage_error_naming_the_option() -> None:
 def test_flapping_real_redis_is_dampened_by_the_breaker(redis_server: RedisServer) -> None:
     code, report, err = journal_of(
         "flapping", "redis", "--url", redis_server.url,
-        "--period", "0.2", "--calls", "20", "--interval", "0.03",
+        "--period", "0.2", "--calls", "20", "--interval", "0.03", "--timeout", "0.1",
     )  # fmt: skip
     assert code == 0, (report, err)
+    assert report["with_breaker"]["successes"] > 0
     assert {"scenario", "dependency", "target", "passed", "with_breaker", "without_breaker"} <= set(
         report
     )
@@ -546,7 +566,9 @@ def test_flapping_real_redis_is_dampened_by_the_breaker(redis_server: RedisServe
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_qdrant_here")
 def test_flapping_table_against_the_standin() -> None:
-    code, out, _ = simulate("flapping", "--period", "0.2", "--calls", "20", "--interval", "0.03")
+    code, out, _ = simulate(
+        "flapping", "--period", "0.2", "--calls", "20", "--interval", "0.03", "--timeout", "0.1"
+    )
     assert code == 0
     lines = out.splitlines()
     assert "built-in qdrant stand-in" in lines[0]
