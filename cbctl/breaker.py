@@ -87,6 +87,7 @@ class CircuitBreaker:
         "_store",
         "_stored",
         "_successes",
+        "_transitions",
         "name",
     )
 
@@ -141,6 +142,7 @@ class CircuitBreaker:
         self._successes = itertools.count()
         self._rejections = itertools.count()
         self._failures = itertools.count()
+        self._transitions = itertools.count()
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self.state.value}>"
@@ -478,6 +480,7 @@ class CircuitBreaker:
         """One log record and one listener call per transition; a failing listener is logged."""
         if before.state is after.state:
             return
+        next(self._transitions)
         level = logging.WARNING if after.state is _OPEN else logging.INFO
         logger.log(
             level,
@@ -587,6 +590,7 @@ class CircuitBreaker:
             "successes": successes,
             "failures": failures,
             "rejections": rejections,
+            "transitions": _counted(self._transitions),
             "store": "memory" if self._store is None else self._store.url,
             "degraded": self._degraded,
         }

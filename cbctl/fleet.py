@@ -71,7 +71,7 @@ def stored_stats(stored: StoredCircuit, source: str) -> dict[str, Any]:
     """`breaker.stats` keys for a circuit read from a store.
 
     Stores keep state, not per-process call counters, so `calls`/`successes`/`failures`/
-    `rejections` are None: only the process that made the calls knows them.
+    `rejections`/`transitions` are None: only the process that made the calls knows them.
     """
     snapshot, config = stored.snapshot, stored.config
     return {
@@ -93,6 +93,7 @@ def stored_stats(stored: StoredCircuit, source: str) -> dict[str, Any]:
         "successes": None,
         "failures": None,
         "rejections": None,
+        "transitions": None,
         "store": source,
         "degraded": None,
     }

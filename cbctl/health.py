@@ -27,13 +27,11 @@ import json
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from cbctl.breaker import CircuitBreaker, StateChange
 from cbctl.errors import StateError, UnknownCircuitError
 from cbctl.fleet import reset_in_store, stored_stats
 from cbctl.registry import CircuitBreakerRegistry
@@ -73,34 +71,6 @@ def _error(status: int, message: str, **extra: Any) -> HttpResponse:
     return _json(status, {"error": message, **extra})
 
 
-class _Transitions:
-    """Counts the transitions of a registry's breakers, from when the app first saw each one."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-        self._seen: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
-
-    def watch(self, breakers: Iterator[CircuitBreaker]) -> None:
-        for breaker in breakers:
-            if breaker in self._seen:
-                continue
-            with self._lock:
-                if breaker in self._seen:
-                    continue
-                self._seen.add(breaker)
-                self._counts.setdefault(breaker.name, 0)
-            breaker.add_listener(self._count)
-
-    def _count(self, change: StateChange) -> None:
-        with self._lock:
-            self._counts[change.name] = self._counts.get(change.name, 0) + 1
-
-    def get(self, name: str) -> int:
-        with self._lock:
-            return self._counts.get(name, 0)
-
-
 class HealthApp:
     """The endpoints over one registry or store; an ASGI app, and `respond()` for other servers."""
 
@@ -116,7 +86,6 @@ class HealthApp:
         self._cached: tuple[float, HttpResponse] | None = None
         self._cache_lock = threading.Lock()
         self._token = token.encode() if token else None
-        self._transitions = _Transitions()
         self._generations: dict[str, int] = {}
         self._metrics: CollectorRegistry | None = None
         self._metrics_lock = threading.Lock()
@@ -135,7 +104,6 @@ class HealthApp:
         """{name: stats} now, and why the state could not be read (None when it could)."""
         source = self._source
         if isinstance(source, CircuitBreakerRegistry):
-            self._transitions.watch(iter(source))
             return source.get_all_stats(), None
         try:
             stored = sorted(source.load_all(), key=lambda each: each.name)
@@ -145,12 +113,19 @@ class HealthApp:
         url = source.url
         return {each.name: stored_stats(each, url) for each in stored}, None
 
-    def transitions(self, name: str) -> int:
-        """Transitions of a circuit: a registry's counted by listeners since the app saw it,
-        a store's as recorded in the shared state (every transition and reset bumps it)."""
-        if isinstance(self._source, CircuitBreakerRegistry):
-            return self._transitions.get(name)
-        return self._generations.get(name, 0)
+    @property
+    def serves_store(self) -> bool:
+        """Whether the circuits come from a store (`cbctl serve`), not a service's registry."""
+        return not isinstance(self._source, CircuitBreakerRegistry)
+
+    def transitions(self, name: str, stats: Mapping[str, Any] | None = None) -> int | None:
+        """Transitions of a circuit, as TRANSITIONS_HELP says: a registry breaker's own count
+        since it was created (also those before the first scrape); a store's state changes as
+        recorded in the shared state (transitions, resets and holds each bump its generation)."""
+        if not self.serves_store:
+            counted = (stats or {}).get("transitions")
+            return counted if isinstance(counted, int) else None
+        return self._generations.get(name)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -370,6 +345,14 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+TRANSITIONS_HELP: Mapping[bool, str] = {
+    False: "State transitions of this process's breaker since it was created",
+    True: "State changes recorded in the shared state (transitions, resets, holds) "
+    "since the circuit was first recorded",
+}
+"""HELP of cbctl_circuit_transitions_total, by whether the app serves a store."""
+
+
 def _collector(app: HealthApp) -> Collector:
     """A Prometheus collector that reads the circuits afresh on every scrape."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -394,7 +377,7 @@ def _collector(app: HealthApp) -> Collector:
             )
             transitions = CounterMetricFamily(
                 "cbctl_circuit_transitions",
-                "State transitions since this endpoint started watching the circuit",
+                TRANSITIONS_HELP[app.serves_store],
                 labels=["circuit"],
             )
             for name, stats in circuits.items():
@@ -408,7 +391,9 @@ def _collector(app: HealthApp) -> Collector:
                 ):
                     if isinstance(stats.get(key), int):
                         calls.add_metric([name, outcome], float(stats[key]))
-                transitions.add_metric([name], float(app.transitions(name)))
+                count = app.transitions(name, stats)
+                if count is not None:
+                    transitions.add_metric([name], float(count))
             yield from (state, failures, calls, transitions)
 
     return CircuitCollector()

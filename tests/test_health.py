@@ -311,3 +311,38 @@ def test_the_asgi_app_completes_lifespan_startup_and_shutdown(
         "lifespan.startup.complete",
         "lifespan.shutdown.complete",
     ]
+
+
+def _families(app: Any) -> dict[str, Any]:
+    text = get(app, "/metrics").body.decode()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def test_a_circuit_that_opened_before_the_first_scrape_counts_its_transition(
+    registry: CircuitBreakerRegistry,
+) -> None:
+    trip(registry, "redis")
+    families = _families(health_app(registry))
+    transitions = families["cbctl_circuit_transitions"]
+    assert (
+        transitions.documentation
+        == "State transitions of this process's breaker since it was created"
+    )
+    counted = {sample.labels["circuit"]: sample.value for sample in transitions.samples}
+    assert counted["redis"] == 1
+    state = {
+        (sample.labels["circuit"], sample.labels["state"]): sample.value
+        for sample in families["cbctl_circuit_state"].samples
+    }
+    assert state[("redis", "open")] == 1
+
+
+def test_under_serve_counters_the_state_cannot_know_are_absent() -> None:
+    store = MemoryStore(FakeClock())
+    writer = CircuitBreakerRegistry(default_config={"failure_threshold": 1}, store=store)
+    trip(writer, "postgresql")
+    families = _families(health_app(store))
+    assert not families["cbctl_circuit_calls"].samples  # calls are counted per process
+    transitions = families["cbctl_circuit_transitions"]
+    assert transitions.documentation.startswith("State changes recorded in the shared state")
+    assert [sample.value for sample in transitions.samples] == [1]
