@@ -139,7 +139,7 @@ def loadgen(url: str, seconds: float) -> dict[str, float]:
 @contextmanager
 def cbctl_serve(state: str) -> Iterator[str]:
     process = subprocess.Popen(
-        [*CBCTL, "--state", state, "serve", "--port", "0"],
+        [*CBCTL, "--state", state, "serve", "--port", "0", "--quiet"],
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,

@@ -2,7 +2,8 @@
 
 No web framework or ASGI server is needed: a thread per connection (keep-alive), the app's
 `respond()` called directly. Loopback by default; request logs go to the `cbctl.health`
-logger at DEBUG with method, path and status only (never headers, so never a token).
+logger at DEBUG with client address, method, path and status only (never headers or the
+query string, so never a token).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         path = urlsplit(getattr(self, "path", "")).path[:200]
-        logger.debug("%s %s %s", getattr(self, "command", "-"), path, code)
+        client = self.client_address[0] if self.client_address else "-"
+        logger.debug("%s %s %s %s", client, getattr(self, "command", "-"), path, code)
 
 
 def _plain_error(status: int, message: str) -> HttpResponse:

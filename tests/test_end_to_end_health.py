@@ -96,7 +96,7 @@ def test_watch_once_shows_the_services_circuits(service: str) -> None:
     assert table["postgresql"][1] == "closed"
     assert table["postgresql"][3] == "1/2"
     assert table["qdrant"][1] == "closed"
-    assert table["redis"][-1] == f"{service}/health"
+    assert result.stdout.splitlines()[-1].endswith(f" in {service}/health")  # named once
 
 
 def test_reset_with_the_token_closes_the_services_circuit(service: str) -> None:
@@ -190,3 +190,7 @@ def test_cbctl_serve_serves_the_state_and_resets_it_then_stops_on_ctrl_c(state_f
     assert code == 0
     assert "Traceback" not in rest
     assert TOKEN not in rest
+    access = [line.split()[1:] for line in rest.splitlines() if " GET /health " in line]
+    assert access == [["127.0.0.1", "GET", "/health", "200"]]
+    assert re.search(r" 127\.0\.0\.1 POST /circuits/redis/reset 200$", rest, re.MULTILINE)
+    assert rest.rstrip().endswith(f"cbctl: stopped serving on {base}")

@@ -34,11 +34,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No access log line per request on stderr.")
+    ] = False,
 ) -> None:
     """Serve GET /health, GET /metrics and POST /circuits/NAME/reset for the state's circuits.
 
     Runs until Ctrl-C (exit 0). /health always answers 200, "degraded" when a circuit is not
-    closed.
+    closed. Each request is logged on stderr (time, client, method, path, status; never a
+    token) unless --quiet.
 
     \b
     Example:
@@ -51,10 +55,24 @@ def serve(
     server = HealthServer(health_app(store, token), host, port)
     resets = "POST /circuits/NAME/reset" if token else "resets disabled (no token)"
     typer.echo(f"cbctl: serving {store.url} on {server.url}: /health, /metrics, {resets}", err=True)
+    if not quiet:
+        _log_requests()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        typer.echo(f"cbctl: stopped serving on {server.url}", err=True)
     finally:
         server.server_close()
         store.close()
+
+
+def _log_requests() -> None:
+    """The access log: the server's request records (cbctl.health, DEBUG) on stderr."""
+    import logging
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+    access = logging.getLogger("cbctl.health")
+    access.addHandler(handler)
+    access.setLevel(logging.DEBUG)
