@@ -32,6 +32,7 @@ __all__ = [
     "FleetReader",
     "SourceReport",
     "fetch_health",
+    "forget_in_store",
     "health_url",
     "read_store",
     "report_from_store",
@@ -138,6 +139,33 @@ def reset_in_store(store: CircuitStore, name: str | None) -> list[CircuitReset]:
             CircuitReset(each, stored_stats(before, source), stored_stats(after, source))
         )
     return results
+
+
+def forget_in_store(
+    store: CircuitStore, names: Sequence[str] = (), *, stale: float | None = None
+) -> list[tuple[str, str]]:
+    """Delete circuits from the store: `names` (all must exist, else UnknownCircuitError and
+    nothing is deleted), or with `stale` every circuit whose last change and last failure are at
+    least that many seconds old, except those held by force. Returns (name, state) of each."""
+    circuits = {stored.name: stored for stored in store.load_all()}
+    if stale is not None:
+        now = store.clock_now()
+        chosen = [
+            name
+            for name, stored in sorted(circuits.items())
+            if not stored.snapshot.forced and now - _last_activity(stored) >= stale
+        ]
+    else:
+        chosen = list(dict.fromkeys(names))
+        for name in chosen:
+            if name not in circuits:
+                raise UnknownCircuitError(name, circuits)
+    return [(name, circuits[name].snapshot.state.value) for name in chosen if store.forget(name)]
+
+
+def _last_activity(stored: StoredCircuit) -> float:
+    snapshot = stored.snapshot
+    return max(snapshot.changed_at or 0.0, snapshot.last_failure_at or 0.0)
 
 
 # -- health endpoints over HTTP ----------------------------------------------------------------

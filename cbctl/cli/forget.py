@@ -9,7 +9,7 @@ import typer
 
 from cbctl.cli.app import app
 from cbctl.cli.common import complete_circuits, open_state
-from cbctl.errors import UnknownCircuitError, UsageError
+from cbctl.errors import UsageError
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -55,28 +55,14 @@ def forget(
       cbctl forget old-search
       cbctl forget --stale 7d
     """
+    from cbctl.fleet import forget_in_store
+
     if bool(names) == (stale is not None):
         raise UsageError("give circuit NAMEs or --stale DURATION (not both)")
+    age = None if stale is None else parse_duration(stale)
     store = open_state(ctx, create=False)
     try:
-        circuits = {stored.name: stored for stored in store.load_all()}
-        if stale is not None:
-            age = parse_duration(stale)
-            now = store.clock_now()
-            chosen = [
-                name
-                for name, stored in sorted(circuits.items())
-                if not stored.snapshot.forced
-                and now - max(stored.snapshot.changed_at or 0, stored.snapshot.last_failure_at or 0)
-                >= age
-            ]
-        else:
-            chosen = list(dict.fromkeys(names or []))
-            for name in chosen:
-                if name not in circuits:
-                    raise UnknownCircuitError(name, circuits)
-        gone = [name for name in chosen if store.forget(name)]
-        source = store.url
+        gone, source = forget_in_store(store, names or [], stale=age), store.url
     finally:
         store.close()
     if not gone:
@@ -84,5 +70,5 @@ def forget(
             f"cbctl: no circuit in {source} unchanged for {stale}; nothing forgotten", err=True
         )
         return
-    for name in gone:
-        typer.echo(f"forgot {name} ({circuits[name].snapshot.state.value}) in {source}")
+    for name, state in gone:
+        typer.echo(f"forgot {name} ({state}) in {source}")

@@ -38,7 +38,7 @@ def status(
     """Show the circuits of the state: state, failures, retry time, last failure.
 
     A state file that does not exist is an error (exit 2): only commands that record outcomes
-    (probe, simulate, serve) create it. A NAME the state does not know is exit 2, unless it is a
+    (probe, serve) create it. A NAME the state does not know is exit 2, unless it is a
     configured dependency that has simply not been recorded yet (said on stderr).
 
     \b
