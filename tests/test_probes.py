@@ -199,7 +199,7 @@ def test_redis_recovers_when_the_server_comes_back(redis_server: RedisServer) ->
     assert check(probe, 2.0) == "PONG"
 
 
-# --- Qdrant (stand-in, real qdrant-client) ------------------------------------------------
+# --- Qdrant (stand-in, its REST API over httpx) ------------------------------------------
 
 
 def test_qdrant_ready_with_the_right_api_key(qdrant: QdrantStandin) -> None:
