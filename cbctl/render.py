@@ -221,7 +221,7 @@ class CircuitTable:
     live redraw's cost, and here one Text per line is enough. The source is shown once — in the
     caption for one source, as a heading over each group for several — and "last failure", the
     last column, gets the rest of the line. Where the error does not fit, the columns of
-    _GIVE_WAY are dropped before it is cut; plain output is never cut.
+    _GIVE_WAY are dropped before it is cut; output to a file or pipe is never cut.
     """
 
     def __init__(
@@ -245,7 +245,7 @@ class CircuitTable:
             if index not in _UNKNOWN_COUNTERS
             or any(cells[index] != "-" for _, cells, _ in self.rows)
         ]
-        if self.plain or available is None:
+        if available is None:
             return shown, [natural[index] for index in shown]
 
         def fixed() -> int:
@@ -308,7 +308,8 @@ class CircuitTable:
         return Text(f"{self.caption} in {source}", no_wrap=True, overflow="ellipsis")
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield from self.lines(None if self.plain else options.max_width)
+        # Fitted to a terminal even without colour (NO_COLOR); a file or pipe gets it whole.
+        yield from self.lines(options.max_width if console.is_terminal else None)
 
 
 def circuit_table(

@@ -264,3 +264,14 @@ def test_the_new_commands_have_help_with_an_example(command: str) -> None:
     assert code == 0
     example = out.split("Example:", 1)[1].split("\n\n")[0]
     assert re.search(rf"cbctl (--\S+ \S+ )*{command}\b", example)
+
+
+def test_status_on_a_terminal_without_colour_is_still_fitted_to_its_width(tmp_path: Path) -> None:
+    path = tmp_path / "circuits.db"
+    record(path, failures={"postgresql": 2})
+    env = {"COLUMNS": "60", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+    code, out, _ = run("--state", str(path), "status", env=env)
+    assert code == 0
+    assert "\x1b[" not in out
+    assert max(len(line) for line in out.splitlines()) <= 60
+    assert out.splitlines()[0].split()[:2] == ["circuit", "state"]
