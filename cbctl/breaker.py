@@ -25,6 +25,7 @@ from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock, iso_utc
 from cbctl.errors import CircuitBreakerError, StoreUnavailableError
+from cbctl.failures import FailureRules, as_rules
 from cbctl.state import BreakerConfig, CircuitState, CircuitStore, Permit, Snapshot, Update
 
 __all__ = ["CircuitBreaker", "Exclusion", "StateChange"]
@@ -77,6 +78,7 @@ class CircuitBreaker:
         "_entered",
         "_exclude_predicates",
         "_exclude_types",
+        "_failure_rules",
         "_failures",
         "_fallback",
         "_listeners",
@@ -104,8 +106,10 @@ class CircuitBreaker:
         store: CircuitStore | None = None,
         fallback: Callable[[CircuitBreakerError], Any] | None = None,
         config: BreakerConfig | None = None,
+        kind: str | FailureRules | None = None,
     ) -> None:
         self.name = name
+        self._failure_rules = as_rules(kind)
         self._config = config or BreakerConfig(
             failure_threshold=failure_threshold,
             timeout=timeout,
@@ -150,6 +154,11 @@ class CircuitBreaker:
     @property
     def config(self) -> BreakerConfig:
         return self._config
+
+    @property
+    def failure_rules(self) -> FailureRules | None:
+        """How errors are classified (`kind=`); None: every `Exception` not excluded fails."""
+        return self._failure_rules
 
     @property
     def failure_threshold(self) -> int:
@@ -406,12 +415,16 @@ class CircuitBreaker:
             self._install(machine.release(self._snapshot, permit))
 
     def _is_failure(self, exc: BaseException) -> bool:
-        """Only a non-excluded `Exception` counts; KeyboardInterrupt, cancellation are neutral."""
+        """Only a non-excluded `Exception` that the kind's rules call a failure counts;
+        KeyboardInterrupt and cancellation are neutral. Runs only when a call raised."""
         if not isinstance(exc, Exception):
             return False
         if self._exclude_types and isinstance(exc, self._exclude_types):
             return False
-        return not any(predicate(exc) for predicate in self._exclude_predicates)
+        if any(predicate(exc) for predicate in self._exclude_predicates):
+            return False
+        rules = self._failure_rules
+        return rules is None or rules.is_failure(exc)
 
     def _install(self, snapshot: Snapshot) -> None:
         """Make `snapshot` current; called with the lock held (or from a store's answer)."""

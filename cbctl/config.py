@@ -35,6 +35,7 @@ from typing import Any, Final, Literal
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cbctl.errors import ConfigError, UsageError
+from cbctl.failures import FailureRules, rules_for
 from cbctl.state import BreakerConfig
 
 __all__ = [
@@ -67,7 +68,8 @@ UrlSource = Literal["builtin", "file", "env", "flag"]
 
 _BREAKER_INT_KEYS: Final = ("failure_threshold", "success_threshold", "half_open_max_calls")
 _SECONDS_KEYS: Final = ("timeout", "call_timeout")
-_DEFAULTS_KEYS: Final = frozenset({*_BREAKER_INT_KEYS, *_SECONDS_KEYS})
+_FAILURE_KEYS: Final = ("failure_errors", "neutral_errors", "failure_statuses")
+_DEFAULTS_KEYS: Final = frozenset({*_BREAKER_INT_KEYS, *_SECONDS_KEYS, *_FAILURE_KEYS})
 _COMMON_DEPENDENCY_KEYS: Final = frozenset({"kind", "url", *_DEFAULTS_KEYS})
 _KIND_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {"qdrant": frozenset({"api_key"}), "http": frozenset({"expected_status"})}
@@ -88,6 +90,7 @@ _DEFAULT_PORTS: Final[Mapping[str, int]] = MappingProxyType(
 _NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SECRET_QUERY_KEYS: Final = frozenset({"password", "pass", "passwd", "api_key", "apikey", "token"})
 _USERINFO_PASSWORD: Final = re.compile(r"(//[^/@:]*):[^/@]*@")
+_ERROR_NAME: Final = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def redact_url(url: str) -> str:
@@ -120,6 +123,8 @@ class Dependency:
 
     `source` says where `url` came from ("builtin" | "file" | "env" | "flag"), so a caller can
     tell an address that nobody configured (built-in default) from one an operator chose.
+    `failure_rules` holds the kind's error classification with the file's overrides (None: the
+    kind's built-in rules); `failures` is the classification in force.
     """
 
     name: str
@@ -135,6 +140,7 @@ class Dependency:
     )
     """Where each setting came from (`dependencies.x.timeout`, `defaults.timeout`, `default`,
     `built-in`, `$CBCTL_X_URL`, `--url`), for `cbctl config`."""
+    failure_rules: FailureRules | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         where = f"dependency {self.name!r}"
@@ -143,6 +149,11 @@ class Dependency:
         _check_url(self.kind, self.url, where)
         _check_seconds(self.call_timeout, f"{where}: call_timeout")
         _check_status(self.expected_status, f"{where}: expected_status")
+
+    @property
+    def failures(self) -> FailureRules:
+        """Which errors of this dependency's client count as failures (`cbctl.failures`)."""
+        return self.failure_rules or rules_for(self.kind)
 
     @property
     def display_url(self) -> str:
@@ -285,12 +296,14 @@ def parse_config(
             defaults_table["call_timeout"], f"{origin}: defaults.call_timeout"
         )
 
+    overrides = _failure_overrides(defaults_table, _NO_OVERRIDES, origin, "defaults.")
+
     tables = _table(document.get("dependencies", {}), origin, "dependencies")
     dependencies: dict[str, Dependency] = {}
     chosen = [*BUILTIN_URLS] if builtins else []
     for name in [*chosen, *(n for n in tables if n not in chosen)]:
         table = _table(tables.get(name, {}), origin, f"dependencies.{name}")
-        dependency = _dependency(name, table, defaults, call_timeout, origin)
+        dependency = _dependency(name, table, defaults, call_timeout, overrides, origin)
         dependency = replace(dependency, origins=_origins(table, defaults_table, dependency))
         dependencies[name] = _apply_env(dependency, env)
     return Config(
@@ -306,6 +319,7 @@ def _dependency(
     table: Mapping[str, Any],
     defaults: BreakerConfig,
     call_timeout: float,
+    overrides: _FailureOverrides,
     origin: str,
 ) -> Dependency:
     key = f"dependencies.{name}"
@@ -344,6 +358,12 @@ def _dependency(
         )
     if "call_timeout" in table:
         call_timeout = _check_seconds(table["call_timeout"], f"{origin}: {key}.call_timeout")
+    overrides = _failure_overrides(table, overrides, origin, f"{key}.")
+    if overrides != _NO_OVERRIDES:
+        failures, neutral, statuses = overrides
+        options["failure_rules"] = rules_for(kind).with_overrides(
+            failures=failures, neutral=neutral, failure_statuses=statuses
+        )
     return Dependency(
         name=name,
         kind=kind,
@@ -369,6 +389,50 @@ def _origins(
     for key in _KIND_KEYS.get(dependency.kind, ()):
         found[key] = f"{own}.{key}" if key in table else "default"
     return MappingProxyType(found)
+
+
+_FailureOverrides = tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...] | None]
+_NO_OVERRIDES: Final[_FailureOverrides] = ((), (), None)
+
+
+def _failure_overrides(
+    table: Mapping[str, Any], base: _FailureOverrides, origin: str, prefix: str
+) -> _FailureOverrides:
+    """`failure_errors` / `neutral_errors` (added to `base`'s) and `failure_statuses` (replacing
+    `base`'s), validated: names are import paths, statuses HTTP codes."""
+    failures, neutral, statuses = base
+    for key in ("failure_errors", "neutral_errors"):
+        if key not in table:
+            continue
+        names = table[key]
+        where = f"{origin}: {prefix}{key}"
+        if not isinstance(names, list):
+            raise ConfigError(
+                f"{where} must be an array of exception names, got {_describe(names)}"
+            )
+        for name in names:
+            if not isinstance(name, str) or not _ERROR_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"{where}: {_describe(name)} is not an exception's import path "
+                    "(e.g. 'psycopg.errors.UniqueViolation')"
+                )
+        if key == "failure_errors":
+            failures = (*failures, *names)
+        else:
+            neutral = (*neutral, *names)
+    if "failure_statuses" in table:
+        values = table["failure_statuses"]
+        where = f"{origin}: {prefix}failure_statuses"
+        if not isinstance(values, list):
+            raise ConfigError(
+                f"{where} must be an array of HTTP status codes, got {_describe(values)}"
+            )
+        statuses = tuple(_check_status(value, where) for value in values)
+    try:
+        FailureRules().with_overrides(failures=failures, neutral=neutral)
+    except ConfigError as error:
+        raise ConfigError(f"{origin}: {prefix.rstrip('.')}: {error}") from error
+    return failures, neutral, statuses
 
 
 def _apply_env(dependency: Dependency, env: Mapping[str, str]) -> Dependency:

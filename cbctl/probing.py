@@ -83,7 +83,7 @@ def probe_once(dep: Dependency, store: CircuitStore, number: int = 1) -> ProbeAt
         finally:
             ended = time.perf_counter()
 
-    breaker = CircuitBreaker(dep.name, config=dep.breaker, store=store)
+    breaker = CircuitBreaker(dep.name, config=dep.breaker, store=store, kind=dep.failures)
     outcome: Outcome = "success"
     detail = error = reason = None
     try:

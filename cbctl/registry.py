@@ -6,12 +6,15 @@ import inspect
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import fields
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cbctl.breaker import CircuitBreaker
 from cbctl.clock import Clock
 from cbctl.errors import ConfigError, UnknownCircuitError
 from cbctl.state import BreakerConfig, CircuitStore
+
+if TYPE_CHECKING:
+    from cbctl.config import Config
 
 __all__ = ["CircuitBreakerRegistry"]
 
@@ -81,6 +84,22 @@ class CircuitBreakerRegistry:
         self._breakers: dict[str, CircuitBreaker] = {}
         self._made_with: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(
+        cls, config: Config, *, store: CircuitStore | None = None, clock: Clock | None = None
+    ) -> CircuitBreakerRegistry:
+        """A registry for the dependencies of a `cbctl.toml`: each name gets its dependency's
+        breaker settings and its kind's failure rules (`kind=`, with the file's overrides)."""
+        return cls(
+            config.defaults,
+            overrides={
+                dep.name: {**dep.breaker.as_dict(), "kind": dep.failures}
+                for dep in config.dependencies.values()
+            },
+            store=store,
+            clock=clock,
+        )
 
     @property
     def default_config(self) -> BreakerConfig:
