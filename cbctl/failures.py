@@ -38,6 +38,7 @@ __all__ = [
     "as_rules",
     "builtin_rules",
     "rules_for",
+    "status_set",
 ]
 
 Decision = Literal["failure", "neutral", "status", "grpc", "source"]
@@ -160,7 +161,7 @@ class FailureRules:
             user[name] = "neutral"
         statuses = self.failure_statuses
         if failure_statuses is not None:
-            statuses = frozenset(_status(value) for value in failure_statuses)
+            statuses = status_set(failure_statuses)
         return replace(self, user=MappingProxyType(user), failure_statuses=statuses)
 
     def is_failure(self, exc: BaseException) -> bool:
@@ -239,6 +240,11 @@ def _name_of(item: ErrorName, where: str) -> str:
         f"{where} takes exception classes or their import paths "
         f"(e.g. 'psycopg.errors.UniqueViolation'), not {item!r}"
     )
+
+
+def status_set(values: Iterable[int]) -> frozenset[int]:
+    """HTTP statuses that count as failures, each checked to be a status code (100-599)."""
+    return frozenset(_status(value) for value in values)
 
 
 def _status(value: object) -> int:
