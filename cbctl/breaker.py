@@ -574,7 +574,7 @@ class CircuitBreaker:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """A fresh dict of the circuit's state and counters (DESIGN.md §2 keys and more)."""
+        """A fresh dict of the circuit's state and counters (the keys README shows, and more)."""
         snapshot, now, to_wall = self._current()
         config = self._config
 

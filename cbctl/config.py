@@ -1,4 +1,4 @@
-"""`cbctl.toml` plus the environment -> frozen dataclasses (DESIGN.md §6).
+"""`cbctl.toml` plus the environment -> frozen dataclasses.
 
 ```toml
 [defaults]            # breaker settings for every circuit (and a default call_timeout)

@@ -1,13 +1,29 @@
 """One exception hierarchy; each class knows the CLI exit code it maps to.
 
-Exit codes (DESIGN.md §5): 0 healthy, 1 the dependency call or a scenario check failed,
-2 usage/configuration/state error, 3 rejected fast by an open circuit.
+Exit codes: 0 healthy, 1 the dependency call or a scenario check failed, 2 usage/configuration/
+state error, 3 rejected fast by an open circuit. `cbctl` prints a `CbctlError` as one line on
+stderr and exits with its `exit_code` (a traceback instead with `--debug`).
+
+Hierarchy (exit code in brackets):
+
+* CbctlError [2]
+  + UsageError [2] - a command line or API call that cannot be carried out as asked
+  + ConfigError [2] - cbctl.toml, a setting or an environment variable is invalid
+  + StateError [2] - the shared state cannot be opened, read or trusted
+  |   + MissingStateError [2] - a reading command pointed at state that does not exist
+  |   + StoreUnavailableError [2] - the store did not answer; breakers degrade
+  + UnknownCircuitError [2] - a circuit name nobody knows
+  + DependencyError [1] - the protected dependency failed
+  |   + ProbeError [1] - a health probe's failure, with a machine-readable `reason`
+  + CircuitBreakerError [3] - rejected: the circuit is open, nothing was called
+      + cbctl.httpx.CircuitOpen [3] - a rejected httpx request; also an httpx.TransportError
+        (defined in cbctl.httpx, which may import httpx)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 __all__ = [
     "CbctlError",
@@ -15,12 +31,16 @@ __all__ = [
     "ConfigError",
     "DependencyError",
     "MissingStateError",
-    "ScenarioFailed",
+    "ProbeError",
+    "ProbeReason",
     "StateError",
     "StoreUnavailableError",
     "UnknownCircuitError",
     "UsageError",
 ]
+
+ProbeReason = Literal["refused", "timeout", "auth", "not_ready", "unhealthy", "unreachable"]
+"""Why a probe failed, for scripts (`reason` in `cbctl probe --json`)."""
 
 
 class CbctlError(Exception):
@@ -65,10 +85,12 @@ class DependencyError(CbctlError):
     exit_code: ClassVar[int] = 1
 
 
-class ScenarioFailed(CbctlError):
-    """A verification scenario ran and at least one of its checks failed."""
+class ProbeError(DependencyError):
+    """A probe's failure, with a machine-readable `reason` next to the one-line message."""
 
-    exit_code: ClassVar[int] = 1
+    def __init__(self, message: str, reason: ProbeReason = "unhealthy") -> None:
+        super().__init__(message)
+        self.reason: ProbeReason = reason
 
 
 class CircuitBreakerError(CbctlError):

@@ -25,7 +25,7 @@ __all__ = ["EXIT_CODES", "ProbeAttempt", "probe_once", "probe_round"]
 Outcome = Literal["success", "failure", "rejected"]
 
 EXIT_CODES: dict[str, int] = {"success": 0, "failure": 1, "rejected": 3}
-"""The CLI exit code of each outcome (DESIGN.md §5)."""
+"""The CLI exit code of each outcome: 0 healthy, 1 the probe failed, 3 rejected by the circuit."""
 
 
 @dataclass(frozen=True, slots=True)

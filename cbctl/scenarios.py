@@ -112,7 +112,8 @@ class Journal:
         return bool(self.checks) and all(check.passed for check in self.checks)
 
     def to_json(self) -> dict[str, Any]:
-        """The `--json` shape of DESIGN/issue 6."""
+        """The `simulate --json` object: scenario, dependency, target, passed, checks, and
+        transitions."""
         return {
             "scenario": self.scenario,
             "dependency": self.dependency,

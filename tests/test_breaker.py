@@ -1,4 +1,4 @@
-"""The breaker's contract (DESIGN.md §2-§3), one behaviour per test, driven by a fake clock."""
+"""The breaker's contract (README, "The library"), one behaviour per test, with a fake clock."""
 
 from __future__ import annotations
 

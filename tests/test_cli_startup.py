@@ -1,4 +1,4 @@
-"""Start-up cost guards: what `import cbctl.cli` must not pull in (DESIGN.md §1).
+"""Start-up cost guards: what `import cbctl.cli` must not pull in (client libraries load lazily).
 
 Every cbctl command, `--help` and a probe rejected by an open circuit pay for whatever the CLI
 imports at start-up; these modules are only needed by the commands that use them.

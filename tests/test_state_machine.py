@@ -1,7 +1,7 @@
 """Hypothesis drives a CircuitBreaker with random calls, clock moves and manual control, and
-checks it step by step against a small reference model written here from DESIGN.md §3 alone
-(it shares no code with cbctl.state). The same machine runs against a breaker whose state
-lives in a MemoryStore: the store path must behave exactly like the in-process one.
+checks it step by step against a small reference model written here from the semantics README
+promises alone (it shares no code with cbctl.state). The same machine runs against a breaker
+whose state lives in a MemoryStore: the store path must behave exactly like the in-process one.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ WAYS = ("call", "decorator", "with", "async")
 
 @dataclass
 class Model:
-    """What DESIGN.md §3 says a breaker does, for calls that complete one at a time."""
+    """What README promises a breaker does, for calls that complete one at a time."""
 
     failure_threshold: int
     timeout: float

@@ -1,6 +1,6 @@
 """One contract for every store: memory, the local state file (SQLite) and Redis (a real server).
 
-Every test drives store-backed CircuitBreakers through the transitions of DESIGN.md §3 with a
+Every test drives store-backed CircuitBreakers through the transitions README promises, with a
 FakeClock. The memory store and the state file take that clock as their time base; Redis keeps
 the server's clock, and the test moves it with the store's `time_offset` (the fake clock's
 advance), so no test sleeps. `reopen()` gives a second store object on the same location: another

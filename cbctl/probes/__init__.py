@@ -19,9 +19,9 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
-from cbctl.errors import CbctlError, DependencyError, UsageError
+from cbctl.errors import CbctlError, ProbeError, ProbeReason, UsageError
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -39,7 +39,7 @@ __all__ = [
     "timed_out",
 ]
 
-Reason = Literal["refused", "timeout", "auth", "not_ready", "unhealthy", "unreachable"]
+Reason = ProbeReason
 
 MODULES: Final = {
     "qdrant": "qdrant",
@@ -49,14 +49,6 @@ MODULES: Final = {
     "http": "http",
     "tcp": "tcp",
 }
-
-
-class ProbeError(DependencyError):
-    """A probe's failure, with a machine-readable `reason` next to the one-line message."""
-
-    def __init__(self, message: str, reason: Reason = "unhealthy") -> None:
-        super().__init__(message)
-        self.reason: Reason = reason
 
 
 class _ProbeModule(Protocol):
