@@ -266,9 +266,9 @@ def load_config(
     try:
         text = found.read_bytes().decode("utf-8")
     except OSError as error:
-        raise ConfigError(f"{found}: cannot read config file: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{found}: config file is not UTF-8 text") from None
+        raise ConfigError(f"{found}: cannot read config file: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{found}: config file is not UTF-8 text") from error
     return parse_config(text, path=found, environ=env)
 
 
@@ -281,7 +281,7 @@ def parse_config(
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{origin}: invalid TOML: {error}") from None
+        raise ConfigError(f"{origin}: invalid TOML: {error}") from error
     _reject_unknown(document, {"builtins", "defaults", "dependencies"}, origin, "")
     builtins = document.get("builtins", "dependencies" not in document)
     if not isinstance(builtins, bool):
@@ -480,7 +480,7 @@ def _breaker(
     try:
         return replace(base, **settings)
     except ConfigError as error:
-        raise ConfigError(f"{origin}: {prefix.rstrip('.')}: {error}") from None
+        raise ConfigError(f"{origin}: {prefix.rstrip('.')}: {error}") from error
 
 
 def _describe(value: Any) -> str:
@@ -529,7 +529,7 @@ def _check_url(kind: str, value: Any, where: str) -> str:
     try:
         parts = urlsplit(value)
     except ValueError as error:
-        raise ConfigError(f"{where}: invalid URL {shown!r}: {error}") from None
+        raise ConfigError(f"{where}: invalid URL {shown!r}: {error}") from error
     if parts.scheme.lower() not in schemes or not value.lower().startswith(f"{parts.scheme}://"):
         example = " (e.g. tcp://localhost:11211)" if kind == "tcp" else ""
         raise ConfigError(
@@ -548,7 +548,7 @@ def _port(parts: SplitResult, where: str, shown: str) -> int | None:
         port = parts.port
     except ValueError as error:
         problem = "port out of range" if "out of range" in str(error) else "invalid port"
-        raise ConfigError(f"{where}: {problem} in {shown!r} (must be 1-65535)") from None
+        raise ConfigError(f"{where}: {problem} in {shown!r} (must be 1-65535)") from error
     if port == 0:
         raise ConfigError(f"{where}: port out of range in {shown!r} (must be 1-65535)")
     return port

@@ -18,6 +18,9 @@ Hierarchy (exit code in brackets):
   + CircuitBreakerError [3] - rejected: the circuit is open, nothing was called
       + cbctl.httpx.CircuitOpen [3] - a rejected httpx request; also an httpx.TransportError
         (defined in cbctl.httpx, which may import httpx)
+
+* ClientErrorSummary (not a CbctlError) - stands in as the `__cause__` of a ProbeError for the
+  client library's error, whose message may echo a password
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import ClassVar, Literal
 __all__ = [
     "CbctlError",
     "CircuitBreakerError",
+    "ClientErrorSummary",
     "ConfigError",
     "DependencyError",
     "MissingStateError",
@@ -114,3 +118,14 @@ class CircuitBreakerError(CbctlError):
         if self.retry_after is None:
             return f"circuit {self.name!r} is open"
         return f"circuit {self.name!r} is open; retry in {self.retry_after:.1f}s"
+
+
+class ClientErrorSummary(Exception):
+    """A client library's error as the cause of a cbctl error: its class, its message with every
+    secret replaced by `***`, and the traceback of where it was raised. The original is dropped,
+    because its message (libpq's, for one) may quote the password it could not parse."""
+
+    def __init__(self, error: BaseException, message: str) -> None:
+        cls = type(error)
+        super().__init__(f"{cls.__module__}.{cls.__qualname__}: {message}")
+        self.with_traceback(error.__traceback__)

@@ -81,12 +81,12 @@ def _run(command: str, what: str) -> None:
             timeout=COMMAND_TIMEOUT,
             check=False,
         )
-    except FileNotFoundError:
-        raise UsageError(f"{what}: command not found: {shlex.split(command)[0]!r}") from None
-    except subprocess.TimeoutExpired:
+    except FileNotFoundError as error:
+        raise UsageError(f"{what}: command not found: {shlex.split(command)[0]!r}") from error
+    except subprocess.TimeoutExpired as error:
         raise DependencyError(
             f"{what} {command!r} did not finish in {COMMAND_TIMEOUT:g}s"
-        ) from None
+        ) from error
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip().splitlines()
         raise DependencyError(
@@ -320,7 +320,7 @@ def simulate_flapping(
         except DependencyError as error:
             raise DependencyError(
                 f"{dep.name} did not answer before flapping started: {error}"
-            ) from None
+            ) from error
         return run_flapping(
             target,
             settings,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
-from cbctl.errors import CbctlError, ProbeError, ProbeReason, UsageError
+from cbctl.errors import CbctlError, ClientErrorSummary, ProbeError, ProbeReason, UsageError
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -31,6 +31,7 @@ __all__ = [
     "Deadline",
     "ProbeError",
     "Reason",
+    "cause",
     "check",
     "refused",
     "scrub",
@@ -103,6 +104,11 @@ def scrub(message: str, secrets: Iterable[str]) -> str:
     return line
 
 
+def cause(error: BaseException, dep: Dependency) -> ClientErrorSummary:
+    """What a ProbeError is raised `from`: the client's error, kept for `--debug`, scrubbed."""
+    return ClientErrorSummary(error, scrub(str(error) or "no message", secrets_of(dep)))
+
+
 def check(dep: Dependency, timeout: float | None = None) -> str:
     """Probe `dep` once, within `timeout` seconds (default: its call_timeout).
 
@@ -150,5 +156,5 @@ def _within(probe: Callable[[], str], timeout: float, dep: Dependency) -> str:
         if isinstance(result, CbctlError):
             raise result
         message = scrub(f"{type(result).__name__}: {result}", secrets_of(dep))
-        raise ProbeError(f"probe failed: {message}", "unhealthy") from None
+        raise ProbeError(f"probe failed: {message}", "unhealthy") from cause(result, dep)
     return result

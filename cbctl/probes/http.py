@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from cbctl.probes import Deadline, ProbeError
+from cbctl.probes import Deadline, ProbeError, cause
 from cbctl.probes._httpx import get, prepare, transport_problem
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def check(dep: Dependency, timeout: float) -> str:
     try:
         response = get(dep.url, deadline.remaining(dep))
     except httpx.HTTPError as error:
-        raise transport_problem(error, dep, timeout) from None
+        raise transport_problem(error, dep, timeout) from cause(error, dep)
     described = f"{response.status_code} {response.reason_phrase.lower()}".strip()
     if response.status_code != dep.expected_status:
         raise ProbeError(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from cbctl.probes import Deadline, ProbeError, scrub, secrets_of
+from cbctl.probes import Deadline, ProbeError, cause, scrub, secrets_of
 from cbctl.probes._httpx import get, prepare, transport_problem
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def check(dep: Dependency, timeout: float) -> str:
     try:
         response = get(url, deadline.remaining(dep))
     except httpx.HTTPError as error:
-        raise transport_problem(error, dep, timeout) from None
+        raise transport_problem(error, dep, timeout) from cause(error, dep)
     body = _json(response)
     if response.status_code == 200:
         status = body.get("status") if isinstance(body, dict) else None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from cbctl.probes import Deadline, ProbeError, refused, scrub, secrets_of, timed_out
+from cbctl.probes import Deadline, ProbeError, cause, refused, scrub, secrets_of, timed_out
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -38,14 +38,15 @@ def check(dep: Dependency, timeout: float) -> str:
             application_name="cbctl-probe",
         ) as conn:
             row = conn.execute("SELECT 1").fetchone()
-    except psycopg.errors.ConnectionTimeout:
-        raise timed_out(timeout, dep) from None
-    except psycopg.errors.QueryCanceled:
-        raise timed_out(timeout, dep) from None
+    except psycopg.errors.ConnectionTimeout as error:
+        raise timed_out(timeout, dep) from cause(error, dep)
+    except psycopg.errors.QueryCanceled as error:
+        raise timed_out(timeout, dep) from cause(error, dep)
     except psycopg.OperationalError as error:
-        raise _classify(str(error), dep, timeout) from None
+        raise _classify(str(error), dep, timeout) from cause(error, dep)
     except psycopg.Error as error:
-        raise ProbeError(f"query failed: {_first_line(str(error), dep)}", "unhealthy") from None
+        problem = ProbeError(f"query failed: {_first_line(str(error), dep)}", "unhealthy")
+        raise problem from cause(error, dep)
     if row != (1,):
         raise ProbeError(f"unexpected answer to SELECT 1: {row!r}", "unhealthy")
     return "SELECT 1 ok"

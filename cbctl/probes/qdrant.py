@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from cbctl.probes import Deadline, ProbeError, scrub, secrets_of
+from cbctl.probes import Deadline, ProbeError, cause, scrub, secrets_of
 from cbctl.probes._httpx import get, prepare, transport_problem
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def check(dep: Dependency, timeout: float) -> str:
             raise _status_problem(ready.status_code, ready.text, dep)
         listing = get(f"{base}/collections", deadline.remaining(dep), headers)
     except httpx.HTTPError as error:
-        raise transport_problem(error, dep, timeout) from None
+        raise transport_problem(error, dep, timeout) from cause(error, dep)
     if listing.status_code != 200:
         raise _status_problem(listing.status_code, _message(listing), dep)
     collections = _collections(listing)

@@ -13,7 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cbctl.probes import Deadline, ProbeError, refused, scrub, secrets_of, timed_out
+from cbctl.probes import Deadline, ProbeError, cause, refused, scrub, secrets_of, timed_out
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -63,22 +63,22 @@ def check(dep: Dependency, timeout: float) -> str:
     try:
         answer = client.ping()  # True only for a PONG reply
     except _NOT_READY_ERRORS as error:
-        raise _not_ready(error, dep) from None
+        raise _not_ready(error, dep) from cause(error, dep)
     except _AUTH_ERRORS as error:
-        raise _auth_problem(_line(error, dep)) from None
-    except redis.TimeoutError:
-        raise timed_out(timeout, dep) from None
+        raise _auth_problem(_line(error, dep)) from cause(error, dep)
+    except redis.TimeoutError as error:
+        raise timed_out(timeout, dep) from cause(error, dep)
     except redis.ConnectionError as error:
-        raise _connection_problem(error, dep) from None
+        raise _connection_problem(error, dep) from cause(error, dep)
     except redis.ResponseError as error:
         message = _line(error, dep)
         if message.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
-            raise _auth_problem(message) from None
+            raise _auth_problem(message) from cause(error, dep)
         if message.startswith(_NOT_READY_CODES):
-            raise ProbeError(f"not ready: {message}", "not_ready") from None
-        raise ProbeError(f"unhealthy answer to PING: {message}", "unhealthy") from None
+            raise ProbeError(f"not ready: {message}", "not_ready") from cause(error, dep)
+        raise ProbeError(f"unhealthy answer to PING: {message}", "unhealthy") from cause(error, dep)
     except redis.RedisError as error:
-        raise ProbeError(f"PING failed: {_line(error, dep)}", "unhealthy") from None
+        raise ProbeError(f"PING failed: {_line(error, dep)}", "unhealthy") from cause(error, dep)
     finally:
         client.close()
     if answer is not True:

@@ -6,7 +6,7 @@ import socket
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from cbctl.probes import Deadline, ProbeError, refused, timed_out
+from cbctl.probes import Deadline, ProbeError, cause, refused, timed_out
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -23,13 +23,15 @@ def check(dep: Dependency, timeout: float) -> str:
     try:
         with socket.create_connection((host, port), timeout=deadline.remaining(dep)):
             pass
-    except ConnectionRefusedError:
-        raise refused(dep) from None
-    except TimeoutError:
-        raise timed_out(timeout, dep) from None
-    except socket.gaierror:
-        raise ProbeError(f"cannot resolve host of {dep.address}", "unreachable") from None
+    except ConnectionRefusedError as error:
+        raise refused(dep) from cause(error, dep)
+    except TimeoutError as error:
+        raise timed_out(timeout, dep) from cause(error, dep)
+    except socket.gaierror as error:
+        problem = ProbeError(f"cannot resolve host of {dep.address}", "unreachable")
+        raise problem from cause(error, dep)
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise ProbeError(f"cannot connect to {dep.address}: {reason}", "unreachable") from None
+        problem = ProbeError(f"cannot connect to {dep.address}: {reason}", "unreachable")
+        raise problem from cause(error, dep)
     return "connected"

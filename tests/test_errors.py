@@ -1,0 +1,65 @@
+"""The exception hierarchy: one tree, drawn where it is defined, causes kept without secrets."""
+
+from __future__ import annotations
+
+import re
+import traceback
+from pathlib import Path
+
+import pytest
+
+import cbctl.errors
+import cbctl.probes
+from cbctl.config import Dependency, load_config
+from cbctl.errors import CbctlError, ClientErrorSummary, ConfigError, ProbeError
+from cbctl.httpx import CircuitOpen
+from cbctl.probes import check
+from tests.servers import free_port
+
+
+def every_cbctl_error() -> set[type[CbctlError]]:
+    found: set[type[CbctlError]] = set()
+    pending: list[type[CbctlError]] = [CbctlError]
+    while pending:
+        cls = pending.pop()
+        found.add(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def test_the_docstring_draws_every_error_class_with_its_exit_code() -> None:
+    drawn = dict(re.findall(r"([\w.]+) \[(\d)\]", cbctl.errors.__doc__ or ""))
+    for cls in every_cbctl_error():
+        if cls.__module__.startswith("tests"):
+            continue
+        name = cls.__name__ if cls.__module__ == "cbctl.errors" else f"cbctl.httpx.{cls.__name__}"
+        assert drawn.get(name) == str(cls.exit_code), name
+    assert CircuitOpen in every_cbctl_error()
+
+
+def test_probe_error_lives_in_errors_and_stays_importable_from_probes() -> None:
+    assert cbctl.probes.ProbeError is ProbeError
+    assert ProbeError.__module__ == "cbctl.errors"
+    assert ProbeError("x").exit_code == 1
+
+
+def test_a_probe_failure_keeps_the_client_error_as_its_cause_without_the_password() -> None:
+    url = f"postgresql://app:se%zzcret@127.0.0.1:{free_port()}/postgres"
+    dep = Dependency("postgresql", "postgresql", url, source="flag")
+    with pytest.raises(ProbeError) as caught:
+        check(dep, 1.0)
+    cause = caught.value.__cause__
+    assert isinstance(cause, ClientErrorSummary)
+    assert str(cause).startswith("psycopg.ProgrammingError: ")
+    printed = "".join(traceback.format_exception(caught.value))
+    assert "direct cause" in printed
+    assert "conninfo.py" in printed  # where psycopg raised it
+    assert "zzcret" not in printed
+
+
+def test_a_config_error_keeps_what_caused_it(tmp_path: Path) -> None:
+    path = tmp_path / "cbctl.toml"
+    path.write_text("[defaults\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert type(caught.value.__cause__).__name__ == "TOMLDecodeError"
