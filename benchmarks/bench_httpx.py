@@ -6,7 +6,9 @@ Run: `python benchmarks/bench_httpx.py [--quick]`. Two measurements:
   alternating batches; the ratio of the best batches (target: <= 2 % added);
 - the transport's own cost: `handle_request()` of an `httpx.MockTransport` (no network), bare
   and wrapped, so the difference is the breaker, the circuit lookup and the status check alone.
-Exit code 1 if the target is missed. Figures move with the machine's load; compare within a run.
+The direct loopback ratio is the honest end-to-end figure, but on a loaded machine its noise is
+larger than the transport's cost; the own cost divided by the bare loopback request is the
+steadier estimate. Exit code 1 if either exceeds 2 %. Compare figures within one run.
 """
 
 from __future__ import annotations
@@ -109,8 +111,13 @@ def main() -> int:
         f"  with BreakerTransport        {mock_wrapped * 1e6:8.1f} us/request"
         f" (+{(mock_wrapped - mock_bare) * 1e6:.2f} us)"
     )
-    passed = added <= 0.02
-    print(f"\n{'PASS' if passed else 'MISS'}  loopback request: <= 2 % added   {added:+.2%}")
+    own = (mock_wrapped - mock_bare) / bare
+    print(f"  the transport's own cost is {own:.2%} of the bare loopback request")
+    passed = own <= 0.02 and added <= 0.02
+    print(
+        f"\n{'PASS' if passed else 'MISS'}  loopback request: <= 2 % added"
+        f"   own cost {own:+.2%}, measured directly {added:+.2%}"
+    )
     return 0 if passed else 1
 
 

@@ -142,6 +142,15 @@ class FailureRules:
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
 
+    def __hash__(self) -> int:
+        return hash(
+            (
+                self.kind,
+                *map(frozenset, (self.builtin.items(), self.user.items())),
+                self.failure_statuses,
+            )
+        )
+
     def with_overrides(
         self,
         *,

@@ -386,6 +386,7 @@ def test_breakers_made_from_the_config_take_their_dependencys_kind_and_overrides
     cache = config.dependency("cache").failures
     assert cache.kind == "redis"
     assert cache.is_failure(redis.exceptions.ResponseError("WRONGTYPE"))
+    assert hash(config.dependency("cache")) == hash(config.dependency("cache"))  # still a value
     assert not cache.is_failure(psycopg.errors.QueryCanceled("from [defaults]"))
     assert config.dependency("qdrant").failures.user == {"psycopg.errors.QueryCanceled": "neutral"}
     plain = parse_config("", environ={})
