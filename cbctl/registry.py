@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 from cbctl.breaker import CircuitBreaker
 from cbctl.clock import Clock
 from cbctl.errors import ConfigError, UnknownCircuitError
+from cbctl.failures import as_rules
 from cbctl.state import BreakerConfig, CircuitStore
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ def _split(given: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     arguments = {key: value for key, value in given.items() if key in _ARGUMENTS}
     if "exclude" in arguments:
         arguments["exclude"] = tuple(arguments["exclude"])
+    if "kind" in arguments:  # "redis" and rules_for("redis") are the same kind
+        arguments["kind"] = as_rules(arguments["kind"])
     return settings, arguments
 
 

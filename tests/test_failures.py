@@ -332,6 +332,7 @@ def test_registry_get_takes_a_kind_and_refuses_to_change_it() -> None:
     pg = registry.get("pg", kind="postgresql")
     assert registry.get("pg") is pg
     assert registry.get("pg", kind="postgresql") is pg
+    assert registry.get("pg", kind=rules_for("postgresql")) is pg
     assert pg.failure_rules is not None
     assert pg.failure_rules.kind == "postgresql"
     with pytest.raises(ConfigError, match="already exists with other kind"):
