@@ -388,6 +388,10 @@ def _origins(
     found["url"] = f"{own}.url" if "url" in table else "built-in"
     for key in _KIND_KEYS.get(dependency.kind, ()):
         found[key] = f"{own}.{key}" if key in table else "default"
+    for key in _FAILURE_KEYS:
+        found[key] = (
+            f"{own}.{key}" if key in table else f"defaults.{key}" if key in defaults else "default"
+        )
     return MappingProxyType(found)
 
 

@@ -603,6 +603,8 @@ def config_table(resolved: Mapping[str, Any], *, plain: bool = False) -> Rendera
             if key in ("name", "from"):
                 continue
             shown = "-" if value is None else f"{value:g}" if isinstance(value, float) else value
+            if isinstance(value, list):
+                shown = ", ".join(map(str, value)) or "-"
             origin = _origin(str(origins.get(key, "default")))
             name = entry["name"] if first else ""
             table.add_row(Text(name), Text(key), Text(str(shown)), Text(origin))

@@ -8,8 +8,10 @@ loopback HTTP server, where the errors come from the clients themselves.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -424,8 +426,6 @@ def test_breakers_made_from_the_config_take_their_dependencys_kind_and_overrides
     ],
 )
 def test_bad_classification_settings_name_the_file_and_the_key(text: str, message: str) -> None:
-    from pathlib import Path
-
     with pytest.raises(ConfigError) as caught:
         parse_config(text, path=Path("/etc/cbctl.toml"), environ={})
     assert str(caught.value).startswith(message)
@@ -516,3 +516,29 @@ def test_httpx_against_a_loopback_server_404_is_neutral_503_is_a_failure() -> No
             with pytest.raises(httpx.HTTPStatusError, match="503"):
                 breaker.call(get, "/health")
         assert breaker.state is OPEN
+
+
+def test_cbctl_config_shows_the_files_classification_overrides_and_where_they_came_from(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from cbctl.cli import app
+
+    path = tmp_path / "cbctl.toml"
+    path.write_text(
+        '[defaults]\nneutral_errors = ["psycopg.errors.QueryCanceled"]\n'
+        '[dependencies.cache]\nkind = "redis"\nurl = "redis://127.0.0.1:6379/1"\n'
+        'failure_errors = ["redis.exceptions.ResponseError"]\nfailure_statuses = [503]\n'
+    )
+    result = CliRunner().invoke(app, ["--config", str(path), "config", "--json"], env={})
+    assert result.exit_code == 0, result.output
+    [cache] = json.loads(result.stdout)["dependencies"]
+    assert cache["failure_errors"] == ["redis.exceptions.ResponseError"]
+    assert cache["neutral_errors"] == ["psycopg.errors.QueryCanceled"]
+    assert cache["failure_statuses"] == [503]
+    assert cache["from"]["failure_errors"] == "dependencies.cache.failure_errors"
+    assert cache["from"]["neutral_errors"] == "defaults.neutral_errors"
+    table = CliRunner().invoke(app, ["--config", str(path), "config"], env={"NO_COLOR": "1"})
+    assert "redis.exceptions.ResponseError" in table.stdout
+    assert "['" not in table.stdout

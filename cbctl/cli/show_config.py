@@ -58,6 +58,11 @@ def describe(config: Config) -> dict[str, Any]:
             entry["api_key"] = "***" if dep.api_key else None
         if dep.kind == "http":
             entry["expected_status"] = dep.expected_status
+        rules = dep.failure_rules
+        if rules is not None:  # the file changed the kind's error classification
+            entry["failure_errors"] = sorted(n for n, d in rules.user.items() if d == "failure")
+            entry["neutral_errors"] = sorted(n for n, d in rules.user.items() if d == "neutral")
+            entry["failure_statuses"] = sorted(rules.failure_statuses)
         entry["from"] = {key: dep.origins.get(key, "default") for key in entry if key != "name"}
         dependencies.append(entry)
     return {"file": None if config.path is None else str(config.path), "dependencies": dependencies}
