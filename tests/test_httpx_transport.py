@@ -256,3 +256,22 @@ def test_a_cancelled_request_is_neutral_and_frees_the_half_open_trial(
 
     assert asyncio.run(main()) == 200
     assert breaker.stats["failures"] == 1  # the refused connection only, not the cancellation
+
+
+def test_a_request_in_flight_does_not_hold_up_the_loop_for_others(
+    llama: LlamaCppStandin, silent: SilentServer, registry: CircuitBreakerRegistry
+) -> None:
+    async def main() -> int:
+        async with httpx.AsyncClient(transport=AsyncBreakerTransport(registry), timeout=30) as c:
+            stuck = asyncio.create_task(c.get(f"{silent.url('http')}/health"))
+            while not silent.connections:
+                await asyncio.sleep(0.01)
+            answered = [(await c.get(f"{llama.url}/health")).status_code for _ in range(3)]
+            assert not stuck.done()
+            stuck.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await stuck
+            return answered.count(200)
+
+    assert asyncio.run(main()) == 3
+    assert registry.get(silent.address).stats["failures"] == 0
