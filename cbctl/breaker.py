@@ -14,6 +14,7 @@ import inspect
 import itertools
 import logging
 import math
+import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
@@ -26,7 +27,15 @@ from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock, iso_utc
 from cbctl.errors import CircuitBreakerError, StoreUnavailableError
 from cbctl.failures import FailureRules, as_rules
-from cbctl.state import BreakerConfig, CircuitState, CircuitStore, Permit, Snapshot, Update
+from cbctl.state import (
+    BreakerConfig,
+    CircuitState,
+    CircuitStore,
+    Outage,
+    Permit,
+    Snapshot,
+    Update,
+)
 
 __all__ = ["CircuitBreaker", "Exclusion", "StateChange"]
 
@@ -49,6 +58,22 @@ def _counted(counter: itertools.count[int]) -> int:
     """The value of an `itertools.count` (lock-free under the GIL) without advancing it."""
     text = _count_value(counter)
     return int(text[6:-1])
+
+
+class _OutageLog:
+    """What a breaker counted on its own since its store stopped answering (kept under its lock).
+
+    `epoch` moves whenever the counted failures are dropped (a success, a transition), so a
+    write-back that raced with that knows which of its failures are still current.
+    """
+
+    __slots__ = ("epoch", "failures", "known_generation", "ops")
+
+    def __init__(self, known_generation: int | None) -> None:
+        self.known_generation = known_generation
+        self.failures = 0
+        self.ops: list[str] = []
+        self.epoch = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +108,11 @@ class CircuitBreaker:
         "_fallback",
         "_listeners",
         "_lock",
+        "_op_prefix",
+        "_op_seq",
         "_open_until",
+        "_outage",
+        "_reconciling",
         "_rejections",
         "_snapshot",
         "_store",
@@ -142,6 +171,10 @@ class CircuitBreaker:
             "cbctl_entered", default=()
         )
         self._degraded: str | None = None
+        self._outage: _OutageLog | None = None
+        self._reconciling = threading.Lock()
+        self._op_prefix = secrets.token_hex(6) + "-"
+        self._op_seq = itertools.count(1)
         self._listeners: tuple[Callable[[StateChange], object], ...] = ()
         self._successes = itertools.count()
         self._rejections = itertools.count()
@@ -382,6 +415,7 @@ class CircuitBreaker:
             before = self._snapshot
             after = machine.record_success(before, self._config, permit, self._clock.monotonic())
             self._install(after)
+            self._note_local(before, after)
         self._announce(before, after)
 
     def _settle_error(self, permit: Permit | None, exc: BaseException) -> None:
@@ -390,9 +424,11 @@ class CircuitBreaker:
             return
         next(self._failures)
         error = _describe(exc)
+        op = None
         if self._store is not None:
+            op = f"{self._op_prefix}{next(self._op_seq)}"
             update = self._store_op(
-                lambda store: store.record_failure(self.name, self._config, permit, error)
+                lambda store: store.record_failure(self.name, self._config, permit, error, op)
             )
             if update is not None:
                 return
@@ -402,6 +438,7 @@ class CircuitBreaker:
                 before, self._config, permit, self._clock.monotonic(), self._clock.wall(), error
             )
             self._install(after)
+            self._note_local(before, after, op)
         self._announce(before, after)
 
     def _release(self, permit: Permit | None) -> None:
@@ -412,7 +449,7 @@ class CircuitBreaker:
             if update is not None:
                 return
         with self._lock:
-            self._install(machine.release(self._snapshot, permit))
+            self._install(machine.release(self._snapshot, permit, self._clock.monotonic()))
 
     def _is_failure(self, exc: BaseException) -> bool:
         """Only a non-excluded `Exception` that the kind's rules call a failure counts;
@@ -436,27 +473,104 @@ class CircuitBreaker:
     # -- shared store ---------------------------------------------------------------------------
 
     def _store_op(self, operation: Callable[[CircuitStore], Update]) -> Update | None:
-        """Run one store operation; on an unreachable store, note it and return None (degrade)."""
+        """Run one store operation; on an unreachable store, note it and return None (degrade).
+
+        After an outage, what the breaker learnt on its own is written back first; until that
+        succeeds the breaker stays on its in-process state.
+        """
         store = self._store
         assert store is not None
         try:
+            if self._outage is not None and not self._write_back(store):
+                return None
             update = operation(store)
         except StoreUnavailableError as error:
-            if self._degraded is None:
-                logger.warning(
-                    "circuit=%s store degraded: %s", self.name, error, extra={"circuit": self.name}
-                )
-            self._degraded = str(error)
-            self._stored = None
+            self._lose(error)
             return None
         self._degraded = None
+        self._adopt(update)
+        return update
+
+    def _adopt(self, update: Update) -> None:
+        """Make the store's answer the in-process state (in the monotonic time base)."""
         if update.after is not self._stored:
             local = machine.rebase(update.after, self._clock.monotonic() - update.now)
             with self._lock:
                 self._install(local)
             self._stored = update.after
         self._announce(update.before, update.after)
-        return update
+
+    def _lose(self, error: StoreUnavailableError) -> None:
+        """The store did not answer: degrade, and start counting what it must learn later."""
+        if self._degraded is None:
+            logger.warning(
+                "circuit=%s store degraded: %s", self.name, error, extra={"circuit": self.name}
+            )
+        self._degraded = str(error)
+        with self._lock:
+            if self._outage is None:
+                known = None if self._stored is None else self._stored.generation
+                self._outage = _OutageLog(known)
+        self._stored = None
+
+    def _note_local(self, before: Snapshot, after: Snapshot, op: str | None = None) -> None:
+        """Count a failure decided in-process during an outage (called with the lock held)."""
+        log = self._outage
+        if log is None:
+            return
+        if before.state is _CLOSED and after.failure_count == before.failure_count + 1:
+            log.failures += 1
+            if op is not None:
+                log.ops.append(op)
+        elif after.failure_count == 0 and (log.failures or log.ops):
+            log.failures = 0
+            log.ops.clear()
+            log.epoch += 1
+
+    def _write_back(self, store: CircuitStore) -> bool:
+        """Reconcile the store with what this breaker counted during an outage; False while
+        another thread is at it (this call then stays in-process). Raises when the store is
+        still unavailable."""
+        if not self._reconciling.acquire(blocking=False):
+            return False
+        try:
+            with self._lock:
+                log = self._outage
+                if log is None:
+                    return True
+                snapshot = self._snapshot
+                open_for = None
+                opened_at = snapshot.opened_at
+                if snapshot.state is _OPEN and not snapshot.forced and opened_at is not None:
+                    open_for = opened_at + self._config.timeout - self._clock.monotonic()
+                outage = Outage(
+                    log.known_generation, log.failures, open_for, snapshot.last_error,
+                    tuple(log.ops),
+                )  # fmt: skip
+                epoch = log.epoch
+            update = store.reconcile(self.name, self._config, outage)
+            with self._lock:
+                log = self._outage
+                if log is not None and log.epoch == epoch:
+                    log.failures -= outage.failures
+                    del log.ops[: len(outage.ops)]
+                if log is not None:
+                    log.known_generation = update.after.generation
+                    if not log.failures:
+                        self._outage = None
+            if self._degraded is not None:
+                logger.info(
+                    "circuit=%s store answers again; wrote back %d failure(s)%s",
+                    self.name,
+                    outage.failures,
+                    "" if open_for is None else f" and an open circuit ({open_for:.1f}s left)",
+                    extra={"circuit": self.name},
+                )
+            self._degraded = None
+            self._adopt(update)
+            return True
+        finally:
+            self._reconciling.release()
 
     def _store_now(self) -> float:
         assert self._store is not None
@@ -536,6 +650,7 @@ class CircuitBreaker:
             before = self._snapshot
             after = machine.reset(before, self._clock.monotonic())
             self._install(after)
+            self._note_local(before, after)
         self._announce(before, after)
 
     def force_open(self) -> None:
@@ -555,6 +670,7 @@ class CircuitBreaker:
             before = self._snapshot
             after = machine.force(before, state, self._clock.monotonic())
             self._install(after)
+            self._note_local(before, after)
         self._announce(before, after)
 
     def _current(self) -> tuple[Snapshot, float, float]:

@@ -100,8 +100,8 @@ class ProbeError(DependencyError):
 class CircuitBreakerError(CbctlError):
     """Raised instead of calling the protected function: the circuit is open.
 
-    `retry_after` is the number of seconds until the breaker admits a trial call, or None when
-    that is not known (a half-open trial is in flight, or the circuit is held open by force).
+    `retry_after` is the number of seconds until the breaker admits a trial call (in HALF_OPEN:
+    until the earliest trial lease ends), or None when the circuit is held open by force.
     The message is formatted lazily so that a rejection stays cheap on the hot path.
     """
 

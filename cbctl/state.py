@@ -9,6 +9,14 @@ contract tests.
 Permits tie an outcome to the generation it was admitted in. Every transition bumps the
 generation, so the result of a call admitted before a reset, a re-open or a close is recorded as
 history (last failure) but never moves the new state.
+
+In HALF_OPEN every trial holds a lease of its own: an id (the count of trials admitted in this
+generation) and a deadline `timeout` seconds after its admission. A lease ends when its trial
+reports (success, failure, neutral end) or when its deadline passes; either way it frees exactly
+its own place, and admitting a trial never extends another one's lease. An outcome that arrives
+after its lease ended (the trial was slower than `timeout`, or its place was already given back)
+is stale like an outcome of a past generation: a failure is kept as history (last failure), but
+it neither frees a place nor counts toward closing or re-opening the circuit.
 """
 
 from __future__ import annotations
@@ -25,13 +33,19 @@ __all__ = [
     "BreakerConfig",
     "CircuitState",
     "CircuitStore",
+    "Lease",
+    "Outage",
     "Permit",
     "Snapshot",
     "StoredCircuit",
     "Update",
     "admit",
+    "decode_leases",
+    "encode_leases",
     "force",
+    "live_leases",
     "rebase",
+    "reconcile",
     "record_failure",
     "record_success",
     "release",
@@ -97,20 +111,26 @@ class BreakerConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+Lease = tuple[int, float]
+"""One half-open trial's place: (lease id, deadline in the keeper's time base)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything a circuit remembers, at one instant.
 
-    Times `opened_at`, `changed_at` and `trial_deadline` are in the keeper's time base;
+    Times `opened_at`, `changed_at` and the lease deadlines are in the keeper's time base;
     `last_failure_at` is always wall-clock UTC seconds, because it is shown to people.
+    `leases` are the half-open trials in flight, oldest first (an expired one stays listed until
+    the next admission drops it, but no longer holds a place); `trials_admitted` numbers them.
     """
 
     state: CircuitState = CLOSED
     failure_count: int = 0
     success_count: int = 0
     generation: int = 0
-    trials: int = 0
-    trial_deadline: float | None = None
+    leases: tuple[Lease, ...] = ()
+    trials_admitted: int = 0
     opened_at: float | None = None
     changed_at: float | None = None
     forced: bool = False
@@ -123,10 +143,33 @@ INITIAL: Final = Snapshot()
 
 @dataclass(frozen=True, slots=True)
 class Permit:
-    """Admission to one call: the generation it belongs to, and whether it is a half-open trial."""
+    """Admission to one call: the generation it belongs to and, for a half-open trial, the id of
+    its lease (0: not a trial)."""
 
     generation: int
-    trial: bool
+    lease: int = 0
+
+    @property
+    def trial(self) -> bool:
+        return self.lease != 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """What a breaker learnt on its own while its store did not answer, to write back on return.
+
+    `known_generation` is the store's generation when it was lost (None: never seen), so what
+    happened in the store meanwhile (a reset, another process's write-back) wins. `failures` are
+    the consecutive failures counted in-process while CLOSED; `ops` the ids of their writes, some
+    of which may have reached the store although the client gave up waiting; `open_for` the
+    seconds left of an OPEN the breaker holds (None when it is not open).
+    """
+
+    known_generation: int | None
+    failures: int = 0
+    open_for: float | None = None
+    error: str | None = None
+    ops: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +199,38 @@ def _enter(snapshot: Snapshot, state: CircuitState, now: float, **changes: Any) 
         state=state,
         generation=snapshot.generation + 1,
         changed_at=now,
-        trials=0,
-        trial_deadline=None,
+        leases=(),
+        trials_admitted=0,
         **changes,
     )
+
+
+def live_leases(snapshot: Snapshot, now: float) -> tuple[Lease, ...]:
+    """The trial leases that still hold a place at `now`."""
+    return tuple(lease for lease in snapshot.leases if now < lease[1])
+
+
+def encode_leases(leases: tuple[Lease, ...]) -> str:
+    """The text form stores keep leases in: "id:deadline" pairs separated by spaces."""
+    return " ".join(f"{lease}:{deadline!r}" for lease, deadline in leases)
+
+
+def decode_leases(text: str) -> tuple[Lease, ...]:
+    """Leases from their text form (ValueError when it is not one)."""
+    leases = []
+    for item in text.split():
+        lease, _, deadline = item.partition(":")
+        leases.append((int(lease), float(deadline)))
+    return tuple(leases)
+
+
+def _holds(snapshot: Snapshot, permit: Permit, now: float) -> bool:
+    """Whether a trial permit's lease is still live (the trial still holds its place)."""
+    return any(lease[0] == permit.lease and now < lease[1] for lease in snapshot.leases)
+
+
+def _without(snapshot: Snapshot, permit: Permit) -> tuple[Lease, ...]:
+    return tuple(lease for lease in snapshot.leases if lease[0] != permit.lease)
 
 
 def rebase(snapshot: Snapshot, delta: float) -> Snapshot:
@@ -172,12 +243,20 @@ def rebase(snapshot: Snapshot, delta: float) -> Snapshot:
         snapshot,
         opened_at=shift(snapshot.opened_at),
         changed_at=shift(snapshot.changed_at),
-        trial_deadline=shift(snapshot.trial_deadline),
+        leases=tuple((lease, deadline + delta) for lease, deadline in snapshot.leases),
     )
 
 
 def retry_after(snapshot: Snapshot, config: BreakerConfig, now: float) -> float | None:
-    """Seconds until an open circuit admits a trial; None when not open or held open by force."""
+    """Seconds until the circuit admits another call: an OPEN circuit's remaining timeout, or in
+    HALF_OPEN with every place taken the time until the earliest live lease ends (sooner if its
+    trial reports). None when a call would be admitted now, or the circuit is held open by force.
+    """
+    if snapshot.state is HALF_OPEN:
+        live = live_leases(snapshot, now)
+        if len(live) < config.half_open_max_calls:
+            return None
+        return max(0.0, min(deadline for _, deadline in live) - now)
     if snapshot.state is not OPEN or snapshot.forced or snapshot.opened_at is None:
         return None
     return max(0.0, snapshot.opened_at + config.timeout - now)
@@ -187,51 +266,58 @@ def admit(snapshot: Snapshot, config: BreakerConfig, now: float) -> tuple[Snapsh
     """Decide whether a call may run now; None means rejected (the function must not be called).
 
     OPEN past its timeout becomes HALF_OPEN and the caller gets the first trial. In HALF_OPEN at
-    most `half_open_max_calls` trials are in flight; a trial lease lasts `timeout` seconds, after
-    which a trial that never reported back (its process died) no longer holds its place.
+    most `half_open_max_calls` trials hold a live lease; each lease lasts `timeout` seconds, after
+    which a trial that never reported back (its process died, or it is still running) no longer
+    holds its place. A rejection changes nothing (so it never writes).
     """
     state = snapshot.state
     if state is CLOSED:
-        return snapshot, Permit(snapshot.generation, trial=False)
+        return snapshot, Permit(snapshot.generation)
     if state is OPEN:
         if snapshot.forced or retry_after(snapshot, config, now):
             return snapshot, None
         half_open = _enter(snapshot, HALF_OPEN, now, success_count=0)
-        half_open = replace(half_open, trials=1, trial_deadline=now + config.timeout)
-        return half_open, Permit(half_open.generation, trial=True)
-    trials = snapshot.trials
-    if snapshot.trial_deadline is not None and now >= snapshot.trial_deadline:
-        trials = 0
-    if trials >= config.half_open_max_calls:
+        half_open = replace(half_open, leases=((1, now + config.timeout),), trials_admitted=1)
+        return half_open, Permit(half_open.generation, 1)
+    live = live_leases(snapshot, now)
+    if len(live) >= config.half_open_max_calls:
         return snapshot, None
-    admitted = replace(snapshot, trials=trials + 1, trial_deadline=now + config.timeout)
-    return admitted, Permit(snapshot.generation, trial=True)
+    lease = snapshot.trials_admitted + 1
+    admitted = replace(
+        snapshot, leases=(*live, (lease, now + config.timeout)), trials_admitted=lease
+    )
+    return admitted, Permit(snapshot.generation, lease)
 
 
-def _current(snapshot: Snapshot, permit: Permit | None) -> bool:
-    """Whether an outcome still belongs to the circuit's present generation.
+def _current(snapshot: Snapshot, permit: Permit | None, now: float) -> bool:
+    """Whether an outcome still belongs to the circuit's present: its generation, and for a
+    half-open trial its lease, which must still be live.
 
     A permit of None stands for a call admitted by the lock-free CLOSED fast path: it counts
     while the circuit is still CLOSED.
     """
     if permit is None:
         return snapshot.state is CLOSED
-    return permit.generation == snapshot.generation
+    if permit.generation != snapshot.generation:
+        return False
+    if snapshot.state is HALF_OPEN:
+        return permit.trial and _holds(snapshot, permit, now)
+    return True
 
 
 def record_success(
     snapshot: Snapshot, config: BreakerConfig, permit: Permit | None, now: float
 ) -> Snapshot:
-    """A protected call succeeded."""
-    if not _current(snapshot, permit):
+    """A protected call succeeded; a half-open trial frees its place and counts toward closing."""
+    if not _current(snapshot, permit, now):
         return snapshot
     if snapshot.state is CLOSED:
         return replace(snapshot, failure_count=0) if snapshot.failure_count else snapshot
-    if snapshot.state is HALF_OPEN:
+    if snapshot.state is HALF_OPEN and permit is not None:
         successes = snapshot.success_count + 1
         if successes >= config.success_threshold:
             return _enter(snapshot, CLOSED, now, failure_count=0, success_count=0, opened_at=None)
-        return replace(snapshot, success_count=successes, trials=max(0, snapshot.trials - 1))
+        return replace(snapshot, success_count=successes, leases=_without(snapshot, permit))
     return snapshot
 
 
@@ -246,10 +332,10 @@ def record_failure(
     """A protected call failed: count it, and open the circuit when the threshold is reached.
 
     The failure is remembered as the last failure even when it is stale (its generation has
-    passed): it is still a fact about the dependency.
+    passed, or its trial lease ended): it is still a fact about the dependency.
     """
     noted = replace(snapshot, last_failure_at=wall, last_error=error)
-    if not _current(snapshot, permit):
+    if not _current(snapshot, permit, now):
         return noted
     if snapshot.state is CLOSED:
         failures = snapshot.failure_count + 1
@@ -263,13 +349,11 @@ def record_failure(
     return noted
 
 
-def release(snapshot: Snapshot, permit: Permit | None) -> Snapshot:
-    """A call ended neutrally (excluded error, cancellation): give back its trial place."""
-    if permit is None or not permit.trial or not _current(snapshot, permit):
+def release(snapshot: Snapshot, permit: Permit | None, now: float) -> Snapshot:
+    """A call ended neutrally (excluded error, cancellation): give back its trial place, once."""
+    if permit is None or not permit.trial or not _current(snapshot, permit, now):
         return snapshot
-    if snapshot.state is not HALF_OPEN or snapshot.trials == 0:
-        return snapshot
-    return replace(snapshot, trials=snapshot.trials - 1)
+    return replace(snapshot, leases=_without(snapshot, permit))
 
 
 def reset(snapshot: Snapshot, now: float) -> Snapshot:
@@ -287,6 +371,45 @@ def force(snapshot: Snapshot, state: CircuitState, now: float) -> Snapshot:
     return _enter(
         snapshot, state, now, failure_count=0, success_count=0, opened_at=opened_at, forced=True
     )
+
+
+def reconcile(
+    snapshot: Snapshot, config: BreakerConfig, outage: Outage, now: float, applied: int = 0
+) -> Snapshot:
+    """Write back what a breaker learnt while its store was unreachable.
+
+    `applied` of the outage's failures already reached the store (a write whose answer was lost)
+    and are not counted again. Nothing is written over a hold by force, or when the store moved
+    on meanwhile (its generation is not the one the breaker last saw: a reset, a close, or
+    another process's write-back won). Otherwise a CLOSED circuit takes the failures (opening at
+    its threshold), an OPEN the breaker holds is written back with the time it has left, and an
+    OPEN circuit keeps the later of the two deadlines.
+    """
+    if snapshot.forced or (
+        outage.known_generation is not None and snapshot.generation != outage.known_generation
+    ):
+        return snapshot
+    failures = max(0, outage.failures - applied)
+    open_for = outage.open_for
+    if open_for is not None and not 0 < open_for <= config.timeout:
+        open_for = None if open_for <= 0 else config.timeout
+    opened_at = None if open_for is None else now - (config.timeout - open_for)
+    if snapshot.state is OPEN:
+        held = snapshot.opened_at
+        if opened_at is not None and held is not None and opened_at > held:
+            return replace(snapshot, opened_at=opened_at)
+        return snapshot
+    if snapshot.state is not CLOSED or (failures == 0 and opened_at is None):
+        return snapshot
+    noted = snapshot
+    if failures:
+        noted = replace(snapshot, last_failure_at=now, last_error=outage.error)
+    count = snapshot.failure_count + failures
+    if opened_at is None and count >= config.failure_threshold:
+        opened_at = now
+    if opened_at is not None:
+        return _enter(noted, OPEN, now, failure_count=count, success_count=0, opened_at=opened_at)
+    return replace(noted, failure_count=count)
 
 
 class CircuitStore(Protocol):
@@ -315,10 +438,19 @@ class CircuitStore(Protocol):
     def record_success(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update: ...
 
     def record_failure(
-        self, name: str, config: BreakerConfig, permit: Permit | None, error: str
-    ) -> Update: ...
+        self,
+        name: str,
+        config: BreakerConfig,
+        permit: Permit | None,
+        error: str,
+        op: str | None = None,
+    ) -> Update:
+        """`op` names this write, so that a later `reconcile` can tell whether it arrived."""
+        ...
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update: ...
+
+    def reconcile(self, name: str, config: BreakerConfig, outage: Outage) -> Update: ...
 
     def reset(self, name: str, config: BreakerConfig | None = None) -> Update: ...
 

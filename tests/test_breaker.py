@@ -198,9 +198,11 @@ def test_half_open_rejects_other_callers_while_the_trial_is_in_flight(clock: Fak
     called: list[str] = []
     with breaker:
         assert breaker.state is HALF_OPEN
+        clock.advance(4.0)
         with pytest.raises(CircuitBreakerError) as caught:
             breaker.call(called.append, "second")
-        assert caught.value.retry_after is None
+        assert caught.value.retry_after == 10.0 - 4.0, "until the trial's lease ends"
+        assert breaker.stats["retry_after"] == 10.0 - 4.0
         assert not breaker.allows_call()
     assert called == []
 

@@ -124,6 +124,8 @@ def test_a_silent_redis_cannot_hang_a_call(silent: SilentServer) -> None:
 def test_redis_down_mid_run_degrades_to_in_process_protection_and_recovers(
     redis_server: RedisServer,
 ) -> None:
+    """The circuit opened in-process while Redis was down is written back when it returns
+    (here to an empty Redis: a restart without persistence), with the time it has left."""
     store = RedisStore(redis_server.url, retry_interval=0.05)
     breaker = CircuitBreaker("dep", store=store, failure_threshold=2, timeout=60.0)
     assert breaker.call(lambda: "up") == "up"
@@ -140,9 +142,17 @@ def test_redis_down_mid_run_degrades_to_in_process_protection_and_recovers(
         breaker.call(lambda: "not called")
     redis_server.start()
     time.sleep(0.06)
-    assert breaker.call(lambda: "shared again") == "shared again"
+    with pytest.raises(CircuitBreakerError) as rejected:
+        breaker.call(lambda: "not called either")
     assert breaker.stats["degraded"] is None
-    assert store.load("dep") is not None
+    assert rejected.value.retry_after == pytest.approx(60.0, abs=5.0)
+    other = RedisStore(redis_server.url)
+    stored = other.load("dep")
+    assert stored is not None
+    assert (stored.snapshot.state, stored.snapshot.failure_count) == ("open", 2)
+    other.reset("dep")
+    assert breaker.call(lambda: "shared again") == "shared again"
+    other.close()
     store.close()
 
 

@@ -15,10 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from cbctl import CircuitBreaker, CircuitBreakerError, FakeClock, StateError
+from cbctl import (
+    CircuitBreaker,
+    CircuitBreakerError,
+    FakeClock,
+    StateError,
+    StoreUnavailableError,
+)
 from cbctl.state import BreakerConfig
 from cbctl.stores import open_store, resolve_state_location
-from cbctl.stores.sqlite import SqliteStore
+from cbctl.stores.sqlite import SCHEMA_VERSION, SqliteStore
 
 
 def fingerprint(path: Path) -> tuple[bytes, int]:
@@ -58,7 +64,7 @@ def test_a_state_file_from_a_newer_cbctl_is_refused_and_left_untouched(tmp_path:
     path = tmp_path / "circuits.db"
     SqliteStore(path).close()
     with sqlite3.connect(path) as newer:
-        newer.execute("PRAGMA user_version = 2")
+        newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     newer.close()
     before = fingerprint(path)
     assert "newer cbctl" in refused(path)
@@ -97,34 +103,59 @@ def read_only_dir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_a_directory_that_cannot_be_written_is_a_clear_error(read_only_dir: Path) -> None:
-    """Checked as an unprivileged user: root writes anywhere, so a root test would prove nothing."""
+def unwritable_directory_outcome(path: Path) -> str:
+    """Open a state file in a directory that cannot be written, and record a failure through it:
+    what the store and the breaker say (as a line of text)."""
+    try:
+        store = SqliteStore(path)
+    except StateError as error:
+        return f"refused: {error}"
+    breaker = CircuitBreaker("dep", store=store, failure_threshold=1)
+    with pytest.raises(ZeroDivisionError):
+        breaker.call(lambda: 1 / 0)
+    try:
+        store.load_all()
+    except StoreUnavailableError as error:
+        unreadable = str(error)
+    else:
+        unreadable = "readable"
+    return f"{breaker.stats['state']} | {breaker.stats['degraded']} | {unreadable}"
+
+
+def test_a_directory_that_cannot_be_written_degrades_instead_of_refusing(
+    read_only_dir: Path,
+) -> None:
+    """Checked as an unprivileged user: root writes anywhere, so a root test would prove nothing.
+
+    No file can be created: the store opens without one, every operation is unavailable with
+    the reason, and a breaker keeps protecting calls in-process.
+    """
     path = read_only_dir / "circuits.db"
     if os.geteuid() != 0:
         read_only_dir.chmod(0o555)
-        assert "not writable" in refused(path)
-        return
-    reader, writer = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked child
-        os.close(reader)
-        outcome = b"no error"
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            SqliteStore(path)
-        except StateError as error:
-            outcome = str(error).encode()
-        except BaseException as error:
-            outcome = repr(error).encode()
-        os.write(writer, outcome)
-        os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader, "rb") as pipe:
-        message = pipe.read().decode()
-    os.waitpid(child, 0)
-    assert "not writable" in message
-    assert str(path) in message
+        message = unwritable_directory_outcome(path)
+    else:
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the forked child
+            os.close(reader)
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                outcome = unwritable_directory_outcome(path).encode()
+            except BaseException as error:
+                outcome = repr(error).encode()
+            os.write(writer, outcome)
+            os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader, "rb") as pipe:
+            message = pipe.read().decode()
+        os.waitpid(child, 0)
+    state, degraded, unreadable = message.split(" | ")
+    assert state == "open", message
+    assert "not writable" in degraded, message
+    assert str(path) in degraded, message
+    assert "not writable" in unreadable, message
     assert not path.exists()
 
 

@@ -4,8 +4,10 @@ Hypothesis draws sequences of operations (admit, outcomes with any permit seen s
 reset, force, time passing); each is applied to the memory store (the pure functions of
 cbctl.state under a lock: the reference) and to the store under test, and every answer must be
 the same: the permit, and the snapshot after (times compared where the time bases agree).
-Time moves in steps of 0.5 s against a timeout of 2.25 s, so no decision sits on a boundary
-that the few real milliseconds of a Redis round trip could tip.
+Time moves in steps of 0.5 s against a timeout of 2.25 s (and a write-back leaves 0.75 s or
+1.25 s open), so no decision sits on a boundary that the few real milliseconds of a Redis round
+trip could tip. Outcomes report with any permit seen so far, so stale permits (an earlier
+generation, an expired or already ended lease) are drawn as often as current ones.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cbctl import CircuitState, FakeClock
-from cbctl.state import BreakerConfig, CircuitStore, Permit, Snapshot, Update
+from cbctl.state import BreakerConfig, CircuitStore, Outage, Permit, Snapshot, Update
 from cbctl.stores import MemoryStore
 from cbctl.stores.redis import RedisStore
 from cbctl.stores.sqlite import SqliteStore
@@ -29,22 +31,34 @@ CONFIG = BreakerConfig(
     failure_threshold=2, timeout=2.25, success_threshold=2, half_open_max_calls=2
 )
 _circuits = itertools.count()
-Step = tuple[str, int, float]
+Step = tuple[str, int, float, tuple[str, int, float | None]]
 
 # Kinds repeated to weight them: failures and admits are common, so circuits open, go half-open
 # and close often; resets and forcing are rare, so they do not wash every sequence out.
 KINDS = (
     ["admit"] * 12 + ["failure"] * 10 + ["success"] * 8 + ["advance"] * 8
-    + ["release"] * 2 + ["reset"] * 2 + ["force_open", "force_closed"]
+    + ["release"] * 3 + ["reset"] * 2 + ["force_open", "force_closed"] + ["reconcile"] * 3
 )  # fmt: skip
+# A write-back after an outage: (generation the breaker saw, failures, seconds left open).
+outage = st.tuples(
+    st.sampled_from(["current", "stale", "unknown"]),
+    st.integers(0, 3),
+    st.sampled_from([None, None, 0.75, 1.25, 5.0, -1.0]),
+)
 # An outcome reports with the latest permit (-1) most of the time, or with any older one.
 operation = st.tuples(
     st.sampled_from(KINDS),
     st.one_of(st.just(-1), st.just(-1), st.integers(0, 20)),
     st.sampled_from([0.5, 1.0, 2.5]),
+    outage,
 )
 # Half the sequences start by opening the circuit and letting its timeout pass.
-TO_HALF_OPEN: list[Step] = [("failure", -1, 0.5), ("failure", -1, 0.5), ("advance", -1, 2.5)]
+NO_OUTAGE = ("unknown", 0, None)
+TO_HALF_OPEN: list[Step] = [
+    ("failure", -1, 0.5, NO_OUTAGE),
+    ("failure", -1, 0.5, NO_OUTAGE),
+    ("advance", -1, 2.5, NO_OUTAGE),
+]
 operations = st.builds(
     lambda prefix, rest: prefix + rest,
     st.sampled_from([[], TO_HALF_OPEN]),
@@ -58,17 +72,31 @@ def discrete(snapshot: Snapshot) -> tuple[object, ...]:
         snapshot.failure_count,
         snapshot.success_count,
         snapshot.generation,
-        snapshot.trials,
+        tuple(lease for lease, _ in snapshot.leases),
+        snapshot.trials_admitted,
         snapshot.forced,
         snapshot.last_error,
         snapshot.opened_at is None,
-        snapshot.trial_deadline is None,
     )
 
 
-def apply(store: CircuitStore, name: str, step: Step, permits: list[Permit | None]) -> Update:
-    kind, index, _ = step
+def relative_times(update: Update) -> list[float]:
+    """The opening time and lease deadlines as seconds from the operation's `now`."""
+    after = update.after
+    moments = [deadline for _, deadline in after.leases]
+    if after.opened_at is not None:
+        moments.append(after.opened_at)
+    return [moment - update.now for moment in moments]
+
+
+def apply(
+    store: CircuitStore, name: str, step: Step, permits: list[Permit | None], generation: int
+) -> Update:
+    kind, index, _, (seen, failures, open_for) = step
     permit = permits[index % len(permits)]
+    if kind == "reconcile":
+        known = {"current": generation, "stale": generation - 1, "unknown": None}[seen]
+        return store.reconcile(name, CONFIG, Outage(known, failures, open_for, "lost", ("x1",)))
     if kind == "admit":
         return store.admit(name, CONFIG)
     if kind == "success":
@@ -90,17 +118,20 @@ def check_mirror(
     name = f"mirror-{next(_circuits)}"
     permits: list[Permit | None] = [None]
     visited = set()
+    generation = 0
     for step in steps:
         if step[0] == "advance":
             clock.advance(step[2])
             continue
-        expected: Update = apply(reference, name, step, permits)
-        actual: Update = apply(store, name, step, permits)
+        expected: Update = apply(reference, name, step, permits, generation)
+        actual: Update = apply(store, name, step, permits, generation)
         assert actual.permit == expected.permit, step
         assert discrete(actual.after) == discrete(expected.after), step
+        assert relative_times(actual) == pytest.approx(relative_times(expected), abs=0.2), step
         if step[0] == "admit" and expected.permit is not None:
             permits.append(expected.permit)
         visited.add(expected.after.state)
+        generation = expected.after.generation
     return visited
 
 

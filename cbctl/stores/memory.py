@@ -11,7 +11,15 @@ from collections.abc import Callable
 
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock
-from cbctl.state import BreakerConfig, CircuitState, Permit, Snapshot, StoredCircuit, Update
+from cbctl.state import (
+    BreakerConfig,
+    CircuitState,
+    Outage,
+    Permit,
+    Snapshot,
+    StoredCircuit,
+    Update,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -68,8 +76,14 @@ class MemoryStore:
         )
 
     def record_failure(
-        self, name: str, config: BreakerConfig, permit: Permit | None, error: str
+        self,
+        name: str,
+        config: BreakerConfig,
+        permit: Permit | None,
+        error: str,
+        op: str | None = None,
     ) -> Update:
+        """`op` is not kept: a write here either happens or raises, never half-way."""
         wall = self._clock.wall()
         return self._apply(
             name,
@@ -78,7 +92,14 @@ class MemoryStore:
         )
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
-        return self._apply(name, config, lambda s, c, now: (machine.release(s, permit), permit))
+        return self._apply(
+            name, config, lambda s, c, now: (machine.release(s, permit, now), permit)
+        )
+
+    def reconcile(self, name: str, config: BreakerConfig, outage: Outage) -> Update:
+        return self._apply(
+            name, config, lambda s, c, now: (machine.reconcile(s, c, outage, now), None)
+        )
 
     def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
         return self._apply(name, config, lambda s, c, now: (machine.reset(s, now), None))

@@ -22,7 +22,16 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cbctl.config import redact_url
 from cbctl.errors import StateError, StoreUnavailableError
-from cbctl.state import BreakerConfig, CircuitState, Permit, Snapshot, StoredCircuit, Update
+from cbctl.state import (
+    BreakerConfig,
+    CircuitState,
+    Outage,
+    Permit,
+    Snapshot,
+    StoredCircuit,
+    Update,
+    decode_leases,
+)
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -33,10 +42,12 @@ _STATES: Final = {state.value: state for state in CircuitState}
 _NO_CONFIG: Final = ("", "", "", "")
 
 # ARGV: op, time offset, failure_threshold, timeout, success_threshold, half_open_max_calls
-#       (empty: the stored settings), permit generation ('' = none), permit trial ('1'/'0'),
-#       error text (record_failure) or target state (force).
-# Reply: {now, permit generation or '', permit trial, changed, before[11], after[11] if changed}.
-# A missing circuit replies {now} to 'load'.
+#       (empty: the stored settings), permit generation ('' = none; for 'reconcile': the
+#       generation the breaker last saw), permit lease ('0' = not a trial), error text
+#       (failure, reconcile) or target state (force), then for 'failure' the write's op id, for
+#       'reconcile' the failures, the seconds left open ('' = not open) and the op ids.
+# Reply: {now, permit generation or '', permit lease, changed, before[11], after[11] if changed}.
+# A missing circuit replies {now} to 'load'. Leases are "id:deadline" pairs (state.encode_leases).
 _SCRIPT: Final = r"""
 if redis.replicate_commands then redis.replicate_commands() end
 local key = KEYS[1]
@@ -55,13 +66,36 @@ local function str(v)
     return string.format('%.17g', v)
   end
   if type(v) == 'boolean' then return v and '1' or '0' end
+  if type(v) == 'table' then
+    local parts = {}
+    for i, lease in ipairs(v) do parts[i] = str(lease[1]) .. ':' .. str(lease[2]) end
+    return table.concat(parts, ' ')
+  end
   return v
 end
+local function leases_of(text)
+  local out = {}
+  for id, deadline in string.gmatch(text or '', '(%d+):(%S+)') do
+    out[#out + 1] = {tonumber(id), tonumber(deadline)}
+  end
+  return out
+end
 
-local NAMES = {'s', 'fc', 'sc', 'g', 'tr', 'td', 'oa', 'ca', 'f', 'lf', 'le',
+local NAMES = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le',
                'ft', 'to', 'st', 'hm'}
 local raw = redis.call('HMGET', key, unpack(NAMES))
 local exists = raw[1] ~= false
+local legacy = exists and raw[5] == false
+if legacy then
+  -- written before per-trial leases: one trial count ('tr') sharing one deadline ('td')
+  local old = redis.call('HMGET', key, 'tr', 'td')
+  local count, parts = tonumber(old[1]) or 0, {}
+  if num(old[2]) ~= nil then
+    for i = 1, count do parts[i] = string.format('%d', i) .. ':' .. old[2] end
+  end
+  raw[5] = table.concat(parts, ' ')
+  raw[6] = string.format('%d', count)
+end
 
 if op == 'load' then
   if not exists then return {str(now)} end
@@ -73,11 +107,11 @@ end
 local b
 if exists then
   b = {s = raw[1], fc = tonumber(raw[2]), sc = tonumber(raw[3]), g = tonumber(raw[4]),
-       tr = tonumber(raw[5]), td = num(raw[6]), oa = num(raw[7]), ca = num(raw[8]),
+       ls = leases_of(raw[5]), ta = tonumber(raw[6]), oa = num(raw[7]), ca = num(raw[8]),
        f = raw[9] == '1', lf = num(raw[10]), le = raw[11] or ''}
   if b.le == '' then b.le = nil end
 else
-  b = {s = 'closed', fc = 0, sc = 0, g = 0, tr = 0, ca = now, f = false}
+  b = {s = 'closed', fc = 0, sc = 0, g = 0, ls = {}, ta = 0, ca = now, f = false}
 end
 
 local ft, to, st, hm
@@ -92,35 +126,59 @@ end
 local a = {}
 for k, v in pairs(b) do a[k] = v end
 local function enter(state)
-  a.s = state; a.g = b.g + 1; a.ca = now; a.tr = 0; a.td = nil
+  a.s = state; a.g = b.g + 1; a.ca = now; a.ls = {}; a.ta = 0
 end
 local pg = num(ARGV[7])
-local ptrial = ARGV[8] == '1'
+local plm = tonumber(ARGV[8]) or 0
+local function live()
+  local out = {}
+  for _, lease in ipairs(b.ls) do
+    if now < lease[2] then out[#out + 1] = lease end
+  end
+  return out
+end
+local function holds()
+  for _, lease in ipairs(b.ls) do
+    if lease[1] == plm and now < lease[2] then return true end
+  end
+  return false
+end
+local function without()
+  local out = {}
+  for _, lease in ipairs(b.ls) do
+    if lease[1] ~= plm then out[#out + 1] = lease end
+  end
+  return out
+end
 local function current()
   if pg == nil then return b.s == 'closed' end
-  return pg == b.g
+  if pg ~= b.g then return false end
+  if b.s == 'half_open' then return plm ~= 0 and holds() end
+  return true
 end
 
-local permit_g, permit_trial = nil, false
+local permit_g, permit_lease = nil, 0
+local ops = nil
 if op == 'admit' then
   if b.s == 'closed' then
     permit_g = b.g
   elseif b.s == 'open' then
     local waiting = b.oa ~= nil and math.max(0, b.oa + to - now) > 0
     if not (b.f or waiting) then
-      enter('half_open'); a.sc = 0; a.tr = 1; a.td = now + to
-      permit_g, permit_trial = a.g, true
+      enter('half_open'); a.sc = 0; a.ls = {{1, now + to}}; a.ta = 1
+      permit_g, permit_lease = a.g, 1
     end
   else
-    local trials = b.tr
-    if b.td ~= nil and now >= b.td then trials = 0 end
-    if trials < hm then
-      a.tr = trials + 1; a.td = now + to
-      permit_g, permit_trial = b.g, true
+    local places = live()
+    if #places < hm then
+      local lease = b.ta + 1
+      places[#places + 1] = {lease, now + to}
+      a.ls = places; a.ta = lease
+      permit_g, permit_lease = b.g, lease
     end
   end
 elseif op == 'success' then
-  permit_g, permit_trial = pg, ptrial
+  permit_g, permit_lease = pg, plm
   if current() then
     if b.s == 'closed' then
       a.fc = 0
@@ -129,12 +187,12 @@ elseif op == 'success' then
       if successes >= st then
         enter('closed'); a.fc = 0; a.sc = 0; a.oa = nil
       else
-        a.sc = successes; a.tr = math.max(0, b.tr - 1)
+        a.sc = successes; a.ls = without()
       end
     end
   end
 elseif op == 'failure' then
-  permit_g, permit_trial = pg, ptrial
+  permit_g, permit_lease = pg, plm
   a.lf = now; a.le = ARGV[9]
   if current() then
     if b.s == 'closed' then
@@ -148,10 +206,50 @@ elseif op == 'failure' then
       enter('open'); a.sc = 0; a.oa = now
     end
   end
+  if ARGV[10] ~= nil and ARGV[10] ~= '' then
+    -- remember the last 64 failure writes, so a write whose answer was lost is not counted again
+    local recent = {}
+    for id in string.gmatch(redis.call('HGET', key, 'op') or '', '%S+') do
+      recent[#recent + 1] = id
+    end
+    recent[#recent + 1] = ARGV[10]
+    while #recent > 64 do table.remove(recent, 1) end
+    ops = table.concat(recent, ' ')
+  end
 elseif op == 'release' then
-  permit_g, permit_trial = pg, ptrial
-  if pg ~= nil and ptrial and current() and b.s == 'half_open' and b.tr ~= 0 then
-    a.tr = b.tr - 1
+  permit_g, permit_lease = pg, plm
+  if pg ~= nil and plm ~= 0 and current() then
+    a.ls = without()
+  end
+elseif op == 'reconcile' then
+  if not (b.f or (pg ~= nil and b.g ~= pg)) then
+    local applied = 0
+    if ARGV[12] ~= '' then
+      local seen = {}
+      for id in string.gmatch(redis.call('HGET', key, 'op') or '', '%S+') do seen[id] = true end
+      for id in string.gmatch(ARGV[12], '%S+') do
+        if seen[id] then applied = applied + 1 end
+      end
+    end
+    local failures = math.max(0, tonumber(ARGV[10]) - applied)
+    local open_for = num(ARGV[11])
+    if open_for ~= nil and not (open_for > 0 and open_for <= to) then
+      if open_for <= 0 then open_for = nil else open_for = to end
+    end
+    local opened_at = nil
+    if open_for ~= nil then opened_at = now - (to - open_for) end
+    if b.s == 'open' then
+      if opened_at ~= nil and b.oa ~= nil and opened_at > b.oa then a.oa = opened_at end
+    elseif b.s == 'closed' and (failures > 0 or opened_at ~= nil) then
+      if failures > 0 then a.lf = now; a.le = ARGV[9] end
+      local count = b.fc + failures
+      if opened_at == nil and count >= ft then opened_at = now end
+      if opened_at ~= nil then
+        enter('open'); a.fc = count; a.sc = 0; a.oa = opened_at
+      else
+        a.fc = count
+      end
+    end
   end
 elseif op == 'reset' then
   enter('closed'); a.fc = 0; a.sc = 0; a.oa = nil; a.f = false
@@ -162,9 +260,9 @@ else
   return redis.error_reply('cbctl: unknown operation ' .. op)
 end
 
-local FIELDS = {'s', 'fc', 'sc', 'g', 'tr', 'td', 'oa', 'ca', 'f', 'lf', 'le'}
-local out = {str(now), str(permit_g), permit_trial and '1' or '0', '0'}
-local changed = not exists
+local FIELDS = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le'}
+local out = {str(now), str(permit_g), str(permit_lease), '0'}
+local changed = not exists or ops ~= nil
 for i, k in ipairs(FIELDS) do
   local before, after = str(b[k]), str(a[k])
   out[4 + i] = before
@@ -183,6 +281,11 @@ if changed then
     args[#args + 1] = NAMES[11 + i]
     args[#args + 1] = str(v)
   end
+  if ops ~= nil then
+    args[#args + 1] = 'op'
+    args[#args + 1] = ops
+  end
+  if legacy then redis.call('HDEL', key, 'tr', 'td') end
   redis.call('HSET', key, unpack(args))
 end
 return out
@@ -200,8 +303,8 @@ def _snapshot(fields: Sequence[str]) -> Snapshot:
         failure_count=int(fields[1]),
         success_count=int(fields[2]),
         generation=int(fields[3]),
-        trials=int(fields[4]),
-        trial_deadline=_number(fields[5]),
+        leases=decode_leases(fields[4]),
+        trials_admitted=int(fields[5]),
         opened_at=_number(fields[6]),
         changed_at=_number(fields[7]),
         forced=fields[8] == "1",
@@ -318,7 +421,7 @@ class RedisStore:
         name: str,
         config: BreakerConfig | None,
         permit: Permit | None = None,
-        extra: str = "",
+        *extra: str,
     ) -> list[str]:
         settings = (
             _NO_CONFIG
@@ -335,15 +438,15 @@ class RedisStore:
             self._offset(),
             *settings,
             "" if permit is None else str(permit.generation),
-            "1" if permit is not None and permit.trial else "0",
-            extra,
+            "0" if permit is None else str(permit.lease),
+            *(extra or ("",)),
         )
         reply: list[str] = self._guarded(lambda: self._script(keys=[self.key(name)], args=args))
         return reply
 
     def _update(self, reply: list[str]) -> Update:
         now = float(reply[0])
-        permit = Permit(int(reply[1]), reply[2] == "1") if reply[1] else None
+        permit = Permit(int(reply[1]), int(reply[2])) if reply[1] else None
         before = _snapshot(reply[4:15])
         after = _snapshot(reply[15:26]) if reply[3] == "1" else before
         return Update(before, after, now, permit)
@@ -389,12 +492,34 @@ class RedisStore:
         return self._update(self._run("success", name, config, permit))
 
     def record_failure(
-        self, name: str, config: BreakerConfig, permit: Permit | None, error: str
+        self,
+        name: str,
+        config: BreakerConfig,
+        permit: Permit | None,
+        error: str,
+        op: str | None = None,
     ) -> Update:
-        return self._update(self._run("failure", name, config, permit, error))
+        """`op` is remembered with the last 64 failure writes of the circuit, so that `reconcile`
+        can tell a write that timed out here but reached the server from one that did not."""
+        return self._update(self._run("failure", name, config, permit, error, op or ""))
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
         return self._update(self._run("release", name, config, permit))
+
+    def reconcile(self, name: str, config: BreakerConfig, outage: Outage) -> Update:
+        known = None if outage.known_generation is None else Permit(outage.known_generation)
+        return self._update(
+            self._run(
+                "reconcile",
+                name,
+                config,
+                known,
+                outage.error or "",
+                str(outage.failures),
+                "" if outage.open_for is None else repr(outage.open_for),
+                " ".join(outage.ops),
+            )
+        )
 
     def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
         return self._update(self._run("reset", name, config))

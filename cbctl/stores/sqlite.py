@@ -10,10 +10,15 @@ the same circuits. Each operation applies the pure functions of `cbctl.state` to
   function again, write the row if it changed, commit.
 
 WAL keeps readers and the writer out of each other's way and makes a commit atomic, so a writer
-killed at any instant leaves the file valid. `synchronous=NORMAL` makes a commit durable against
-a process crash, not against a power cut: what the file holds is a cache of what the breakers
-learnt, and a lost last transition after a power cut is harmless. Times are the injected clock's
-wall(): Unix seconds, the same for every process on the machine.
+killed at any instant leaves the file valid. A file that cannot be written (read-only directory,
+file or mount, a full disk) is opened read-only, or not at all: reads keep working where they
+can, writes raise StoreUnavailableError saying why (breakers then degrade to in-process state),
+and the store tries to open the file for writing again every `retry_interval` seconds.
+
+`synchronous=NORMAL` makes a commit durable against a process crash, not against a power cut:
+what the file holds is a cache of what the breakers learnt, and a lost last transition after a
+power cut is harmless. Times are the injected clock's wall(): Unix seconds, the same for every
+process on the machine.
 
 Thread-safety: one connection per store, used under a lock (the lock is held for one short
 statement or transaction, never while a protected call runs). A store must not be used across
@@ -35,7 +40,15 @@ from typing import Any, Final
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock
 from cbctl.errors import StateError, StoreUnavailableError
-from cbctl.state import BreakerConfig, CircuitState, Permit, Snapshot, StoredCircuit, Update
+from cbctl.state import (
+    BreakerConfig,
+    CircuitState,
+    Outage,
+    Permit,
+    Snapshot,
+    StoredCircuit,
+    Update,
+)
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
 
@@ -44,8 +57,10 @@ APPLICATION_ID: Final = 1667392372
 header. _SCHEMA spells both numbers out: PRAGMA takes no parameters, and no SQL is built from
 strings here."""
 
-SCHEMA_VERSION: Final = 1
-"""`PRAGMA user_version` this code reads and writes; a larger one is a newer cbctl's file."""
+SCHEMA_VERSION: Final = 2
+"""`PRAGMA user_version` this code reads and writes; a larger one is a newer cbctl's file.
+Version 1 (one shared trial count and deadline instead of a lease per trial) is migrated in
+place when the file is opened for writing."""
 
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _HEADER_USER_VERSION: Final = slice(60, 64)
@@ -59,8 +74,8 @@ _SCHEMA: Final = (
         failure_count INTEGER NOT NULL,
         success_count INTEGER NOT NULL,
         generation INTEGER NOT NULL,
-        trials INTEGER NOT NULL,
-        trial_deadline REAL,
+        leases TEXT NOT NULL,
+        trials_admitted INTEGER NOT NULL,
         opened_at REAL,
         changed_at REAL,
         forced INTEGER NOT NULL,
@@ -72,10 +87,23 @@ _SCHEMA: Final = (
         half_open_max_calls INTEGER NOT NULL,
         revision INTEGER NOT NULL
     ) WITHOUT ROWID""",
-    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '1')",
+    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '2')",
     "PRAGMA application_id = 1667392372",
-    "PRAGMA user_version = 1",
+    "PRAGMA user_version = 2",
 )
+
+_MIGRATE_FROM_1: Final = (
+    "ALTER TABLE circuits ADD COLUMN leases TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE circuits ADD COLUMN trials_admitted INTEGER NOT NULL DEFAULT 0",
+)
+_MIGRATED_FROM_1: Final = (
+    "ALTER TABLE circuits DROP COLUMN trials",
+    "ALTER TABLE circuits DROP COLUMN trial_deadline",
+    "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+    "PRAGMA user_version = 2",
+)
+_V1_TRIALS: Final = "SELECT name, trials, trial_deadline FROM circuits WHERE trials > 0"
+_SET_LEASES: Final = "UPDATE circuits SET leases = ?, trials_admitted = ? WHERE name = ?"
 
 _IDENTIFY: Final = """SELECT
     (SELECT application_id FROM pragma_application_id()),
@@ -83,22 +111,24 @@ _IDENTIFY: Final = """SELECT
     (SELECT count(*) FROM sqlite_master)"""
 """One statement, so one consistent read even while another process initialises the file."""
 _SELECT_REVISION: Final = "SELECT revision FROM circuits WHERE name = ?"
-_SELECT_ONE: Final = """SELECT state, failure_count, success_count, generation, trials,
-    trial_deadline, opened_at, changed_at, forced, last_failure_at, last_error,
+_SELECT_ONE: Final = """SELECT state, failure_count, success_count, generation, leases,
+    trials_admitted, opened_at, changed_at, forced, last_failure_at, last_error,
     failure_threshold, timeout, success_threshold, half_open_max_calls, revision
     FROM circuits WHERE name = ?"""
-_SELECT_ALL: Final = """SELECT name, state, failure_count, success_count, generation, trials,
-    trial_deadline, opened_at, changed_at, forced, last_failure_at, last_error,
+_SELECT_ALL: Final = """SELECT name, state, failure_count, success_count, generation, leases,
+    trials_admitted, opened_at, changed_at, forced, last_failure_at, last_error,
     failure_threshold, timeout, success_threshold, half_open_max_calls
     FROM circuits ORDER BY name"""
 _UPSERT: Final = """INSERT OR REPLACE INTO circuits (name, state, failure_count, success_count,
-    generation, trials, trial_deadline, opened_at, changed_at, forced, last_failure_at,
+    generation, leases, trials_admitted, opened_at, changed_at, forced, last_failure_at,
     last_error, failure_threshold, timeout, success_threshold, half_open_max_calls, revision)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 _DELETE: Final = "DELETE FROM circuits WHERE name = ?"
 
 _STATES: Final = {state.value: state for state in CircuitState}
+_HARD_ERRORS: Final = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
+"""SQLite errors on opening that mean the file is not usable at all (not a passing fault)."""
 
 Change = Callable[[Snapshot, BreakerConfig, float], tuple[Snapshot, Permit | None]]
 
@@ -109,8 +139,8 @@ def _decode(row: Sequence[Any]) -> tuple[Snapshot, BreakerConfig]:
         failure_count=row[1],
         success_count=row[2],
         generation=row[3],
-        trials=row[4],
-        trial_deadline=row[5],
+        leases=machine.decode_leases(row[4]),
+        trials_admitted=row[5],
         opened_at=row[6],
         changed_at=row[7],
         forced=bool(row[8]),
@@ -133,8 +163,8 @@ def _encode(name: str, snapshot: Snapshot, config: BreakerConfig) -> tuple[objec
         snapshot.failure_count,
         snapshot.success_count,
         snapshot.generation,
-        snapshot.trials,
-        snapshot.trial_deadline,
+        machine.encode_leases(snapshot.leases),
+        snapshot.trials_admitted,
         snapshot.opened_at,
         snapshot.changed_at,
         int(snapshot.forced),
@@ -150,11 +180,15 @@ def _encode(name: str, snapshot: Snapshot, config: BreakerConfig) -> tuple[objec
 class SqliteStore:
     """Circuits in the local state file; every operation atomic across the machine's processes.
 
-    `busy_timeout` is how long an operation waits for another process's write lock before the
-    store counts as unavailable (the breaker then degrades to in-process state). After such a
-    failure (or a full disk), every operation fails fast for `retry_interval` seconds (on the
-    clock's monotonic time): reads may still work when writes do not, and a breaker that read
-    the store's view on every admit would forget the failures it counted in-process meanwhile.
+    `busy_timeout` is how long a write waits for another process's write lock before the store
+    counts as unavailable (the breaker then degrades to in-process state); it is bounded like a
+    Redis round trip, so a held lock never stalls a recorded failure for long. After a write
+    failed (lock, full disk, read-only file), writes fail fast for `retry_interval` seconds (on
+    the clock's monotonic time); reads go on, since WAL readers never wait for the writer.
+
+    A file that cannot be opened for writing is opened read-only where possible, and the store
+    tries to open it for writing again every `retry_interval` seconds; `problem` says why it is
+    not writable (None when it is).
     """
 
     def __init__(
@@ -162,18 +196,21 @@ class SqliteStore:
         path: str | os.PathLike[str],
         *,
         clock: Clock | None = None,
-        busy_timeout: float = 5.0,
+        busy_timeout: float = 1.0,
         retry_interval: float = 1.0,
     ) -> None:
         self._path = Path(path).expanduser().absolute()
         self._clock = clock or SYSTEM_CLOCK
+        self._busy_timeout = busy_timeout
         self._retry_interval = retry_interval
         self._failed_until = 0.0
         self._failure = ""
         self._lock = threading.Lock()
         self._decoded: dict[str, tuple[int, Snapshot, BreakerConfig]] = {}
-        _prepare_file(self._path)
-        self._connection = self._connect(busy_timeout)
+        self._connection: sqlite3.Connection | None = None
+        self._problem: str | None = None
+        self._reopen_at = 0.0
+        self._open()
 
     def __repr__(self) -> str:
         return f"<SqliteStore {str(self._path)!r}>"
@@ -186,49 +223,90 @@ class SqliteStore:
     def url(self) -> str:
         return str(self._path)
 
+    @property
+    def problem(self) -> str | None:
+        """Why the file is not open for writing (read-only, full disk, ...); None when it is."""
+        return self._problem
+
     def clock_now(self) -> float:
         return self._clock.wall()
 
     # -- opening ------------------------------------------------------------------------------
 
-    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+    def _open(self) -> None:
+        """Open the file for writing; failing that (a passing fault), read-only; failing that,
+        not at all. Refusals (a symlink, a foreign or newer file) raise StateError."""
+        self._decoded.clear()
+        problem = _prepare_file(self._path)
+        if problem is None:
+            try:
+                self._connection = self._connect("rw", writable=True)
+                self._problem = None
+                return
+            except _Unwritable as error:
+                problem = str(error)
+        self._problem = problem
+        self._reopen_at = self._clock.monotonic() + self._retry_interval
+        if not self._path.is_file() or self._path.stat().st_size == 0:
+            return
+        unreadable = problem
+        # A WAL file needs its -shm index; where that cannot be created (a read-only mount, a
+        # full disk) only an immutable read works. The store reopens it at every retry.
+        for mode in ("ro", "ro&immutable=1"):
+            try:
+                self._connection = self._connect(mode, writable=False)
+                return
+            except _Unwritable as error:
+                unreadable = str(error)
+        if unreadable != problem:
+            self._problem = f"{problem}; {unreadable}"
+
+    def _connect(self, mode: str, *, writable: bool) -> sqlite3.Connection:
         """Open the file (never creating it: `_prepare_file` did, with mode 0600) and check it."""
-        uri = f"{self._path.as_uri()}?mode=rw"
+        uri = f"{self._path.as_uri()}?mode={mode}"
         try:
             connection = sqlite3.connect(
                 uri,
                 uri=True,
-                timeout=busy_timeout,
+                timeout=self._busy_timeout,
                 isolation_level=None,
                 check_same_thread=False,
                 cached_statements=32,
             )
         except sqlite3.Error as error:
-            raise StateError(f"cannot open the state file {self._path}: {error}") from error
+            raise _opening_error(self._path, error) from error
         try:
-            self._initialise(connection)
-            connection.execute("PRAGMA journal_mode = WAL").fetchone()
-            connection.execute("PRAGMA synchronous = NORMAL")
+            if writable:
+                self._initialise(connection)
+                connection.execute("PRAGMA journal_mode = WAL").fetchone()
+                connection.execute("PRAGMA synchronous = NORMAL")
+            elif self._schema_version(connection) != SCHEMA_VERSION:
+                raise _Unwritable(
+                    f"the state file {self._path} needs an upgrade of its schema, "
+                    "which cannot be written now"
+                )
         except sqlite3.Error as error:
             connection.close()
-            raise StateError(f"cannot use the state file {self._path}: {error}") from error
+            raise _opening_error(self._path, error) from error
         except BaseException:
             connection.close()
             raise
         return connection
 
     def _initialise(self, connection: sqlite3.Connection) -> None:
-        """Create the schema in a new (empty) file, or check that the file is a cbctl state file.
-
-        A new file is initialised in one transaction, so a crash leaves it empty, never half made.
-        """
-        if self._schema_version(connection) is not None:
+        """Create the schema in a new (empty) file, migrate an older one, or check that the file
+        is a cbctl state file. Each happens in one transaction: a crash leaves the file as it
+        was, never half made."""
+        if self._schema_version(connection) == SCHEMA_VERSION:
             return
         connection.execute("BEGIN IMMEDIATE")
         try:
-            if self._schema_version(connection) is None:
+            version = self._schema_version(connection)
+            if version is None:
                 for statement in _SCHEMA:
                     connection.execute(statement)
+            elif version == 1:
+                _migrate_from_1(connection)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -248,19 +326,38 @@ class SqliteStore:
                 f"{version}; this cbctl reads {SCHEMA_VERSION}); left untouched"
             )
         marker = connection.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
-        if version != SCHEMA_VERSION or marker is None or marker[0] != "cbctl":
+        if version not in (1, SCHEMA_VERSION) or marker is None or marker[0] != "cbctl":
             raise _foreign(self._path, "a damaged or unknown version of the state schema")
         return int(version)
 
+    def _usable(self, *, write: bool) -> sqlite3.Connection:
+        """The connection for one operation; reopens a file that was not writable when its retry
+        time has come, and raises StoreUnavailableError when the operation cannot be done."""
+        if self._problem is not None and self._clock.monotonic() >= self._reopen_at:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            self._open()
+        connection = self._connection
+        if connection is None or (write and self._problem is not None):
+            raise StoreUnavailableError(
+                f"{self._problem}; writes are kept in-process, retrying every "
+                f"{self._retry_interval:g}s"
+            )
+        if write and self._failed_until:
+            self._fail_fast()
+        return connection
+
     # -- operations -----------------------------------------------------------------------------
 
-    def _read(self, name: str) -> tuple[int | None, Snapshot | None, BreakerConfig | None]:
+    def _read(
+        self, connection: sqlite3.Connection, name: str
+    ) -> tuple[int | None, Snapshot | None, BreakerConfig | None]:
         """The revision of `name`'s row and its decoded form, None when there is no row.
 
         The row is read and decoded in full only when its revision differs from the one last
         seen; on the hot path this is one SELECT of one integer.
         """
-        connection = self._connection
         seen = self._decoded.get(name)
         if seen is not None:
             found = connection.execute(_SELECT_REVISION, (name,)).fetchone()
@@ -281,26 +378,30 @@ class SqliteStore:
         """One atomic operation; `optimistic` tries a lock-free read first (for ops that often do
         not change anything)."""
         with self._lock:
-            if self._failed_until:
-                self._fail_fast()
             try:
                 if optimistic:
+                    connection = self._usable(write=False)
                     now = self._clock.wall()
-                    _, before, known = self._read(name)
+                    _, before, known = self._read(connection, name)
                     if before is not None:
                         after, permit = change(before, config or known or BreakerConfig(), now)
                         if after is before or after == before:
                             return Update(before, before, now, permit)
-                return self._write(name, config, change)
+                return self._write(self._usable(write=True), name, config, change)
             except sqlite3.Error as error:
                 raise self._unavailable(error) from error
 
-    def _write(self, name: str, config: BreakerConfig | None, change: Change) -> Update:
-        connection = self._connection
+    def _write(
+        self,
+        connection: sqlite3.Connection,
+        name: str,
+        config: BreakerConfig | None,
+        change: Change,
+    ) -> Update:
         connection.execute("BEGIN IMMEDIATE")
         try:
             now = self._clock.wall()
-            revision, before, known = self._read(name)
+            revision, before, known = self._read(connection, name)
             if before is None:
                 before = Snapshot(changed_at=now)
             settings = config or known or BreakerConfig()
@@ -321,7 +422,7 @@ class SqliteStore:
         return Update(before, after, now, permit)
 
     def _fail_fast(self) -> None:
-        """Raise while the last failure is recent; afterwards let the next operation retry."""
+        """Raise while the last write failure is recent; afterwards let the next write retry."""
         if self._clock.monotonic() < self._failed_until:
             raise StoreUnavailableError(
                 f"state file {self._path}: {self._failure} (retrying within "
@@ -336,24 +437,20 @@ class SqliteStore:
 
     def load(self, name: str) -> StoredCircuit | None:
         with self._lock:
-            if self._failed_until:
-                self._fail_fast()
             try:
-                _, snapshot, config = self._read(name)
+                _, snapshot, config = self._read(self._usable(write=False), name)
             except sqlite3.Error as error:
-                raise self._unavailable(error) from error
+                raise StoreUnavailableError(f"state file {self._path}: {error}") from error
         if snapshot is None or config is None:
             return None
         return StoredCircuit(name, snapshot, config, self._clock.wall())
 
     def load_all(self) -> list[StoredCircuit]:
         with self._lock:
-            if self._failed_until:
-                self._fail_fast()
             try:
-                rows = self._connection.execute(_SELECT_ALL).fetchall()
+                rows = self._usable(write=False).execute(_SELECT_ALL).fetchall()
             except sqlite3.Error as error:
-                raise self._unavailable(error) from error
+                raise StoreUnavailableError(f"state file {self._path}: {error}") from error
         now = self._clock.wall()
         circuits = []
         for name, *fields in rows:
@@ -371,8 +468,15 @@ class SqliteStore:
         return self._apply(name, config, succeed, optimistic=True)
 
     def record_failure(
-        self, name: str, config: BreakerConfig, permit: Permit | None, error: str
+        self,
+        name: str,
+        config: BreakerConfig,
+        permit: Permit | None,
+        error: str,
+        op: str | None = None,
     ) -> Update:
+        """`op` is not kept: a write here commits or raises, it is never applied unseen."""
+
         def fail(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
             return machine.record_failure(s, c, permit, now, now, error), permit
 
@@ -380,9 +484,15 @@ class SqliteStore:
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
         def give_back(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
-            return machine.release(s, permit), permit
+            return machine.release(s, permit, now), permit
 
         return self._apply(name, config, give_back, optimistic=True)
+
+    def reconcile(self, name: str, config: BreakerConfig, outage: Outage) -> Update:
+        def write_back(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
+            return machine.reconcile(s, c, outage, now), None
+
+        return self._apply(name, config, write_back, optimistic=True)
 
     def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
         def to_closed(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
@@ -410,7 +520,11 @@ class SqliteStore:
     def close(self) -> None:
         """Close the connection (the last one out checkpoints the WAL into the file)."""
         with self._lock:
-            self._connection.close()
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            self._problem = self._problem or f"the state file {self._path} is closed"
+            self._reopen_at = float("inf")
 
     def __enter__(self) -> SqliteStore:
         return self
@@ -419,14 +533,45 @@ class SqliteStore:
         self.close()
 
 
+class _Unwritable(Exception):
+    """The file cannot be opened the way asked, for a reason that may pass (internal)."""
+
+
+def _opening_error(path: Path, error: sqlite3.Error) -> Exception:
+    """A refusal (StateError) for a file that is not a usable database, else `_Unwritable`."""
+    if getattr(error, "sqlite_errorname", "") in _HARD_ERRORS:
+        return StateError(f"cannot use the state file {path}: {error}")
+    reason = str(error)
+    if reason == "unable to open database file":
+        reason = "cannot be opened for writing (read-only or full file system?)"
+    return _Unwritable(f"the state file {path} {reason}" if " " in reason else reason)
+
+
+def _migrate_from_1(connection: sqlite3.Connection) -> None:
+    """Schema 1 -> 2, inside the caller's transaction: the shared trial count and deadline of
+    each half-open circuit become that many leases with that deadline."""
+    trials = connection.execute(_V1_TRIALS).fetchall()
+    for statement in _MIGRATE_FROM_1:
+        connection.execute(statement)
+    for name, count, deadline in trials:
+        leases = tuple((lease, deadline) for lease in range(1, count + 1)) if deadline else ()
+        connection.execute(_SET_LEASES, (machine.encode_leases(leases), count, name))
+    for statement in _MIGRATED_FROM_1:
+        connection.execute(statement)
+
+
 def _foreign(path: Path, what: str) -> StateError:
     return StateError(f"{path} is not a cbctl state file ({what}); left untouched")
 
 
-def _prepare_file(path: Path) -> None:
+def _prepare_file(path: Path) -> str | None:
     """Make sure `path` is a regular file we may use: created 0600 if missing, never a symlink,
     and, if it has content, an SQLite file carrying cbctl's application id (checked in the raw
-    header before SQLite touches it, so a foreign file is never modified)."""
+    header before SQLite touches it, so a foreign file is never modified).
+
+    Refusals raise StateError; a fault that may pass (a directory or file that cannot be
+    written now) is returned as the reason the file cannot be opened for writing.
+    """
     directory = path.parent
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -435,9 +580,7 @@ def _prepare_file(path: Path) -> None:
             f"cannot use the state file {path}: {directory} is not a directory"
         ) from error
     except OSError as error:
-        raise StateError(
-            f"cannot create the directory {directory} for the state file: {error.strerror}"
-        ) from error
+        return f"cannot create the directory {directory} for the state file: {error.strerror}"
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -448,37 +591,42 @@ def _prepare_file(path: Path) -> None:
         raise StateError(f"refusing the state file {path}: it is a symbolic link")
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise StateError(f"cannot use the state file {path}: it is not a regular file")
+    problem = None
     if not os.access(directory, os.W_OK | os.X_OK):
-        raise StateError(
-            f"cannot use the state file {path}: the directory {directory} is not writable"
-        )
+        problem = f"the state file {path} is read-only: the directory {directory} is not writable"
+    elif info is not None and not os.access(path, os.W_OK):
+        problem = f"the state file {path} is read-only"
     if info is None:
-        _create_private(path)
-        return
+        if problem is not None:
+            return f"cannot create the state file {path}: the directory {directory} is not writable"
+        return _create_private(path)
     try:
         with open(path, "rb") as existing:
             header = existing.read(100)
     except OSError as error:
         raise StateError(f"cannot read the state file {path}: {error.strerror}") from error
     if not header:
-        return
+        return problem
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
         raise _foreign(path, "not an SQLite database")
     application_id = int.from_bytes(header[_HEADER_APPLICATION_ID], "big")
     version = int.from_bytes(header[_HEADER_USER_VERSION], "big")
     if application_id not in (0, APPLICATION_ID) or (application_id == 0 and version != 0):
         raise _foreign(path, "an SQLite database of another application")
+    return problem
 
 
-def _create_private(path: Path) -> None:
-    """Create an empty file readable by its owner only; refuse to follow a symlink planted there."""
+def _create_private(path: Path) -> str | None:
+    """Create an empty file readable by its owner only; refuse to follow a symlink planted there.
+    A file system that refuses the file (full, read-only) is returned as the reason."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         descriptor = os.open(path, flags, 0o600)
     except FileExistsError:
         if os.path.islink(path):
             raise StateError(f"refusing the state file {path}: it is a symbolic link") from None
-        return
+        return None
     except OSError as error:
-        raise StateError(f"cannot create the state file {path}: {error.strerror}") from error
+        return f"cannot create the state file {path}: {error.strerror}"
     os.close(descriptor)
+    return None
