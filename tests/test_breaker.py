@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import math
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -18,8 +21,12 @@ from cbctl import (
     ConfigError,
     FakeClock,
     StateChange,
+    StoreUnavailableError,
 )
+from cbctl import state as machine
+from cbctl.state import CircuitStore
 from cbctl.stores import MemoryStore
+from cbctl.stores.sqlite import SqliteStore
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -750,3 +757,299 @@ def test_two_breakers_sharing_a_memory_store_see_one_circuit(clock: FakeClock) -
     second.reset()
     assert first.state is CLOSED
     assert first.call(succeed) == "ok"
+
+
+# -- half-open accounting: one lease per trial ---------------------------------------------------
+
+
+class Trial:
+    """A call held open in a context of its own, so trials can end in any order."""
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.breaker = breaker
+        self.context = contextvars.copy_context()
+        self.context.run(breaker.__enter__)
+
+    def succeed(self) -> None:
+        self.context.run(self.breaker.__exit__, None, None, None)
+
+    def fail(self) -> None:
+        self.context.run(self.breaker.__exit__, Boom, Boom("late"), None)
+
+    def end_neutrally(self) -> None:
+        self.context.run(self.breaker.__exit__, KeyError, KeyError("not a failure"), None)
+
+
+@pytest.fixture(params=["in-process", "memory store"])
+def half_open(request: pytest.FixtureRequest, clock: FakeClock) -> Callable[..., CircuitBreaker]:
+    """A factory of breakers already HALF_OPEN (timeout 10 s), in-process or store-backed."""
+
+    def build(**settings: Any) -> CircuitBreaker:
+        store = MemoryStore(clock) if request.param == "memory store" else None
+        breaker = make(clock, failure_threshold=1, exclude=[KeyError], store=store, **settings)
+        trip(breaker)
+        clock.advance(10.0)
+        return breaker
+
+    return build
+
+
+def rejected(breaker: CircuitBreaker) -> float | None:
+    """The retry_after of a rejection (the test fails if the call is admitted)."""
+    with pytest.raises(CircuitBreakerError) as caught:
+        breaker.call(succeed)
+    return caught.value.retry_after
+
+
+def test_a_trial_slower_than_its_lease_neither_frees_a_place_nor_counts_when_it_ends(
+    half_open: Callable[..., CircuitBreaker], clock: FakeClock
+) -> None:
+    breaker = half_open(half_open_max_calls=1, success_threshold=2)
+    slow = Trial(breaker)
+    clock.advance(10.0)  # the slow trial's lease ends: its place is free again
+    second = Trial(breaker)
+    slow.succeed()
+    assert breaker.stats["success_count"] == 0, "a late success does not count"
+    assert rejected(breaker) == 10.0, "the late success did not free the second trial's place"
+    second.succeed()
+    assert breaker.stats["success_count"] == 1
+
+
+def test_a_late_failure_of_an_expired_trial_does_not_reopen_but_is_remembered(
+    half_open: Callable[..., CircuitBreaker], clock: FakeClock
+) -> None:
+    breaker = half_open(half_open_max_calls=1)
+    slow = Trial(breaker)
+    clock.advance(10.0)
+    second = Trial(breaker)
+    slow.fail()
+    assert breaker.state is HALF_OPEN
+    assert breaker.stats["last_error"] == "Boom: late"
+    second.succeed()
+    assert breaker.stats["success_count"] == 1
+
+
+def test_admitting_a_trial_never_extends_another_trials_lease(
+    half_open: Callable[..., CircuitBreaker], clock: FakeClock
+) -> None:
+    breaker = half_open(half_open_max_calls=2, success_threshold=5)
+    Trial(breaker)  # its holder dies: it never reports
+    clock.advance(6.0)
+    second = Trial(breaker)
+    assert rejected(breaker) == 4.0, "until the first lease ends, not the second"
+    clock.advance(4.0)
+    third = Trial(breaker)  # the dead holder's place, freed on time
+    assert rejected(breaker) == 6.0, "now the second lease is the earliest"
+    second.succeed()
+    third.succeed()
+    assert breaker.stats["success_count"] == 2
+
+
+def test_each_neutral_end_or_success_frees_exactly_one_place(
+    half_open: Callable[..., CircuitBreaker],
+) -> None:
+    breaker = half_open(half_open_max_calls=2, success_threshold=5)
+    first, second = Trial(breaker), Trial(breaker)
+    assert rejected(breaker) is not None
+    first.end_neutrally()
+    third = Trial(breaker)
+    assert rejected(breaker) is not None, "one neutral end freed one place, not two"
+    second.succeed()
+    fourth = Trial(breaker)
+    assert rejected(breaker) is not None, "one success freed one place"
+    third.end_neutrally()
+    fourth.end_neutrally()
+    Trial(breaker), Trial(breaker)
+    assert rejected(breaker) is not None
+
+
+def test_a_permit_of_an_earlier_generation_never_frees_a_place_of_the_new_one(
+    half_open: Callable[..., CircuitBreaker], clock: FakeClock
+) -> None:
+    breaker = half_open(half_open_max_calls=1)
+    old = Trial(breaker)  # lease 1 of this half-open generation
+    clock.advance(10.0)
+    with pytest.raises(Boom):
+        breaker.call(fail)  # its successor fails: OPEN again
+    clock.advance(10.0)
+    current = Trial(breaker)  # lease 1 of the new half-open generation
+    old.end_neutrally()
+    assert rejected(breaker) == 10.0, "the old permit freed nothing"
+    current.succeed()
+    assert breaker.stats["success_count"] == 1
+
+
+def test_releasing_a_trial_twice_cannot_make_a_place_or_a_negative_count(clock: FakeClock) -> None:
+    config = BreakerConfig(failure_threshold=1, timeout=10.0, half_open_max_calls=1)
+    opened = machine.record_failure(machine.INITIAL, config, None, 0.0, 0.0, "down")
+    snapshot, permit = machine.admit(opened, config, 10.0)
+    assert permit is not None
+    for _ in range(3):
+        snapshot = machine.release(snapshot, permit, 11.0)
+    assert snapshot.leases == ()
+    snapshot, first = machine.admit(snapshot, config, 11.0)
+    assert first is not None
+    assert machine.admit(snapshot, config, 11.0)[1] is None
+    assert machine.release(snapshot, permit, 11.0) == snapshot, "an ended permit frees nothing"
+
+
+# -- a store that stops answering -----------------------------------------------------------------
+
+
+class Unplugged:
+    """A memory store that can be unplugged: every operation then raises StoreUnavailableError,
+    as the state file and Redis do when they cannot be reached."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.inner = MemoryStore(clock)
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if not callable(attribute):
+            return attribute
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise StoreUnavailableError("store unplugged")
+            return attribute(*args, **kwargs)
+
+        return guarded
+
+
+def unplugged_breaker(clock: FakeClock, **settings: Any) -> tuple[CircuitBreaker, Unplugged]:
+    store = Unplugged(clock)
+    return make(clock, store=cast(CircuitStore, store), **settings), store
+
+
+def stored(store: Unplugged) -> machine.Snapshot:
+    found = store.inner.load("dep")
+    assert found is not None
+    return found.snapshot
+
+
+def test_an_open_circuit_keeps_its_remaining_time_when_the_store_is_lost(
+    clock: FakeClock,
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=1, timeout=30.0)
+    trip(breaker)
+    clock.advance(10.0)
+    store.down = True
+    assert rejected(breaker) == 20.0
+    assert breaker.stats["retry_after"] == 20.0
+    assert breaker.stats["degraded"] == "store unplugged"
+    clock.advance(20.0)
+    assert breaker.call(succeed) == "ok", "the trial comes on time, in-process"
+
+
+def test_success_reset_and_force_apply_in_process_while_the_store_is_down(
+    clock: FakeClock,
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=3)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    store.down = True
+    breaker.call(succeed)
+    assert breaker.stats["failure_count"] == 0
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    assert breaker.state is CLOSED, "the success cleared the failures before it"
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert breaker.state is OPEN
+    breaker.reset()
+    assert breaker.call(succeed) == "ok"
+    breaker.force_open()
+    assert rejected(breaker) is None
+    breaker.force_closed()
+    for _ in range(5):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    assert breaker.state is CLOSED
+    assert stored(store).failure_count == 2, "nothing reached the unplugged store"
+
+
+def test_a_neutral_end_frees_the_in_process_trial_while_the_store_is_down(
+    clock: FakeClock,
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=1, exclude=[KeyError])
+    trip(breaker)
+    clock.advance(10.0)
+    store.down = True
+    trial = Trial(breaker)
+    assert rejected(breaker) == 10.0
+    trial.end_neutrally()
+    assert breaker.call(succeed) == "ok"
+
+
+def test_failures_counted_while_the_store_was_down_are_written_back_once(
+    clock: FakeClock,
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=5)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    store.down = True
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    store.down = False
+    assert breaker.allows_call()
+    assert stored(store).failure_count == 2, "nothing written back before the next operation"
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert (stored(store).state, stored(store).failure_count) == (OPEN, 5)
+    assert breaker.stats["degraded"] is None
+
+
+def test_an_open_circuit_seen_while_the_store_was_down_is_written_back_with_its_time_left(
+    clock: FakeClock,
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=2, timeout=30.0)
+    store.down = True
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    clock.advance(10.0)
+    store.down = False
+    assert rejected(breaker) == 20.0
+    found = store.inner.load("dep")
+    assert found is not None
+    assert found.snapshot.state is OPEN
+    assert machine.retry_after(found.snapshot, breaker.config, found.now) == 20.0
+    other = make(clock, store=cast(CircuitStore, store), failure_threshold=2, timeout=30.0)
+    assert rejected(other) == 20.0, "another process sees the open circuit"
+
+
+def test_a_reset_in_the_store_during_the_outage_wins_over_what_was_counted_locally(
+    clock: FakeClock,
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=1)
+    breaker.call(succeed)
+    store.down = True
+    trip(breaker)
+    store.inner.reset("dep")  # an operator, through a path this process cannot reach
+    store.down = False
+    assert breaker.call(succeed) == "ok"
+    assert stored(store).state is CLOSED
+
+
+def test_allows_call_reads_a_shared_store_another_process_changed(tmp_path: Path) -> None:
+    clock = FakeClock()
+    mine = SqliteStore(tmp_path / "circuits.db", clock=clock)
+    theirs = SqliteStore(tmp_path / "circuits.db", clock=clock)
+    breaker = make(clock, store=mine, failure_threshold=1)
+    breaker.call(succeed)
+    assert breaker.allows_call()
+    theirs.record_failure("dep", breaker.config, None, "down")
+    assert not breaker.allows_call()
+    clock.advance(10.0)
+    assert breaker.allows_call(), "past the timeout a trial would be admitted"
+    theirs.force("dep", breaker.config, OPEN)
+    assert not breaker.allows_call()
+    theirs.reset("dep")
+    assert breaker.allows_call()
+    mine.close()
+    theirs.close()

@@ -2,6 +2,7 @@
 checks it step by step against a small reference model written here from the semantics README
 promises alone (it shares no code with cbctl.state). The same machine runs against a breaker
 whose state lives in a MemoryStore: the store path must behave exactly like the in-process one.
+A third machine ends half-open trials in any order against a model of one lease per trial.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from hypothesis.stateful import (
 )
 
 from cbctl import CircuitBreaker, CircuitBreakerError, FakeClock
+from cbctl import state as machine
 from cbctl.stores import MemoryStore
 
 START_WALL = 1_767_225_600.0
@@ -301,3 +303,99 @@ def test_the_machine_finds_a_breaker_that_disagrees_with_its_model() -> None:
             MisremembersTheThreshold,
             settings=settings(SETTINGS, database=None, derandomize=True, phases=[Phase.generate]),
         )
+
+
+# -- half-open accounting, trials ending in any order ------------------------------------------
+
+
+class TrialAccounting(RuleBasedStateMachine):
+    """Trials admitted, ended in any order (success, failure, neutral) or abandoned, and time
+    passing, on the pure functions of cbctl.state, against a model that keeps one deadline per
+    admitted trial: a trial counts, and frees its own place, only while its lease is live."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.config = machine.BreakerConfig()
+        self.snapshot = machine.INITIAL
+        self.permits: list[machine.Permit] = []
+        # the model: state, generation (moved by every transition), live places, successes
+        self.state = "closed"
+        self.generation = 0
+        self.places: dict[tuple[int, int], float] = {}
+        self.successes = 0
+        self.opened_at = 0.0
+
+    @initialize(limit=st.integers(1, 3), successes=st.integers(1, 4))
+    def build(self, limit: int, successes: int) -> None:
+        self.config = machine.BreakerConfig(
+            failure_threshold=1, timeout=4.0, success_threshold=successes, half_open_max_calls=limit
+        )
+        self.snapshot = machine.record_failure(self.snapshot, self.config, None, 0.0, 0.0, "down")
+        self.state, self.generation = "open", 1
+
+    def _move(self, state: str) -> None:
+        self.state, self.generation, self.places, self.successes = state, self.generation + 1, {}, 0
+        if state == "open":
+            self.opened_at = self.now
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 4.0]))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def admit(self) -> None:
+        self.snapshot, permit = machine.admit(self.snapshot, self.config, self.now)
+        if self.state == "open" and self.now >= self.opened_at + self.config.timeout:
+            self._move("half_open")
+        live = {key: end for key, end in self.places.items() if self.now < end}
+        if self.state == "half_open" and len(live) < self.config.half_open_max_calls:
+            assert permit is not None
+            assert permit.generation == self.generation
+            live[(permit.generation, permit.lease)] = self.now + self.config.timeout
+            self.permits.append(permit)
+        elif self.state == "closed":
+            assert permit is not None
+        else:
+            assert permit is None
+        self.places = live
+
+    @precondition(lambda self: self.permits)
+    @rule(index=st.integers(0, 50), outcome=st.sampled_from(["success", "failure", "neutral"]))
+    def end(self, index: int, outcome: str) -> None:
+        permit = self.permits[index % len(self.permits)]
+        key = (permit.generation, permit.lease)
+        holds = self.state == "half_open" and self.now < self.places.get(key, -1.0)
+        if outcome == "success":
+            self.snapshot = machine.record_success(self.snapshot, self.config, permit, self.now)
+        elif outcome == "failure":
+            self.snapshot = machine.record_failure(
+                self.snapshot, self.config, permit, self.now, self.now, "late"
+            )
+        else:
+            self.snapshot = machine.release(self.snapshot, permit, self.now)
+        if not holds:
+            return  # stale: it neither frees a place nor counts
+        del self.places[key]
+        if outcome == "failure":
+            self._move("open")
+        elif outcome == "success":
+            self.successes += 1
+            if self.successes >= self.config.success_threshold:
+                self._move("closed")
+
+    @invariant()
+    def agrees_with_the_model(self) -> None:
+        snapshot = self.snapshot
+        assert snapshot.state.value == self.state
+        assert snapshot.generation == self.generation
+        live = machine.live_leases(snapshot, self.now)
+        expected = sorted(lease for (_, lease), end in self.places.items() if self.now < end)
+        assert sorted(lease for lease, _ in live) == expected
+        assert len(live) <= self.config.half_open_max_calls
+        if self.state == "half_open":
+            assert snapshot.success_count == self.successes
+
+
+TestTrialAccounting = TrialAccounting.TestCase
+TestTrialAccounting.settings = SETTINGS
