@@ -1,30 +1,42 @@
-"""The local state file refuses what it must not touch, and stays private and quiet.
+"""The local state file refuses what it must not touch, stays private and quiet, and degrades
+like Redis when the file system fails it.
 
-Each refusal is a StateError that names the file, and the file is byte-for-byte as it was.
+Each refusal is a StateError that names the file, and the file is byte-for-byte as it was. A file
+that cannot be written (a read-only bind mount, a full tmpfs: real mounts, skipped with the
+reason where the machine refuses them) is still read, and writers degrade to in-process state.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import sqlite3
 import stat
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from cbctl import (
     CircuitBreaker,
     CircuitBreakerError,
+    CircuitState,
     FakeClock,
     StateError,
     StoreUnavailableError,
 )
+from cbctl.cli import app
+from cbctl.health import health_app
 from cbctl.state import BreakerConfig
 from cbctl.stores import open_store, resolve_state_location
 from cbctl.stores.sqlite import SCHEMA_VERSION, SqliteStore
+
+runner = CliRunner()
 
 
 def fingerprint(path: Path) -> tuple[bytes, int]:
@@ -272,3 +284,216 @@ def test_a_state_file_locked_too_long_degrades_the_breaker_and_recovers(tmp_path
     assert stored is not None
     assert stored.snapshot.state == "closed"
     store.close()
+
+
+# -- schema 1 -> 2 --------------------------------------------------------------------------------
+
+SCHEMA_1 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE circuits (
+        name TEXT PRIMARY KEY, state TEXT NOT NULL, failure_count INTEGER NOT NULL,
+        success_count INTEGER NOT NULL, generation INTEGER NOT NULL, trials INTEGER NOT NULL,
+        trial_deadline REAL, opened_at REAL, changed_at REAL, forced INTEGER NOT NULL,
+        last_failure_at REAL, last_error TEXT, failure_threshold INTEGER NOT NULL,
+        timeout REAL NOT NULL, success_threshold INTEGER NOT NULL,
+        half_open_max_calls INTEGER NOT NULL, revision INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '1')",
+    "PRAGMA application_id = 1667392372",
+    "PRAGMA user_version = 1",
+)
+V1_ROW = "INSERT INTO circuits VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, 0, ?, ?, 1, 30.0, 2, 2, 7)"
+
+
+def test_a_schema_1_state_file_is_migrated_in_place_with_its_trials_as_leases(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "circuits.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for statement in SCHEMA_1:
+        old.execute(statement)
+    old.execute("CREATE TABLE IF NOT EXISTS other_table (x)")
+    old.execute(V1_ROW, ("qdrant", "half_open", 1, 3, 2, 1000.0, 960.0, 970.0, 950.0, "down"))
+    old.execute(V1_ROW, ("redis", "closed", 0, 0, 0, None, None, 900.0, None, None))
+    old.close()
+    with SqliteStore(path, clock=FakeClock(wall=975.0)) as store:
+        circuits = {c.name: c.snapshot for c in store.load_all()}
+        assert circuits["qdrant"].leases == ((1, 1000.0), (2, 1000.0))
+        assert circuits["qdrant"].trials_admitted == 2
+        assert (circuits["qdrant"].state, circuits["qdrant"].last_error) == ("half_open", "down")
+        assert circuits["redis"].leases == ()
+        config = BreakerConfig(failure_threshold=1, half_open_max_calls=2)
+        assert store.admit("qdrant", config).permit is None, "both migrated trials still hold"
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
+    columns = {row[1] for row in check.execute("PRAGMA table_info(circuits)")}
+    assert "trials" not in columns
+    assert "leases" in columns
+    assert check.execute("SELECT count(*) FROM other_table").fetchone() == (0,)
+    check.close()
+
+
+# -- faults of the file system: read-only, full, locked -------------------------------------------
+
+
+def mount(*args: str) -> None:
+    """Run mount(8); skip the test, saying why, where the machine refuses mounts."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting file systems needs root")
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"this machine refuses mounts: mount {' '.join(args)}: {done.stderr.strip()}")
+
+
+def unmount(target: Path) -> None:
+    subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
+
+
+@pytest.fixture
+def read_only_view(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(a writable directory, the same directory bind-mounted read-only)."""
+    source, view = tmp_path / "source", tmp_path / "view"
+    source.mkdir()
+    view.mkdir()
+    mount("--bind", str(source), str(view))
+    try:
+        mount("-o", "remount,ro,bind", str(view))
+        yield source, view
+    finally:
+        unmount(view)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KB tmpfs, to be filled up by the test."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount("-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(disk))
+    try:
+        yield disk
+    finally:
+        unmount(disk)
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    return filler
+
+
+def seed(path: Path, clock: FakeClock) -> None:
+    """A state file with `redis` open and `qdrant` closed, closed cleanly (no -wal, no -shm)."""
+    with SqliteStore(path, clock=clock) as store:
+        store.record_failure("redis", BreakerConfig(failure_threshold=1), None, "refused")
+        store.reset("qdrant", BreakerConfig())
+
+
+def test_a_state_file_on_a_read_only_mount_is_read_and_writers_degrade_until_it_is_writable(
+    read_only_view: tuple[Path, Path],
+) -> None:
+    source, view = read_only_view
+    clock = FakeClock()
+    seed(source / "circuits.db", clock)
+    store = open_store(str(view / "circuits.db"), clock=clock)
+    assert isinstance(store, SqliteStore)
+    assert store.problem is not None
+    assert "read-only" in store.problem
+    assert [c.name for c in store.load_all()] == ["qdrant", "redis"]
+
+    breaker = CircuitBreaker("qdrant", store=store, clock=clock, failure_threshold=1)
+    assert breaker.state is CircuitState.CLOSED
+    with pytest.raises(ZeroDivisionError):
+        breaker.call(lambda: 1 / 0)
+    degraded = breaker.stats["degraded"]
+    assert degraded is not None
+    assert "read-only" in degraded
+    assert breaker.state is CircuitState.OPEN, "protected in-process"
+
+    mount("-o", "remount,rw,bind", str(view))
+    clock.advance(1.0)  # the store's retry interval
+    with pytest.raises(CircuitBreakerError):
+        breaker.call(lambda: "not called")
+    assert breaker.stats["degraded"] is None
+    assert store.problem is None
+    with SqliteStore(source / "circuits.db", clock=clock) as writer:
+        written = writer.load("qdrant")
+    assert written is not None
+    assert written.snapshot.state is CircuitState.OPEN, "the open circuit was written back"
+    store.close()
+
+
+def test_status_watch_and_serve_work_on_a_read_only_state_file(
+    read_only_view: tuple[Path, Path],
+) -> None:
+    source, view = read_only_view
+    seed(source / "circuits.db", FakeClock())
+    location = str(view / "circuits.db")
+    status = runner.invoke(app, ["--state", location, "status", "--json"])
+    assert status.exit_code == 0, status.stderr
+    assert [c["name"] for c in json.loads(status.stdout)] == ["qdrant", "redis"]
+    watch = runner.invoke(app, ["--state", location, "watch", "--once"])
+    assert watch.exit_code == 0, watch.stderr
+    assert "redis" in watch.stdout
+    with open_store(location) as store:
+        answer = health_app(store).respond("GET", "/health", {}, b"")
+    assert answer.status == 200
+    assert sorted(json.loads(answer.body)["circuits"]) == ["qdrant", "redis"]
+    assert sorted(p.name for p in source.iterdir()) == ["circuits.db"], "nothing was written"
+
+
+def test_a_full_disk_degrades_writers_keeps_the_file_readable_and_recovers(
+    small_disk: Path,
+) -> None:
+    path = small_disk / "circuits.db"
+    clock = FakeClock()
+    seed(path, clock)
+    store = SqliteStore(path, clock=clock)
+    breaker = CircuitBreaker("qdrant", store=store, clock=clock, failure_threshold=2)
+    breaker.call(lambda: None)
+    filler = fill(small_disk)
+    for _ in range(2):
+        with pytest.raises(ZeroDivisionError):
+            breaker.call(lambda: 1 / 0)
+    degraded = breaker.stats["degraded"]
+    assert degraded is not None
+    assert "full" in degraded
+    assert breaker.state is CircuitState.OPEN, "protected in-process"
+    with SqliteStore(path, clock=clock) as reader:
+        assert [c.name for c in reader.load_all()] == ["qdrant", "redis"]
+    filler.unlink()
+    clock.advance(1.0)
+    with pytest.raises(CircuitBreakerError):
+        breaker.call(lambda: "not called")
+    assert breaker.stats["degraded"] is None
+    written = store.load("qdrant")
+    assert written is not None
+    assert (written.snapshot.state, written.snapshot.failure_count) == ("open", 2)
+    store.close()
+
+
+def test_a_state_file_opened_on_a_full_disk_is_readable_and_says_why_it_cannot_be_written(
+    small_disk: Path,
+) -> None:
+    path = small_disk / "circuits.db"
+    seed(path, FakeClock())
+    fill(small_disk)
+    with open_store(str(path)) as store:
+        assert isinstance(store, SqliteStore)
+        assert [c.name for c in store.load_all()] == ["qdrant", "redis"]
+        assert store.problem is not None
+        with pytest.raises(StoreUnavailableError) as refused_write:
+            store.reset("qdrant")
+        assert str(path) in str(refused_write.value)
+
+
+def test_the_state_file_waits_at_most_one_second_for_another_writers_lock(tmp_path: Path) -> None:
+    path = tmp_path / "circuits.db"
+    with SqliteStore(path) as store:
+        connection = store._connection
+        assert connection is not None
+        assert connection.execute("PRAGMA busy_timeout").fetchone()[0] <= 1000
