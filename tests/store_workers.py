@@ -98,3 +98,83 @@ def hammer_writes(location: str, progress: Any, stop: Any, results: Any) -> None
         error = f"{type(exc).__name__}: {exc}"
     results.put((progress.value, error))
     store.close()
+
+
+def hold_trial(
+    location: str, prefix: str, config: dict[str, Any], started: Any, finish: Any, results: Any
+) -> None:
+    """Run one call that holds its trial until `finish` is set, then succeeds; report whether
+    it was admitted."""
+    store = open_location(location, prefix)
+    breaker = CircuitBreaker("shared", store=store, **config)
+
+    def trial() -> str:
+        started.set()
+        finish.wait(30)
+        return "done"
+
+    try:
+        breaker.call(trial)
+    except CircuitBreakerError:
+        results.put("rejected")
+    else:
+        results.put("admitted")
+    store.close()
+
+
+def trial_traffic(
+    location: str, prefix: str, config: dict[str, Any], hold: float, stop: Any, results: Any
+) -> None:
+    """Take trials that hold for `hold` seconds and succeed, back to back, until `stop` is set;
+    report (admitted, rejected)."""
+    store = open_location(location, prefix)
+    breaker = CircuitBreaker("shared", store=store, **config)
+    admitted = rejected = 0
+    while not stop.is_set():
+        try:
+            breaker.call(time.sleep, hold)
+        except CircuitBreakerError:
+            rejected += 1
+            time.sleep(0.005)
+        else:
+            admitted += 1
+    results.put((admitted, rejected))
+    store.close()
+
+
+def fail_through_an_outage(
+    location: str,
+    prefix: str,
+    pace: float,
+    duration: float,
+    retry_interval: float,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """Fail calls that take `pace` seconds each, for `duration` seconds, while the test stops and
+    resumes Redis, then keep failing until the store answers again (so what was counted
+    in-process is written back); report (failures raised, whether the breaker was ever degraded).
+
+    A call that fails slowly is admitted before Redis stops and records its failure while Redis
+    is stopped: that write times out here but reaches the server, which applies it on SIGCONT.
+    """
+    store = RedisStore(location, prefix=prefix, socket_timeout=0.25, retry_interval=retry_interval)
+    breaker = CircuitBreaker("shared", failure_threshold=10**9, timeout=600.0, store=store)
+    barrier.wait(30)
+    raised, degraded = 0, False
+    until = time.monotonic() + duration
+
+    def slow_failure() -> None:
+        time.sleep(pace)
+        raise Down("dependency down")
+
+    while True:
+        try:
+            breaker.call(slow_failure)
+        except Down:
+            raised += 1
+        degraded = degraded or breaker.stats["degraded"] is not None
+        if time.monotonic() >= until and breaker.stats["degraded"] is None:
+            break
+    results.put((raised, degraded))
+    store.close()

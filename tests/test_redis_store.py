@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from cbctl import CircuitBreaker, CircuitBreakerError, StoreUnavailableError
-from cbctl.state import BreakerConfig
+from cbctl.state import BreakerConfig, Outage, Permit
 from cbctl.stores.redis import RedisStore, redact_url
 from tests.redis_counting import count_round_trips
 from tests.servers import RedisServer, SilentServer, free_port
@@ -160,3 +160,42 @@ def test_redact_url_hides_userinfo_and_query_passwords() -> None:
     assert redact_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
     assert redact_url("rediss://:pw@h/0?password=pw2&db=1") == "rediss://:***@h/0?password=***&db=1"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_a_failure_write_that_reached_redis_is_not_counted_again_by_the_write_back(
+    store: RedisStore,
+) -> None:
+    config = BreakerConfig(failure_threshold=100)
+    store.record_failure("dep", config, None, "answered", op="op-1")
+    store.record_failure("dep", config, None, "answer lost on the way back", op="op-2")
+    outage = Outage(0, failures=3, error="down", ops=("op-2", "op-3", "op-4"))
+    after = store.reconcile("dep", config, outage).after
+    assert after.failure_count == 2 + 2, "op-2 reached Redis already; op-3 and op-4 did not"
+    assert after.last_error == "down"
+
+
+def test_the_write_back_remembers_only_the_last_64_failure_writes(store: RedisStore) -> None:
+    config = BreakerConfig(failure_threshold=1000)
+    for number in range(70):
+        store.record_failure("dep", config, None, "down", op=f"op-{number}")
+    outage = Outage(0, failures=2, ops=("op-0", "op-69"))
+    assert store.reconcile("dep", config, outage).after.failure_count == 70 + 1
+
+
+def test_a_circuit_written_before_per_trial_leases_keeps_its_trials(
+    redis_server: RedisServer, store: RedisStore
+) -> None:
+    now = store.clock_now()
+    redis_server.command(
+        "HSET", store.key("dep"), "s", "half_open", "fc", "1", "sc", "0", "g", "3", "tr", "2",
+        "td", repr(now + 30), "oa", repr(now - 40), "ca", repr(now - 5), "f", "0",
+        "ft", "1", "to", "30", "st", "2", "hm", "2",
+    )  # fmt: skip
+    loaded = store.load("dep")
+    assert loaded is not None
+    assert [lease for lease, _ in loaded.snapshot.leases] == [1, 2]
+    config = BreakerConfig(failure_threshold=1, half_open_max_calls=2)
+    assert store.admit("dep", config).permit is None, "both old trials still hold their places"
+    freed = store.release("dep", config, Permit(3, 1)).after
+    assert [lease for lease, _ in freed.leases] == [2]
+    assert redis_server.command("HEXISTS", store.key("dep"), "tr") == ":0"

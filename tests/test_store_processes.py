@@ -213,3 +213,150 @@ def test_a_writer_killed_mid_write_leaves_the_state_file_valid_for_the_others(
     checker.close()
     with SqliteStore(path) as store:
         assert store.reset("shared").after.state == "closed"
+
+
+def test_a_trial_slower_than_its_lease_does_not_free_the_place_of_the_next_one(
+    shared: Shared,
+) -> None:
+    """Limit 1: the slow trial loses its lease, a second trial takes the place, and the slow
+    one's late success frees nothing and counts nothing: a third caller is still rejected."""
+    lease = 1.5
+    config = {"failure_threshold": 1, "timeout": lease, "success_threshold": 2}
+    shared.store(seconds_ago=100).record_failure("shared", BreakerConfig(**config), None, "down")
+    results = SPAWN.Queue()
+    started = [SPAWN.Event(), SPAWN.Event()]
+    finish = [SPAWN.Event(), SPAWN.Event()]
+
+    def holder(index: int) -> Any:
+        process = SPAWN.Process(
+            target=store_workers.hold_trial,
+            args=(shared.location, shared.prefix, config, started[index], finish[index], results),
+        )
+        process.start()
+        return process
+
+    processes = [holder(0)]
+    try:
+        assert started[0].wait(30)
+        breaker = CircuitBreaker("shared", store=shared.store(), **config)
+        with pytest.raises(CircuitBreakerError):
+            breaker.call(lambda: "third")
+        deadline = time.monotonic() + 30
+        while not breaker.allows_call():  # the slow trial's lease ends
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        processes.append(holder(1))
+        assert started[1].wait(30)
+        finish[0].set()
+        assert results.get(timeout=30) == "admitted", "the slow trial ran to its end"
+        with pytest.raises(CircuitBreakerError) as rejected:
+            breaker.call(lambda: "third")
+        assert rejected.value.retry_after is not None
+        assert 0 < rejected.value.retry_after <= lease
+        stored = shared.store().load("shared")
+        assert stored is not None
+        assert (stored.snapshot.state, stored.snapshot.success_count) == ("half_open", 0)
+        finish[1].set()
+        assert results.get(timeout=30) == "admitted"
+        stored = shared.store().load("shared")
+        assert stored is not None
+        assert stored.snapshot.success_count == 1, "the second trial's success counts"
+    finally:
+        for event in finish:
+            event.set()
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+
+
+def test_the_place_of_a_killed_trial_holder_is_freed_under_traffic(shared: Shared) -> None:
+    """Limit 2: one holder is SIGKILLed while another process keeps taking the other place; the
+    dead holder's lease still ends on time (admissions do not extend it)."""
+    lease = 1.0
+    config = {
+        "failure_threshold": 1, "timeout": lease, "half_open_max_calls": 2,
+        "success_threshold": 10**6,
+    }  # fmt: skip
+    shared.store(seconds_ago=100).record_failure("shared", BreakerConfig(**config), None, "down")
+    results, stop = SPAWN.Queue(), SPAWN.Event()
+    victim = SPAWN.Process(
+        target=store_workers.take_trial_and_hang,
+        args=(shared.location, shared.prefix, config, results),
+    )
+    victim.start()
+    traffic = None
+    try:
+        assert results.get(timeout=30) == "holding"
+        killed = time.monotonic()
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+        traffic = SPAWN.Process(
+            target=store_workers.trial_traffic,
+            args=(shared.location, shared.prefix, config, 0.05, stop, results),
+        )
+        traffic.start()
+        time.sleep(max(0.0, killed + lease + 0.3 - time.monotonic()))
+        breaker = CircuitBreaker("shared", store=shared.store(), **config)
+        for _ in range(5):
+            with breaker:
+                pass  # the dead place is free: admitted beside the traffic, every time
+        stop.set()
+        admitted, _ = results.get(timeout=30)
+        assert admitted > 0, "the traffic kept the other place busy"
+        stored = shared.store().load("shared")
+        assert stored is not None
+        assert stored.snapshot.state == "half_open"
+    finally:
+        stop.set()
+        for process in (victim, traffic):
+            if process is not None:
+                process.join(10)
+                if process.is_alive():
+                    process.kill()
+
+
+def test_failures_during_a_redis_stop_are_counted_once_when_it_resumes(
+    module_redis: RedisServer,
+) -> None:
+    """Redis is SIGSTOPped for 2 s under four failing processes: writes time out (some reached
+    the server and are applied on SIGCONT), others fail fast; once Redis answers, the count in
+    Redis is exactly the number of failures the processes raised: none lost, none twice."""
+    prefix = f"stop{next(_prefixes)}:"
+    barrier, results = SPAWN.Barrier(PROCESSES + 1), SPAWN.Queue()
+    workers = [
+        SPAWN.Process(
+            target=store_workers.fail_through_an_outage,
+            args=(module_redis.url, prefix, 0.02, 3.5, 0.05, barrier, results),
+        )
+        for _ in range(PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    server = module_redis._process
+    assert server is not None
+    try:
+        barrier.wait(30)
+        time.sleep(0.7)
+        os.kill(server.pid, signal.SIGSTOP)
+        time.sleep(2.0)
+        os.kill(server.pid, signal.SIGCONT)
+        reports = drain(results, PROCESSES)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        for worker in workers:
+            worker.join(30)
+            if worker.is_alive():
+                worker.kill()
+    assert all(degraded for _, degraded in reports), "every process saw the outage"
+    raised = sum(count for count, _ in reports)
+    stored = RedisStore(module_redis.url, prefix=prefix).load("shared")
+    assert stored is not None
+    lost, twice = (
+        max(0, raised - stored.snapshot.failure_count),
+        max(0, stored.snapshot.failure_count - raised),
+    )
+    assert (lost, twice) == (0, 0), (
+        f"{raised} failures raised, {stored.snapshot.failure_count} kept"
+    )
