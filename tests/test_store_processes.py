@@ -292,9 +292,10 @@ def test_the_place_of_a_killed_trial_holder_is_freed_under_traffic(shared: Share
         assert victim.pid is not None
         os.kill(victim.pid, signal.SIGKILL)
         victim.join(10)
+        counts = SPAWN.Queue()  # the victim may have died holding the first queue's lock
         traffic = SPAWN.Process(
             target=store_workers.trial_traffic,
-            args=(shared.location, shared.prefix, config, 0.05, stop, results),
+            args=(shared.location, shared.prefix, config, 0.05, stop, counts),
         )
         traffic.start()
         time.sleep(max(0.0, killed + lease + 0.3 - time.monotonic()))
@@ -303,7 +304,7 @@ def test_the_place_of_a_killed_trial_holder_is_freed_under_traffic(shared: Share
             with breaker:
                 pass  # the dead place is free: admitted beside the traffic, every time
         stop.set()
-        admitted, _ = results.get(timeout=30)
+        admitted, _ = counts.get(timeout=30)
         assert admitted > 0, "the traffic kept the other place busy"
         stored = shared.store().load("shared")
         assert stored is not None
