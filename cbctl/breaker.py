@@ -14,6 +14,7 @@ import inspect
 import itertools
 import logging
 import math
+import os
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -52,6 +53,18 @@ _OPEN: Final = CircuitState.OPEN
 _HALF_OPEN: Final = CircuitState.HALF_OPEN
 
 _count_value = itertools.count.__repr__
+
+_op_token = secrets.token_hex(6)
+_op_ids = itertools.count(1)
+
+
+def _new_op_token() -> None:
+    """A forked child names its writes apart from its parent's."""
+    global _op_token
+    _op_token = secrets.token_hex(6)
+
+
+os.register_at_fork(after_in_child=_new_op_token)
 
 
 def _counted(counter: itertools.count[int]) -> int:
@@ -108,8 +121,6 @@ class CircuitBreaker:
         "_fallback",
         "_listeners",
         "_lock",
-        "_op_prefix",
-        "_op_seq",
         "_open_until",
         "_outage",
         "_reconciling",
@@ -172,9 +183,7 @@ class CircuitBreaker:
         )
         self._degraded: str | None = None
         self._outage: _OutageLog | None = None
-        self._reconciling = threading.Lock()
-        self._op_prefix = secrets.token_hex(6) + "-"
-        self._op_seq = itertools.count(1)
+        self._reconciling = threading.Lock() if store is not None else None
         self._listeners: tuple[Callable[[StateChange], object], ...] = ()
         self._successes = itertools.count()
         self._rejections = itertools.count()
@@ -426,7 +435,7 @@ class CircuitBreaker:
         error = _describe(exc)
         op = None
         if self._store is not None:
-            op = f"{self._op_prefix}{next(self._op_seq)}"
+            op = f"{_op_token}-{next(_op_ids)}"
             update = self._store_op(
                 lambda store: store.record_failure(self.name, self._config, permit, error, op)
             )
@@ -531,7 +540,9 @@ class CircuitBreaker:
         """Reconcile the store with what this breaker counted during an outage; False while
         another thread is at it (this call then stays in-process). Raises when the store is
         still unavailable."""
-        if not self._reconciling.acquire(blocking=False):
+        reconciling = self._reconciling
+        assert reconciling is not None
+        if not reconciling.acquire(blocking=False):
             return False
         try:
             with self._lock:
@@ -570,7 +581,7 @@ class CircuitBreaker:
             self._adopt(update)
             return True
         finally:
-            self._reconciling.release()
+            reconciling.release()
 
     def _store_now(self) -> float:
         assert self._store is not None

@@ -274,7 +274,7 @@ class SqliteStore:
                 cached_statements=32,
             )
         except sqlite3.Error as error:
-            raise _opening_error(self._path, error) from error
+            raise _opening_error(self._path, error, writable=writable) from error
         try:
             if writable:
                 self._initialise(connection)
@@ -287,7 +287,7 @@ class SqliteStore:
                 )
         except sqlite3.Error as error:
             connection.close()
-            raise _opening_error(self._path, error) from error
+            raise _opening_error(self._path, error, writable=writable) from error
         except BaseException:
             connection.close()
             raise
@@ -537,14 +537,15 @@ class _Unwritable(Exception):
     """The file cannot be opened the way asked, for a reason that may pass (internal)."""
 
 
-def _opening_error(path: Path, error: sqlite3.Error) -> Exception:
+def _opening_error(path: Path, error: sqlite3.Error, *, writable: bool) -> Exception:
     """A refusal (StateError) for a file that is not a usable database, else `_Unwritable`."""
     if getattr(error, "sqlite_errorname", "") in _HARD_ERRORS:
         return StateError(f"cannot use the state file {path}: {error}")
     reason = str(error)
     if reason == "unable to open database file":
-        reason = "cannot be opened for writing (read-only or full file system?)"
-    return _Unwritable(f"the state file {path} {reason}" if " " in reason else reason)
+        reason = "read-only or full file system?"
+    how = "for writing" if writable else "read-only"
+    return _Unwritable(f"the state file {path} cannot be opened {how} ({reason})")
 
 
 def _migrate_from_1(connection: sqlite3.Connection) -> None:
