@@ -13,10 +13,11 @@ history (last failure) but never moves the new state.
 In HALF_OPEN every trial holds a lease of its own: an id (the count of trials admitted in this
 generation) and a deadline `timeout` seconds after its admission. A lease ends when its trial
 reports (success, failure, neutral end) or when its deadline passes; either way it frees exactly
-its own place, and admitting a trial never extends another one's lease. An outcome that arrives
-after its lease ended (the trial was slower than `timeout`, or its place was already given back)
-is stale like an outcome of a past generation: a failure is kept as history (last failure), but
-it neither frees a place nor counts toward closing or re-opening the circuit.
+its own place, and admitting a trial never extends another one's lease. A success or neutral end
+that arrives after its lease ended (the trial was slower than `timeout`) is stale like an outcome
+of a past generation: it neither frees a place nor counts toward closing. A late failure of a
+trial of the present half-open generation still re-opens the circuit: it is evidence that the
+dependency is down, and re-opening never lets more calls through.
 """
 
 from __future__ import annotations
@@ -289,9 +290,9 @@ def admit(snapshot: Snapshot, config: BreakerConfig, now: float) -> tuple[Snapsh
     return admitted, Permit(snapshot.generation, lease)
 
 
-def _current(snapshot: Snapshot, permit: Permit | None, now: float) -> bool:
+def _current(snapshot: Snapshot, permit: Permit | None, now: float, *, late: bool = False) -> bool:
     """Whether an outcome still belongs to the circuit's present: its generation, and for a
-    half-open trial its lease, which must still be live.
+    half-open trial its lease, which must still be live (unless `late` outcomes count).
 
     A permit of None stands for a call admitted by the lock-free CLOSED fast path: it counts
     while the circuit is still CLOSED.
@@ -301,7 +302,7 @@ def _current(snapshot: Snapshot, permit: Permit | None, now: float) -> bool:
     if permit.generation != snapshot.generation:
         return False
     if snapshot.state is HALF_OPEN:
-        return permit.trial and _holds(snapshot, permit, now)
+        return permit.trial and (late or _holds(snapshot, permit, now))
     return True
 
 
@@ -332,10 +333,11 @@ def record_failure(
     """A protected call failed: count it, and open the circuit when the threshold is reached.
 
     The failure is remembered as the last failure even when it is stale (its generation has
-    passed, or its trial lease ended): it is still a fact about the dependency.
+    passed): it is still a fact about the dependency. A half-open trial that fails after its
+    lease ended still re-opens the circuit (fail-safe).
     """
     noted = replace(snapshot, last_failure_at=wall, last_error=error)
-    if not _current(snapshot, permit, now):
+    if not _current(snapshot, permit, now, late=True):
         return noted
     if snapshot.state is CLOSED:
         failures = snapshot.failure_count + 1

@@ -366,6 +366,11 @@ class TrialAccounting(RuleBasedStateMachine):
         permit = self.permits[index % len(self.permits)]
         key = (permit.generation, permit.lease)
         holds = self.state == "half_open" and self.now < self.places.get(key, -1.0)
+        late_failure = (
+            outcome == "failure"
+            and self.state == "half_open"
+            and permit.generation == self.generation
+        )
         if outcome == "success":
             self.snapshot = machine.record_success(self.snapshot, self.config, permit, self.now)
         elif outcome == "failure":
@@ -374,6 +379,9 @@ class TrialAccounting(RuleBasedStateMachine):
             )
         else:
             self.snapshot = machine.release(self.snapshot, permit, self.now)
+        if late_failure and not holds:
+            self._move("open")  # fail-safe: a trial of this generation failed, however late
+            return
         if not holds:
             return  # stale: it neither frees a place nor counts
         del self.places[key]

@@ -150,10 +150,10 @@ local function without()
   end
   return out
 end
-local function current()
+local function current(late)
   if pg == nil then return b.s == 'closed' end
   if pg ~= b.g then return false end
-  if b.s == 'half_open' then return plm ~= 0 and holds() end
+  if b.s == 'half_open' then return plm ~= 0 and (late or holds()) end
   return true
 end
 
@@ -194,7 +194,7 @@ elseif op == 'success' then
 elseif op == 'failure' then
   permit_g, permit_lease = pg, plm
   a.lf = now; a.le = ARGV[9]
-  if current() then
+  if current(true) then
     if b.s == 'closed' then
       local failures = b.fc + 1
       if failures >= ft and not b.f then
