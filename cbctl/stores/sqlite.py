@@ -510,7 +510,7 @@ class SqliteStore:
         """Delete the circuit's row (`cbctl forget`); True if there was one."""
         with self._lock:
             try:
-                deleted = self._connection.execute(_DELETE, (name,)).rowcount
+                deleted = self._usable(write=True).execute(_DELETE, (name,)).rowcount
             except sqlite3.Error as error:
                 raise self._unavailable(error) from error
             finally:
