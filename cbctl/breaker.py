@@ -26,7 +26,7 @@ from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock, iso_utc
-from cbctl.errors import CircuitBreakerError, StoreUnavailableError
+from cbctl.errors import CircuitBreakerError, StoreUnavailableError, UsageError
 from cbctl.failures import FailureRules, as_rules
 from cbctl.state import (
     BreakerConfig,
@@ -148,6 +148,8 @@ class CircuitBreaker:
         config: BreakerConfig | None = None,
         kind: str | FailureRules | None = None,
     ) -> None:
+        if not isinstance(name, str) or not name:  # a None name would share one store key
+            raise UsageError(f"a circuit name must be a non-empty string, got {name!r}")
         self.name = name
         self._failure_rules = as_rules(kind)
         self._config = config or BreakerConfig(

@@ -23,7 +23,6 @@ never shows a password: `repr(Dependency)` and every message carry `redact_url(u
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
@@ -32,11 +31,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from cbctl import limits
 from cbctl.errors import ConfigError, UsageError
 from cbctl.failures import FailureRules, rules_for
+from cbctl.redaction import redact_url, remember
 from cbctl.state import BreakerConfig
+from cbctl.urls import parse_url
 
 __all__ = [
     "BUILTIN_URLS",
@@ -88,28 +90,7 @@ _DEFAULT_PORTS: Final[Mapping[str, int]] = MappingProxyType(
     {"http": 80, "https": 443, "postgresql": 5432, "postgres": 5432, "redis": 6379, "rediss": 6379}
 )
 _NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-_SECRET_QUERY_KEYS: Final = frozenset({"password", "pass", "passwd", "api_key", "apikey", "token"})
-_USERINFO_PASSWORD: Final = re.compile(r"(//[^/@:]*):[^/@]*@")
 _ERROR_NAME: Final = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password (userinfo or `?password=`) replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _USERINFO_PASSWORD.sub(r"\1:***@", url)
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(key.lower() in _SECRET_QUERY_KEYS for key, _ in pairs):
-            redacted = [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs]
-            query = urlencode(redacted, safe="*")
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def env_var_for(name: str) -> str:
@@ -147,6 +128,7 @@ class Dependency:
         if self.kind not in KINDS:
             raise ConfigError(f"{where}: unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
         _check_url(self.kind, self.url, where)
+        remember(self.api_key)
         _check_seconds(self.call_timeout, f"{where}: call_timeout")
         _check_status(self.expected_status, f"{where}: expected_status")
 
@@ -282,6 +264,8 @@ def parse_config(
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{origin}: invalid TOML: {error}") from error
+    except RecursionError:
+        raise ConfigError(f"{origin}: invalid TOML: arrays or tables nested too deeply") from None
     _reject_unknown(document, {"builtins", "defaults", "dependencies"}, origin, "")
     builtins = document.get("builtins", "dependencies" not in document)
     if not isinstance(builtins, bool):
@@ -500,19 +484,11 @@ def _describe(value: Any) -> str:
 
 
 def _check_positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where} must be a whole number, got {_describe(value)}")
-    if value < 1:
-        raise ConfigError(f"{where} must be at least 1, got {value}")
-    return value
+    return limits.count(value, where)
 
 
 def _check_seconds(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where} must be a number of seconds, got {_describe(value)}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{where} must be a positive number of seconds, got {value}")
-    return float(value)
+    return limits.seconds(value, where)
 
 
 def _check_status(value: Any, where: str) -> int:
@@ -527,32 +503,16 @@ def _check_url(kind: str, value: Any, where: str) -> str:
     """`value` if it is a URL a `kind` dependency can use; a ConfigError saying why not."""
     if not isinstance(value, str):
         raise ConfigError(f"{where} must be a URL string, got {_describe(value)}")
-    schemes = _SCHEMES[kind]
-    expected = " or ".join(f"{scheme}://" for scheme in schemes)
-    shown = redact_url(value)
-    try:
-        parts = urlsplit(value)
-    except ValueError as error:
-        raise ConfigError(f"{where}: invalid URL {shown!r}: {error}") from error
-    if parts.scheme.lower() not in schemes or not value.lower().startswith(f"{parts.scheme}://"):
-        example = " (e.g. tcp://localhost:11211)" if kind == "tcp" else ""
-        raise ConfigError(
-            f"{where}: a {kind} dependency needs a {expected} URL{example}, got {shown!r}"
-        )
-    port = _port(parts, where, shown)
-    if kind != "postgresql" and not parts.hostname:
-        raise ConfigError(f"{where}: no host in URL {shown!r}")
-    if kind == "tcp" and port is None:
-        raise ConfigError(f"{where}: a tcp URL needs a port (tcp://host:port), got {shown!r}")
+    example = " (e.g. tcp://localhost:11211)" if kind == "tcp" else ""
+    url = parse_url(
+        value,
+        where,
+        schemes=_SCHEMES[kind],
+        error=ConfigError,
+        need_host=kind != "postgresql",
+        example=example,
+        purpose=f"a {kind} dependency",
+    )
+    if kind == "tcp" and url.port is None:
+        raise ConfigError(f"{where}: a tcp URL needs a port (tcp://host:port), got {url.shown!r}")
     return value
-
-
-def _port(parts: SplitResult, where: str, shown: str) -> int | None:
-    try:
-        port = parts.port
-    except ValueError as error:
-        problem = "port out of range" if "out of range" in str(error) else "invalid port"
-        raise ConfigError(f"{where}: {problem} in {shown!r} (must be 1-65535)") from error
-    if port == 0:
-        raise ConfigError(f"{where}: port out of range in {shown!r} (must be 1-65535)")
-    return port

@@ -25,8 +25,8 @@ Hierarchy (exit code in brackets):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import ClassVar, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 __all__ = [
     "CbctlError",
@@ -40,6 +40,7 @@ __all__ = [
     "StateError",
     "StoreUnavailableError",
     "UnknownCircuitError",
+    "UnreadableCircuitsError",
     "UsageError",
 ]
 
@@ -67,6 +68,18 @@ class StateError(CbctlError):
 
 class MissingStateError(StateError):
     """The state a reading command was pointed at does not exist (a mistyped --state)."""
+
+
+class UnreadableCircuitsError(StateError):
+    """Some circuits in the store hold records this cbctl cannot trust (a foreign `state`, a
+    zero threshold); `readable` are the others, `unreadable` maps each bad name to why."""
+
+    def __init__(
+        self, message: str, readable: Sequence[Any], unreadable: Mapping[str, str]
+    ) -> None:
+        super().__init__(message)
+        self.readable = list(readable)
+        self.unreadable = dict(unreadable)
 
 
 class StoreUnavailableError(StateError):

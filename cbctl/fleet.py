@@ -3,16 +3,25 @@
 `status`, `watch`, `reset` and the health endpoint all read circuits through this module, so a
 circuit looks the same (the `breaker.stats` keys) whether it came from the state file, Redis or
 a remote `/health`. Nothing here prints; HTTP (httpx) is imported only when a URL is used.
+
+A remote endpoint is not trusted: every read has a total deadline (a body dripped byte by byte
+does not hold `watch`), a cap on the decoded size (gzip included), and its circuits are checked
+field by field; a circuit whose record makes no sense shows as "unreadable" with the reason.
+A store record that cannot be decoded is shown the same way.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlunsplit
 
 from cbctl import state as machine
 from cbctl.clock import iso_utc
@@ -20,9 +29,12 @@ from cbctl.errors import (
     DependencyError,
     StateError,
     UnknownCircuitError,
+    UnreadableCircuitsError,
     UsageError,
 )
-from cbctl.state import CircuitStore, StoredCircuit
+from cbctl.redaction import redact_url, remember, scrub
+from cbctl.state import CircuitState, CircuitStore, StoredCircuit
+from cbctl.urls import parse_url
 
 if TYPE_CHECKING:
     import httpx
@@ -40,10 +52,18 @@ __all__ = [
     "reset_in_store",
     "reset_remote",
     "stored_stats",
+    "unreadable_stats",
 ]
 
 DEFAULT_HTTP_TIMEOUT = 2.0
+MAX_RESPONSE_BYTES = 1 << 20
+"""The most an endpoint's answer may hold once decoded; cbctl's own /health for 1,000 circuits
+is about 600 kB."""
+MAX_ERROR_CHARS = 200
+UNREADABLE = "unreadable"
+_STATES = frozenset({*(state.value for state in CircuitState), UNREADABLE})
 _T = TypeVar("_T")
+logger = logging.getLogger("cbctl.fleet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +120,28 @@ def stored_stats(stored: StoredCircuit, source: str) -> dict[str, Any]:
     }
 
 
+def unreadable_stats(name: str, reason: str, source: str) -> dict[str, Any]:
+    """The stats of a circuit whose record could not be trusted: state "unreadable", and why."""
+    return {"name": name, "state": UNREADABLE, "error": reason, "store": source}
+
+
+def load_store(store: CircuitStore) -> tuple[list[StoredCircuit], dict[str, str]]:
+    """The store's circuits that could be decoded, and {name: why} for those that could not."""
+    try:
+        return store.load_all(), {}
+    except UnreadableCircuitsError as error:
+        return error.readable, error.unreadable
+
+
 def read_store(store: CircuitStore) -> list[dict[str, Any]]:
-    """Stats of every circuit in the store, in name order."""
+    """Stats of every circuit in the store, in name order; foreign records as "unreadable"."""
     source = store.url
-    return [stored_stats(stored, source) for stored in sorted(store.load_all(), key=_by_name)]
-
-
-def _by_name(stored: StoredCircuit) -> str:
-    return stored.name
+    stored, unreadable = load_store(store)
+    for reason in unreadable.values():
+        logger.warning("%s", reason)
+    stats = [stored_stats(each, source) for each in stored]
+    stats += [unreadable_stats(name, reason, source) for name, reason in unreadable.items()]
+    return sorted(stats, key=lambda each: str(each["name"]))
 
 
 def report_from_store(store: CircuitStore, now: float) -> SourceReport:
@@ -124,7 +158,10 @@ def reset_in_store(store: CircuitStore, name: str | None) -> list[CircuitReset]:
 
     An unknown name raises UnknownCircuitError listing the circuits the store knows.
     """
-    circuits = {stored.name: stored for stored in store.load_all()}
+    loaded, unreadable = load_store(store)
+    if name is not None and name in unreadable:
+        raise StateError(unreadable[name])
+    circuits = {stored.name: stored for stored in loaded}
     if name is not None and name not in circuits:
         raise UnknownCircuitError(name, circuits)
     names = sorted(circuits) if name is None else [name]
@@ -174,32 +211,24 @@ def _last_activity(stored: StoredCircuit) -> float:
 def health_url(url: str) -> str:
     """The `/health` URL of a service given its base URL or its `/health` URL.
 
-    Anything but an http(s) URL with a host is a UsageError (exit 2).
+    The URL goes through cbctl's one parser: anything but an http(s) URL with a host and a port
+    in range, and any URL with credentials in it (the bearer token is given apart), is a
+    UsageError (exit 2) before anything is sent.
     """
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"health endpoint must be an http:// or https:// URL, got {_safe(url)!r}")
-    path = parts.path.rstrip("/")
+    parsed = parse_url(
+        url.strip(), "--url", schemes=("http", "https"), userinfo=False, purpose="a health endpoint"
+    )
+    path = parsed.path.rstrip("/")
     if not path.endswith("/health"):
         path = f"{path}/health"
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    host = f"[{parsed.host}]" if parsed.host and ":" in parsed.host else parsed.host
+    netloc = f"{host}:{parsed.port}" if parsed.port is not None else str(host)
+    return urlunsplit((parsed.scheme, netloc, path, "", ""))
 
 
 def _base_url(url: str) -> str:
     health = health_url(url)
     return health[: -len("/health")]
-
-
-def _safe(url: str) -> str:
-    """The URL without any password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _client(timeout: float) -> httpx.Client:
@@ -208,15 +237,80 @@ def _client(timeout: float) -> httpx.Client:
     return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
 
 
-def _decode(response: httpx.Response, where: str) -> Any:
-    """The JSON body of a cbctl health answer, or a DependencyError saying what came instead."""
-    kind = response.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An endpoint's answer, read in full within the deadline and the size cap."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+def _decoder(encoding: str, where: str) -> zlib._Decompress | None:
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
+    raise DependencyError(f"{where} answered with unsupported Content-Encoding {encoding[:40]!r}")
+
+
+def _request(
+    http: httpx.Client, method: str, target: str, where: str, timeout: float, **kwargs: Any
+) -> _Answer:
+    """One request, its whole answer within `timeout` seconds and MAX_RESPONSE_BYTES decoded.
+
+    The body is read raw and decoded here, so a gzip bomb stops at the cap instead of being
+    inflated in full first; a body dripped slowly stops at the deadline.
+    """
+    import httpx
+
+    end = time.monotonic() + timeout
+    headers = {**kwargs.pop("headers", {}), "Accept-Encoding": "gzip, identity"}
     try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        with http.stream(method, target, headers=headers, timeout=timeout, **kwargs) as response:
+            encoding = response.headers.get("content-encoding", "").strip().lower()
+            decoder = _decoder(encoding, where)
+            body = bytearray()
+            for chunk in response.iter_raw():
+                if decoder is not None:
+                    chunk = decoder.decompress(chunk, MAX_RESPONSE_BYTES - len(body) + 1)
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise DependencyError(
+                        f"{where} answered more than {MAX_RESPONSE_BYTES} bytes: not a cbctl "
+                        "health endpoint"
+                    )
+                if time.monotonic() > end:
+                    raise httpx.ReadTimeout("deadline passed")
+            kind = response.headers.get("content-type", "").split(";")[0].strip()
+            return _Answer(response.status_code, kind or "no content type", bytes(body))
+    except httpx.TimeoutException:
+        raise DependencyError(f"{where} unreachable: no full answer within {timeout:g}s") from None
+    except zlib.error:
+        raise DependencyError(f"{where} answered a body that does not decompress") from None
+    except httpx.HTTPError as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DependencyError(f"{where} unreachable: {_cut(reason)}") from None
+
+
+def _cut(text: object) -> str:
+    """An untrusted text for a message: secrets scrubbed first, then cut to length (a secret cut
+    in half would no longer be recognised)."""
+    clean = " ".join(scrub(str(text)).split())
+    return clean if len(clean) <= MAX_ERROR_CHARS else clean[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def _decode(answer: _Answer, where: str) -> Any:
+    """The JSON body of a cbctl health answer, or a DependencyError saying what came instead."""
+    try:
+        return json.loads(answer.body)
+    except (ValueError, UnicodeDecodeError):
         raise DependencyError(
-            f"{where} answered HTTP {response.status_code} with {kind}, not cbctl health JSON"
+            f"{where} answered HTTP {answer.status} with {_cut(answer.content_type)}, "
+            "not cbctl health JSON"
         ) from None
+    except RecursionError:
+        raise DependencyError(f"{where} answered JSON nested too deeply") from None
 
 
 def fetch_health(
@@ -224,43 +318,54 @@ def fetch_health(
 ) -> list[dict[str, Any]]:
     """The circuits a service's `/health` reports, as stats dicts in name order.
 
-    Raises UsageError for a non-http(s) URL and DependencyError when the endpoint is
-    unreachable or answers anything but cbctl health JSON.
+    Raises UsageError for a URL that cbctl does not accept and DependencyError when the endpoint
+    is unreachable, too slow, too large, or answers anything but cbctl health JSON.
     """
     target = health_url(url)
-    where = _safe(target)
-    return _with_client(client, timeout, lambda http: _fetch(http, target, where))
+    where = redact_url(target)
+    return _with_client(client, timeout, lambda http: _fetch(http, target, where, timeout))
 
 
-def _fetch(http: httpx.Client, target: str, where: str) -> list[dict[str, Any]]:
-    response = _request(http, "GET", target, where)
-    payload = _decode(response, where)
+_COUNT_KEYS = ("failure_count", "success_count", "failure_threshold", "success_threshold")
+_NUMBER_KEYS = ("retry_after", "timeout")
+_TEXT_KEYS = ("last_failure", "last_error", "opened_at", "state_since", "error")
+
+
+def _checked(name: str, entry: object) -> dict[str, Any]:
+    """An endpoint's circuit as stats, or an "unreadable" entry saying which field is foreign."""
+    if not isinstance(entry, Mapping):
+        return unreadable_stats(name, "the circuit is not a JSON object", "")
+    problem = None
+    if entry.get("state") not in _STATES:
+        problem = f"state {_cut(repr(entry.get('state')))} is not a circuit state"
+    for key in _COUNT_KEYS:
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            problem = problem or f"{key} is {_cut(repr(value))}, not a whole number"
+    for key in _NUMBER_KEYS:
+        value = entry.get(key)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and (not number or not math.isfinite(value)):
+            problem = problem or f"{key} is {_cut(repr(value))}, not a number"
+    for key in _TEXT_KEYS:
+        value = entry.get(key)
+        if value is not None and not isinstance(value, str):
+            problem = problem or f"{key} is {_cut(repr(value))}, not text"
+    if problem is not None:
+        return unreadable_stats(name, problem, "")
+    return {**entry, "name": name}
+
+
+def _fetch(http: httpx.Client, target: str, where: str, timeout: float) -> list[dict[str, Any]]:
+    answer = _request(http, "GET", target, where, timeout)
+    payload = _decode(answer, where)
     circuits = payload.get("circuits") if isinstance(payload, dict) else None
-    if response.status_code != 200 or not isinstance(circuits, dict):
+    if answer.status != 200 or not isinstance(circuits, dict):
         raise DependencyError(
-            f"{where} answered HTTP {response.status_code} without a 'circuits' object: "
+            f"{where} answered HTTP {answer.status} without a 'circuits' object: "
             "not a cbctl health endpoint"
         )
-    stats = []
-    for name, entry in sorted(circuits.items()):
-        if not isinstance(entry, dict) or not isinstance(entry.get("state"), str):
-            raise DependencyError(f"{where} reported circuit {name!r} without a state")
-        stats.append({**entry, "name": name})
-    return stats
-
-
-def _request(
-    http: httpx.Client, method: str, target: str, where: str, **kwargs: Any
-) -> httpx.Response:
-    import httpx
-
-    try:
-        return http.request(method, target, **kwargs)
-    except httpx.TimeoutException:
-        raise DependencyError(f"{where} unreachable: timed out") from None
-    except httpx.HTTPError as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DependencyError(f"{where} unreachable: {reason}") from None
+    return [_checked(name, entry) for name, entry in sorted(circuits.items())]
 
 
 def _with_client(
@@ -280,11 +385,12 @@ def report_from_url(
     client: httpx.Client | None = None,
 ) -> SourceReport:
     """A service's circuits; an endpoint that fails is reported as unreachable, not raised."""
+    shown = redact_url(url)
     try:
         circuits = fetch_health(url, timeout=timeout, client=client)
     except DependencyError as error:
-        return SourceReport(_safe(url), (), now, str(error))
-    return SourceReport(_safe(url), tuple(circuits), now)
+        return SourceReport(shown, (), now, str(error))
+    return SourceReport(shown, tuple(circuits), now)
 
 
 def reset_remote(
@@ -298,34 +404,41 @@ def reset_remote(
     """Reset one circuit (or every one, with None) through a service's health endpoint.
 
     401/403 are UsageErrors (a token problem), 404 an UnknownCircuitError with the circuits the
-    service reports, anything unexpected a DependencyError. The token is never put in a message.
+    service reports, anything unexpected a DependencyError. The token is never put in a message,
+    and a URL that is refused (bad port, credentials in it) is refused before anything is sent.
     """
     base = _base_url(url)
-    where = _safe(base)
+    where = redact_url(base)
+    remember(token)  # from now on every message, even an endpoint echoing it, masks it
 
     def run(http: httpx.Client) -> list[CircuitReset]:
         names: Sequence[str]
         if name is None:
-            names = [entry["name"] for entry in _fetch(http, f"{base}/health", where)]
+            names = [entry["name"] for entry in _fetch(http, f"{base}/health", where, timeout)]
         else:
             names = [name]
-        return [_reset_one(http, base, where, each, token) for each in names]
+        return [_reset_one(http, base, where, each, token, timeout) for each in names]
 
     return _with_client(client, timeout, run)
 
 
-def _reset_one(http: httpx.Client, base: str, where: str, name: str, token: str) -> CircuitReset:
+def _reset_one(
+    http: httpx.Client, base: str, where: str, name: str, token: str, timeout: float
+) -> CircuitReset:
     target = f"{base}/circuits/{quote(name, safe='')}/reset"
-    response = _request(http, "POST", target, where, headers={"Authorization": f"Bearer {token}"})
-    payload = _decode(response, where)
-    message = payload.get("error") if isinstance(payload, dict) else None
-    status = response.status_code
+    headers = {"Authorization": f"Bearer {token}"}
+    answer = _request(http, "POST", target, where, timeout, headers=headers)
+    payload = _decode(answer, where)
+    message = _cut(payload.get("error")) if isinstance(payload, dict) else None
+    status = answer.status
     if status == 404 and isinstance(payload, dict) and isinstance(payload.get("known"), list):
         raise UnknownCircuitError(name, [str(each) for each in payload["known"]])
     if status in (401, 403):
         raise UsageError(f"{where} refused the reset (HTTP {status}): {message or 'forbidden'}")
     if status != 200 or not isinstance(payload, dict):
-        raise DependencyError(f"{where} answered HTTP {status} to the reset: {message or payload}")
+        raise DependencyError(
+            f"{where} answered HTTP {status} to the reset: {message or _cut(payload)}"
+        )
     before, after = payload.get("before"), payload.get("after")
     if not isinstance(before, dict) or not isinstance(after, dict):
         raise DependencyError(f"{where} answered the reset without before/after stats")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from cbctl.errors import StateError, UnknownCircuitError
-from cbctl.fleet import reset_in_store, stored_stats
+from cbctl.fleet import load_store, reset_in_store, stored_stats, unreadable_stats
 from cbctl.registry import CircuitBreakerRegistry
 from cbctl.state import CircuitState, CircuitStore
 
@@ -87,6 +87,7 @@ class HealthApp:
         self._cache_lock = threading.Lock()
         self._token = token.encode() if token else None
         self._generations: dict[str, int] = {}
+        self._reported: frozenset[str] = frozenset()
         self._metrics: CollectorRegistry | None = None
         self._metrics_lock = threading.Lock()
         self._blocking = not (isinstance(source, CircuitBreakerRegistry) and source.store is None)
@@ -106,12 +107,26 @@ class HealthApp:
         if isinstance(source, CircuitBreakerRegistry):
             return source.get_all_stats(), None
         try:
-            stored = sorted(source.load_all(), key=lambda each: each.name)
+            loaded, unreadable = load_store(source)
         except StateError as error:
             return {}, str(error)
+        stored = sorted(loaded, key=lambda each: each.name)
         self._generations = {each.name: each.snapshot.generation for each in stored}
         url = source.url
-        return {each.name: stored_stats(each, url) for each in stored}, None
+        circuits = {each.name: stored_stats(each, url) for each in stored}
+        if unreadable:
+            self._report(unreadable)
+            for name, reason in unreadable.items():
+                circuits[name] = unreadable_stats(name, reason, url)
+            circuits = dict(sorted(circuits.items()))
+        return circuits, None
+
+    def _report(self, unreadable: Mapping[str, str]) -> None:
+        """Log each unreadable record once (not on every request), with the reason."""
+        fresh = set(unreadable.values()) - self._reported
+        for reason in sorted(fresh):
+            logger.warning("circuit shown as unreadable: %s", reason)
+        self._reported = self._reported | fresh
 
     @property
     def serves_store(self) -> bool:
@@ -302,7 +317,7 @@ def _body_problem(body: bytes) -> str | None:
         return None
     try:
         payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return "the request body is not valid JSON (send nothing, or {})"
     if not isinstance(payload, dict):
         return "the request body must be a JSON object (send nothing, or {})"

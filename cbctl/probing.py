@@ -3,6 +3,10 @@
 One attempt = the breaker's admission decision, the probe (only if admitted: a rejected attempt
 never contacts the dependency nor imports its client library), and the circuit as it stands
 afterwards, recorded in the shared store so that probes from separate processes trip together.
+
+A run of several attempts uses one breaker per dependency (`breakers_for`): when the store is
+away, the breaker's degraded in-process state is what still protects the dependency, and a
+fresh breaker per attempt would forget every failure and never open.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ if TYPE_CHECKING:
     from cbctl.config import Dependency
     from cbctl.state import CircuitStore
 
-__all__ = ["EXIT_CODES", "ProbeAttempt", "probe_once", "probe_round"]
+__all__ = ["EXIT_CODES", "ProbeAttempt", "breakers_for", "probe_once", "probe_round"]
 
 Outcome = Literal["success", "failure", "rejected"]
 
@@ -58,8 +62,22 @@ class ProbeAttempt:
         return asdict(self)
 
 
-def probe_once(dep: Dependency, store: CircuitStore, number: int = 1) -> ProbeAttempt:
-    """Probe `dep` once through its breaker on `store`.
+def breakers_for(deps: Sequence[Dependency], store: CircuitStore) -> dict[str, CircuitBreaker]:
+    """One breaker per dependency on `store`, to be used for every attempt of one run."""
+    return {
+        dep.name: CircuitBreaker(dep.name, config=dep.breaker, store=store, kind=dep.failures)
+        for dep in deps
+    }
+
+
+def probe_once(
+    dep: Dependency,
+    store: CircuitStore,
+    number: int = 1,
+    *,
+    breaker: CircuitBreaker | None = None,
+) -> ProbeAttempt:
+    """Probe `dep` once through `breaker` (default: a new one on `store`).
 
     The latency of an admitted probe starts after its client library is imported and its client
     built (a probe module's `set_up(dep)`, once per process) and ends when the check returns,
@@ -83,7 +101,8 @@ def probe_once(dep: Dependency, store: CircuitStore, number: int = 1) -> ProbeAt
         finally:
             ended = time.perf_counter()
 
-    breaker = CircuitBreaker(dep.name, config=dep.breaker, store=store, kind=dep.failures)
+    if breaker is None:
+        breaker = CircuitBreaker(dep.name, config=dep.breaker, store=store, kind=dep.failures)
     outcome: Outcome = "success"
     detail = error = reason = None
     try:
@@ -117,12 +136,24 @@ def probe_once(dep: Dependency, store: CircuitStore, number: int = 1) -> ProbeAt
 
 
 def probe_round(
-    deps: Sequence[Dependency], store: CircuitStore, number: int = 1
+    deps: Sequence[Dependency],
+    store: CircuitStore,
+    number: int = 1,
+    *,
+    breakers: dict[str, CircuitBreaker] | None = None,
 ) -> list[ProbeAttempt]:
-    """One attempt per dependency, side by side, so a dead stack costs one call timeout."""
+    """One attempt per dependency, side by side, so a dead stack costs one call timeout.
+
+    Pass the same `breakers` (from `breakers_for`) to every round of one run.
+    """
+    chosen = breakers or {}
+
+    def one(dep: Dependency) -> ProbeAttempt:
+        return probe_once(dep, store, number, breaker=chosen.get(dep.name))
+
     if len(deps) == 1:
-        return [probe_once(deps[0], store, number)]
+        return [one(deps[0])]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(len(deps), thread_name_prefix="cbctl-probe-all") as pool:
-        return list(pool.map(lambda dep: probe_once(dep, store, number), deps))
+        return list(pool.map(one, deps))

@@ -4,6 +4,10 @@ Each function takes data (stats dicts, `cbctl.fleet` dataclasses) and an injecte
 seconds), and returns a rich renderable, so tests render on a fixed-width Console at a fixed
 time. Sections: consoles, durations, circuit tables, resets. Add new sections (probe results,
 simulation journals) below the existing ones.
+
+Every text that came from outside (names, errors, sources, remote answers) goes through
+`visible()` and into rich as `Text`, never as markup: `[/bold]x` is shown as it is, and an ESC
+or newline as `\x1b` / `\n`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from rich.cells import cell_len, set_cell_size
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
+
+from cbctl.printable import visible
 
 if TYPE_CHECKING:  # data types only: importing the scenarios would slow every command
     from cbctl.fleet import CircuitReset, SourceReport
@@ -55,6 +61,11 @@ def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Consol
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = PLAIN_WIDTH
     return console
+
+
+def _text(value: object, style: str = "") -> Text:
+    """Untrusted data as a rich Text: control characters visible, never read as markup."""
+    return Text(visible(value), style=style)
 
 
 def is_plain(console: Console) -> bool:
@@ -101,7 +112,7 @@ STATE_STYLES: Mapping[str, str] = {
 
 def state_text(stats: Mapping[str, Any]) -> Text:
     """The state, coloured; a forced state says so."""
-    state = str(stats.get("state", "?"))
+    state = visible(stats.get("state", "?"))
     label = f"{state} (forced)" if stats.get("forced") else state
     return Text(label, style=STATE_STYLES.get(state, ""))
 
@@ -136,12 +147,14 @@ TRIAL_DUE = "trial due"
 
 
 def _last_failure(stats: Mapping[str, Any], now: float) -> str:
+    if stats.get("state") == "unreadable":
+        return visible(stats.get("error") or "record unreadable")
     at = _epoch(stats.get("last_failure"))
     if at is None:
         return "-"
     error = stats.get("last_error")
     ago = f"{format_age(now - at)} ago"
-    return f"{ago}: {error}" if error else ago
+    return f"{ago}: {visible(error)}" if error else ago
 
 
 def _count(value: object) -> str:
@@ -192,15 +205,15 @@ def _circuit_rows(reports: Sequence[SourceReport], now: float) -> list[Row]:
     rows: list[Row] = []
     for report in reports:
         if report.error is not None:
-            cells = ["-", "unreachable", "-", "-", "-", "-", "-", "-", report.error]
-            rows.append(("unreachable", cells, report.source))
+            cells = ["-", "unreachable", "-", "-", "-", "-", "-", "-", visible(report.error)]
+            rows.append(("unreachable", cells, visible(report.source)))
             continue
         elapsed = now - report.fetched_at
         for stats in report.circuits:
             since = _epoch(stats.get("state_since"))
-            state = str(stats.get("state", "?"))
+            state = visible(stats.get("state", "?"))
             cells = [
-                str(stats.get("name", "?")),
+                visible(stats.get("name", "?")),
                 f"{state} (forced)" if stats.get("forced") else state,
                 format_age(None if since is None else now - since),
                 _ratio(stats.get("failure_count"), stats.get("failure_threshold")),
@@ -210,7 +223,7 @@ def _circuit_rows(reports: Sequence[SourceReport], now: float) -> list[Row]:
                 _count(stats.get("rejections")),
                 _last_failure(stats, now),
             ]
-            rows.append((state, cells, report.source))
+            rows.append((state, cells, visible(report.source)))
     return rows
 
 
@@ -334,7 +347,9 @@ def circuit_table(
         kept = sorted(ranked[: max(1, max_rows)])
         caption += f"; {len(rows) - len(kept)} not shown (terminal too small; see cbctl status)"
         rows = [rows[i] for i in kept]
-    return CircuitTable(rows, caption, plain, reports[0].source if len(reports) == 1 else None)
+    return CircuitTable(
+        rows, caption, plain, visible(reports[0].source) if len(reports) == 1 else None
+    )
 
 
 def watch_header(
@@ -343,7 +358,7 @@ def watch_header(
     """watch(1)-style first line: what is watched, how often, and when it was last read."""
     every = f"every {interval:g}s" if interval is not None else "once"
     at = time.strftime("%H:%M:%S", time.localtime(refreshed))
-    header = Text(f"cbctl watch {every}: {', '.join(sources)}  (refreshed {at})")
+    header = Text(f"cbctl watch {every}: {visible(', '.join(sources))}  (refreshed {at})")
     header.no_wrap, header.overflow = True, "ellipsis"
     if not plain:
         header.stylize("bold")
@@ -365,7 +380,7 @@ def reset_table(resets: Iterable[CircuitReset], source: str, *, plain: bool = Fa
     table = Table(
         box=None if plain else box.SIMPLE_HEAD,
         header_style="" if plain else "bold",
-        caption=f"reset through {source}",
+        caption=_text(f"reset through {visible(source)}"),
         caption_justify="left",
         pad_edge=False,
     )
@@ -373,7 +388,7 @@ def reset_table(resets: Iterable[CircuitReset], source: str, *, plain: bool = Fa
     table.add_column("before", no_wrap=True)
     table.add_column("after", no_wrap=True)
     for done in resets:
-        table.add_row(done.name, _state_line(done.before), _state_line(done.after))
+        table.add_row(_text(done.name), _state_line(done.before), _state_line(done.after))
     return table
 
 
@@ -414,7 +429,7 @@ def timeline_line(event: Event, *, plain: bool = False) -> Text:
     """One line of the live timeline: seconds since start, phase, what happened, circuit state."""
     line = Text(f"{event.at:7.2f}s  ")
     line.append(f"{event.phase:<12}", style="" if plain else _PHASE_STYLES.get(event.phase, ""))
-    line.append(f" {event.message}")
+    line.append(f" {visible(event.message)}")
     if event.state is not None and event.phase != "transition":
         line.append("  [")
         line.append(event.state.value, style="" if plain else STATE_STYLES[event.state.value])
@@ -425,8 +440,9 @@ def timeline_line(event: Event, *, plain: bool = False) -> Text:
 def journal_table(journal: Journal, *, plain: bool = False) -> Table:
     """The verdict: one row per check, passed or failed, with the figure it measured."""
     verdict = "PASSED" if journal.passed else "FAILED"
+    title = f"simulate {journal.scenario}: {journal.dependency} at {journal.target} - {verdict}"
     table = Table(
-        title=f"simulate {journal.scenario}: {journal.dependency} at {journal.target} - {verdict}",
+        title=_text(title),
         box=None if plain else box.SIMPLE_HEAVY,
         title_justify="left",
     )
@@ -436,9 +452,9 @@ def journal_table(journal: Journal, *, plain: bool = False) -> Table:
     for check in journal.checks:
         mark = "passed" if check.passed else "FAILED"
         table.add_row(
-            check.name,
+            _text(check.name),
             Text(mark, style="" if plain else _VERDICT_STYLES[check.passed]),
-            check.detail,
+            _text(check.detail),
         )
     return table
 
@@ -473,12 +489,12 @@ def _retry_in(result: Mapping[str, Any]) -> str:
 
 def _probe_detail(result: Mapping[str, Any]) -> str:
     """The error of a failed or rejected attempt, else the healthy answer (`PONG`)."""
-    return str(result.get("error") or result.get("detail") or "")
+    return visible(result.get("error") or result.get("detail") or "")
 
 
 def probe_line(result: Mapping[str, Any], plain: bool = False) -> Text:
     """One attempt as a line: `redis  failure  2.00 s  open  failures 5/5  retry in 30.0s  …`."""
-    line = Text(f"{result.get('dependency', '?')}  ")
+    line = Text(f"{visible(result.get('dependency', '?'))}  ")
     line.append_text(_outcome_text(result, plain))
     line.append(f"  {format_latency(result.get('latency_ms'))}  ")
     line.append_text(state_text(result))
@@ -519,14 +535,14 @@ def probe_table(results: Iterable[Mapping[str, Any]], *, plain: bool = False) ->
     table.add_column("detail")
     for result in results:
         table.add_row(
-            str(result.get("dependency", "?")),
+            _text(result.get("dependency", "?")),
             _outcome_text(result, plain),
             format_latency(result.get("latency_ms")),
             state_text(result),
             _ratio(result.get("failure_count"), result.get("failure_threshold")),
             _half_open(result),
             _retry_in(result),
-            _probe_detail(result),
+            Text(_probe_detail(result)),
         )
     return table
 
@@ -547,7 +563,7 @@ def flapping_table(report: FlappingReport, *, plain: bool = False) -> Renderable
     else:
         verdict = Text("NOT dampened")
     verdict.stylize("" if plain else _VERDICT_STYLES[report.passed])
-    title = Text(f"simulate flapping: {report.dependency} at {report.target} - ").append(verdict)
+    title = _text(f"simulate flapping: {report.dependency} at {report.target} - ").append(verdict)
     period = report.conditions.get("period_s")
     flaps = f", the dependency flapping every {period:g}s" if period is not None else ""
     table = Table(box=None if plain else box.SIMPLE_HEAVY)
@@ -607,10 +623,10 @@ def config_table(resolved: Mapping[str, Any], *, plain: bool = False) -> Rendera
                 shown = ", ".join(map(str, value)) or "-"
             origin = _origin(str(origins.get(key, "default")))
             name = entry["name"] if first else ""
-            table.add_row(Text(name), Text(key), Text(str(shown)), Text(origin))
+            table.add_row(_text(name), Text(key), _text(shown), _text(origin))
             first = False
         table.add_section()
     where = resolved.get("file") or "built-in defaults (no cbctl.toml found)"
     count = len(resolved["dependencies"])
-    caption = Text(f"{count} dependenc{'y' if count == 1 else 'ies'} from {where}")
+    caption = Text(f"{count} dependenc{'y' if count == 1 else 'ies'} from {visible(where)}")
     return Group(table, caption)

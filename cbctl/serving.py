@@ -4,13 +4,22 @@ No web framework or ASGI server is needed: a thread per connection (keep-alive),
 `respond()` called directly. Loopback by default; request logs go to the `cbctl.health`
 logger at DEBUG with client address, method, path and status only (never headers or the
 query string, so never a token).
+
+Slow or lying clients cannot hold the server: a connection may wait IDLE_TIMEOUT for its next
+request, and once a request has begun, its request line, headers and body must all arrive
+within REQUEST_DEADLINE (every read is bounded by what is left, so dripping a byte at a time
+does not help); at most MAX_CONNECTIONS are served at once, the next ones get a 503 at once.
+Duplicate Authorization or conflicting Content-Length headers are a 400.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,8 +34,28 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HealthServer", "running"]
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8092
 IDLE_TIMEOUT = 30.0
+REQUEST_DEADLINE = 10.0
+MAX_CONNECTIONS = 64
 
 logger = logging.getLogger("cbctl.health")
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads, each allowed only the time left until the handler's deadline."""
+
+    def __init__(self, connection: socket.socket, handler: _Handler) -> None:
+        self._connection = connection
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the client took too long to send its request")
+        self._connection.settimeout(left)
+        return self._connection.recv_into(buffer)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -40,23 +69,44 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     wbufsize = 64 * 1024  # headers and body leave in one send; flushed after each request
     server: HealthServer
+    deadline: float = 0.0
+    _reader: io.BufferedReader
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.rfile = self._reader = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self) -> None:
+        """Wait up to IDLE_TIMEOUT for a request to begin, then give it REQUEST_DEADLINE."""
+        self.deadline = time.monotonic() + self.server.idle_timeout
+        try:
+            started = self._reader.peek(1)
+        except (TimeoutError, OSError):
+            started = b""
+        if not started:
+            self.close_connection = True
+            return
+        self.deadline = time.monotonic() + self.server.request_deadline
+        super().handle_one_request()
 
     def _serve(self) -> None:
+        problem = _header_problem(self.headers)
+        if problem is not None:
+            self._send(problem, True)
+            return
         length_header = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding"):
-            self._send(_plain_error(411, "send the body with Content-Length, not chunked"), True)
-            return
-        try:
-            length = int(length_header) if length_header else 0
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._send(_plain_error(400, "Content-Length is not a whole number"), True)
-            return
+        length = int(length_header) if length_header else 0
         if length > MAX_BODY_BYTES:
             self._send(_plain_error(413, f"request body larger than {MAX_BODY_BYTES} bytes"), True)
             return
-        body = self.rfile.read(length) if length else b""
+        try:
+            body = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            body = b""
+        if len(body) < length:
+            self._send(_plain_error(408, "the request body did not arrive in time"), True)
+            return
         headers = {key.lower(): value for key, value in self.headers.items()}
         path = urlsplit(self.path).path or "/"
         try:
@@ -69,6 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
     def _send(self, response: HttpResponse, close: bool) -> None:
+        self.connection.settimeout(IDLE_TIMEOUT)  # reads may have left a nearly spent timeout
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
@@ -106,19 +157,89 @@ def _plain_error(status: int, message: str) -> HttpResponse:
     return HttpResponse(status, json.dumps({"error": message}).encode())
 
 
+def _header_problem(headers: Any) -> HttpResponse | None:
+    """A 4xx for headers a server and a proxy in front of it could read differently."""
+    if headers.get("Transfer-Encoding"):
+        return _plain_error(411, "send the body with Content-Length, not chunked")
+    if len(headers.get_all("Authorization") or ()) > 1:
+        return _plain_error(400, "more than one Authorization header")
+    lengths = {value.strip() for value in headers.get_all("Content-Length") or ()}
+    if len(lengths) > 1:
+        return _plain_error(400, "conflicting Content-Length headers")
+    for value in lengths:
+        if not (value.isascii() and value.isdigit()):
+            return _plain_error(400, "Content-Length is not a whole number")
+    return None
+
+
+_BUSY: bytes = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 40\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+    b'{"error": "too many connections; retry"}'
+)
+
+
 class HealthServer(ThreadingHTTPServer):
-    """Serves one HealthApp; `port=0` lets the OS choose (read `.port` after creating it)."""
+    """Serves one HealthApp; `port=0` lets the OS choose (read `.port` after creating it).
+
+    `request_deadline`: seconds a begun request has for its line, headers and body;
+    `idle_timeout`: seconds a keep-alive connection may wait for its next request.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, app: HealthApp, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT):
+    def __init__(
+        self,
+        app: HealthApp,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        request_deadline: float = REQUEST_DEADLINE,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ):
         self.app = app
+        self.max_connections = max_connections
+        self.request_deadline = request_deadline
+        self.idle_timeout = idle_timeout
+        self._active = 0
+        self._active_lock = threading.Lock()
         try:
             super().__init__((host, port), _Handler)
         except OSError as error:
             raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for the connection, or at once a 503 when max_connections are being served."""
+        with self._active_lock:
+            busy = self._active >= self.max_connections
+            if not busy:
+                self._active += 1
+        if busy:
+            try:
+                request.settimeout(0.5)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._active_lock:
+            self._active -= 1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that broke mid-request is the client's business: debug log, no stderr."""

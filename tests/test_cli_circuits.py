@@ -167,13 +167,16 @@ def test_watch_once_prints_one_snapshot_of_the_state(state: str) -> None:
     assert out.count("3 circuits") == 1
 
 
-@pytest.mark.parametrize(("interval", "message"), [("abc", "abc"), ("-1", "0.1"), ("0", "0.1")])
+@pytest.mark.parametrize(
+    ("interval", "message"),
+    [("abc", "abc"), ("-1", "0.1"), ("0", "0.1"), ("nan", "0.1"), ("1e308", "86400")],
+)
 def test_watch_refuses_a_bad_interval_with_exit_2_on_one_line(
     state: str, interval: str, message: str
 ) -> None:
     code, _, err = run("--state", state, "watch", "--interval", interval, "--once")
     assert code == 2
-    assert err.startswith("cbctl watch: ")
+    assert err.startswith("cbctl: --interval must be ")
     assert err.count("\n") == 1
     assert "--interval" in err
     assert message in err
@@ -183,7 +186,8 @@ def test_watch_refuses_a_url_that_is_not_http(state: str) -> None:
     code, _, err = run("watch", "--once", "--url", "tcp://127.0.0.1:6379")
     assert code == 2
     assert err == (
-        "cbctl: health endpoint must be an http:// or https:// URL, got 'tcp://127.0.0.1:6379'\n"
+        "cbctl: --url: a health endpoint needs a http:// or https:// URL, "
+        "got 'tcp://127.0.0.1:6379'\n"
     )
 
 

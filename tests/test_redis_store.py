@@ -13,8 +13,9 @@ import pytest
 import redis
 
 from cbctl import CircuitBreaker, CircuitBreakerError, StoreUnavailableError
+from cbctl.redaction import redact_url
 from cbctl.state import BreakerConfig, Outage, Permit
-from cbctl.stores.redis import RedisStore, redact_url
+from cbctl.stores.redis import RedisStore
 from tests.redis_counting import count_round_trips
 from tests.servers import RedisServer, SilentServer, free_port
 

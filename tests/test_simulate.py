@@ -503,12 +503,12 @@ def test_ctrl_c_while_open_brings_the_server_back_and_leaves_no_proxy(
     [
         (["outage", "--stop-cmd", "true"], "cbctl: --stop-cmd and --start-cmd go together"),
         (["outage", "--start-cmd", "true"], "cbctl: --stop-cmd and --start-cmd go together"),
-        (["outage", "--timeout", "-1"], "cbctl: timeout must be a positive number of seconds"),
+        (["outage", "--timeout", "-1"], "cbctl: --timeout must be a positive number of seconds"),
         (["outage", "nosuchdep"], "cbctl: unknown dependency 'nosuchdep'"),
         (["flapping", "nosuchdep"], "cbctl: unknown dependency 'nosuchdep'"),
         (["flapping", "--calls", "0"], "cbctl: --calls must be at least 1"),
         (["flapping", "--period", "0"], "cbctl: --period must be a positive number of seconds"),
-        (["flapping", "--interval", "-1"], "cbctl: --interval must be a positive number"),
+        (["flapping", "--interval", "-1"], "cbctl: --interval must be zero or more seconds"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2_before_anything_starts(

@@ -43,13 +43,29 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except CbctlError as error:
-            if _debug(ctx):
-                traceback.print_exc()
-            typer.echo(f"cbctl: {error}", err=True)
-            ctx.exit(error.exit_code)
+            _fail(ctx, error, f"cbctl: {error}", error.exit_code)
+        except (typer.Exit, typer.Abort):
+            raise
         except Exception as error:
             _exit_on_usage_error(ctx, error)
-            raise
+            if hasattr(error, "exit_code") and hasattr(error, "format_message"):
+                raise  # the parser's own errors and exits (help, bad parameter) print themselves
+            _fail(ctx, error, f"cbctl: internal error: {type(error).__name__}: {error}", 2)
+
+
+def _fail(ctx: Any, error: BaseException, line: str, code: int) -> None:
+    """Print `line` (after the traceback with --debug), scrubbed of secrets and control
+    characters, on stderr, and exit with `code`."""
+    from cbctl.printable import visible
+    from cbctl.redaction import scrub
+
+    if _debug(ctx):
+        text = scrub("".join(traceback.format_exception(error)))
+        typer.echo("\n".join(visible(each) for each in text.splitlines()), err=True)
+    elif code == 2 and line.startswith("cbctl: internal error:"):
+        line += " (run with --debug for the traceback)"
+    typer.echo(visible(scrub(line)), err=True)
+    ctx.exit(code)
 
 
 def _exit_on_usage_error(ctx: Any, error: Exception) -> None:
@@ -63,12 +79,15 @@ def _exit_on_usage_error(ctx: Any, error: Exception) -> None:
     if type(error).__name__ == "NoArgsIsHelpError":
         return
     where = getattr(getattr(error, "ctx", None), "command_path", None) or "cbctl"
+    from cbctl.printable import visible
+    from cbctl.redaction import scrub
+
     option = getattr(error, "option_name", None)
     if type(error).__name__ == "NoSuchOption" and option in GLOBAL_OPTIONS and where != "cbctl":
         message = f"`{option}` is a global option: put it before the command"
     else:
         message = error.format_message()
-    typer.echo(f"{where}: {message}", err=True)
+    typer.echo(visible(scrub(f"{where}: {message}")), err=True)
     ctx.exit(2)
 
 

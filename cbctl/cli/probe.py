@@ -13,7 +13,6 @@ else 0).
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
@@ -23,6 +22,7 @@ import typer
 from cbctl.cli.app import app, globals_of
 from cbctl.cli.common import complete_dependencies, open_state
 from cbctl.errors import UsageError
+from cbctl.limits import COUNT_RANGE, SECONDS_RANGE
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,32 +30,23 @@ if TYPE_CHECKING:
     from cbctl.config import Dependency
     from cbctl.probing import ProbeAttempt
 
-# --count, --interval and --call-timeout arrive as text and are checked here, so that a bad value
-# is told in the option's own terms ("a whole number of attempts", "seconds") rather than the
-# parser's generic range message; both end as one line with exit code 2.
+# --count, --interval and --call-timeout arrive as text and are checked by cbctl.limits (the
+# same ranges as cbctl.toml), so that a bad value is told in the option's own terms rather than
+# the parser's generic message; both end as one line with exit code 2.
 
 
 def _count(text: str) -> int:
-    """`--count`: a whole number of attempts, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"--count must be a whole number of attempts, got {text!r}") from None
-    if value < 1:
-        raise UsageError(f"--count must be at least 1, got {value}")
-    return value
+    """`--count`: a whole number of attempts."""
+    from cbctl.limits import count
+
+    return count(text, "--count", error=UsageError, text=True)
 
 
 def _seconds(option: str, text: str, *, zero_ok: bool) -> float:
-    """A finite number of seconds; positive, or also zero when `zero_ok`."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{option} must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        bound = "zero or more" if zero_ok else "a positive number of"
-        raise UsageError(f"{option} must be {bound} seconds, got {text!r}")
-    return value
+    """Finite seconds up to a day; positive, or also zero when `zero_ok`."""
+    from cbctl.limits import seconds
+
+    return seconds(text, option, zero_ok=zero_ok, error=UsageError, text=True)
 
 
 def _targets(ctx: typer.Context, names: Sequence[str], every: bool) -> list[Dependency]:
@@ -96,11 +87,17 @@ def _round_heading(console: Console, number: int, attempts: int) -> None:
 
 
 def _warn_if_not_shared(results: Sequence[ProbeAttempt], warned: set[str]) -> None:
-    """The shared state did not answer: say so (once), as other processes will not see it."""
-    for problem in sorted({result.degraded for result in results if result.degraded}):
-        if problem not in warned:
-            warned.add(problem)
-            typer.echo(f"cbctl: warning: {problem}; outcome kept in this process only", err=True)
+    """The shared state did not answer: say so once per dependency, with the first cause (later
+    attempts only say that the store is still failing fast)."""
+    from cbctl.printable import visible
+
+    for result in results:
+        if result.degraded and result.dependency not in warned:
+            warned.add(result.dependency)
+            typer.echo(
+                f"cbctl: warning: {visible(result.degraded)}; outcome kept in this process only",
+                err=True,
+            )
 
 
 @app.command()
@@ -123,12 +120,18 @@ def probe(
     ] = False,
     count: Annotated[
         str,
-        typer.Option("--count", metavar="N", help="Number of attempts; exit code is the last's."),
+        typer.Option(
+            "--count",
+            metavar="N",
+            help=f"Number of attempts ({COUNT_RANGE}); exit code is the last's.",
+        ),
     ] = "1",
     interval: Annotated[
         str,
         typer.Option(
-            "--interval", metavar="SECONDS", help="Pause between attempts (none after the last)."
+            "--interval",
+            metavar="SECONDS",
+            help="Pause between attempts, none after the last (0 <= SECONDS <= 86400).",
         ),
     ] = "1.0",
     call_timeout: Annotated[
@@ -136,7 +139,8 @@ def probe(
         typer.Option(
             "--call-timeout",
             metavar="SECONDS",
-            help="Longest one probe may take [default: call_timeout from cbctl.toml, else 2.0].",
+            help=f"Longest one probe may take ({SECONDS_RANGE}) "
+            "[default: call_timeout from cbctl.toml, else 2.0].",
             show_default=False,
         ),
     ] = None,
@@ -171,14 +175,15 @@ def probe(
         from cbctl.render import make_console
 
         console = make_console()
-    from cbctl.probing import probe_round
+    from cbctl.probing import breakers_for, probe_round
 
     store = open_state(ctx)
+    breakers = breakers_for(targets, store)
     done = 0
     warned: set[str] = set()
     try:
         for number in range(1, attempts + 1):
-            results = probe_round(targets, store, number)
+            results = probe_round(targets, store, number, breakers=breakers)
             done = number
             if console is not None and table and attempts > 1:
                 _round_heading(console, number, attempts)

@@ -57,6 +57,9 @@ def reset(
 
     if (name is None) == (not every):
         raise UsageError("give a circuit NAME or --all (not both)")
+    from cbctl.redaction import remember
+
+    remember(token)
     resets: list[CircuitReset]
     if url is not None:
         if not token:
@@ -79,7 +82,9 @@ def reset(
 
     console = make_console()
     if not resets:
-        typer.echo(f"no circuits to reset in {source}", err=True)
+        from cbctl.printable import visible
+
+        typer.echo(f"no circuits to reset in {visible(source)}", err=True)
         return
     console.print(reset_table(resets, source, plain=is_plain(console)))
 

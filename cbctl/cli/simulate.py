@@ -10,6 +10,7 @@ import typer
 
 from cbctl.cli.app import app
 from cbctl.cli.common import complete_dependencies, load_dependency
+from cbctl.errors import UsageError
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -40,7 +41,9 @@ Url = Annotated[str | None, typer.Option("--url", metavar="URL", help="Use this 
 FailureThreshold = Annotated[
     int | None,
     typer.Option(
-        "--failure-threshold", metavar="N", help="Failures that open it [default: configured, 5]."
+        "--failure-threshold",
+        metavar="N",
+        help="Failures that open it, 1-1000000 [default: configured, 5].",
     ),
 ]
 RecoveryTimeout = Annotated[
@@ -48,7 +51,7 @@ RecoveryTimeout = Annotated[
     typer.Option(
         "--timeout",
         metavar="SECONDS",
-        help="Recovery timeout before a trial [default: configured, 30].",
+        help="Recovery timeout before a trial, 0 < SECONDS <= 86400 [default: configured, 30].",
     ),
 ]
 SuccessThreshold = Annotated[
@@ -56,7 +59,7 @@ SuccessThreshold = Annotated[
     typer.Option(
         "--success-threshold",
         metavar="N",
-        help="Trial successes that close it [default: configured, 2].",
+        help="Trial successes that close it, 1-1000000 [default: configured, 2].",
     ),
 ]
 CallTimeout = Annotated[
@@ -64,7 +67,7 @@ CallTimeout = Annotated[
     typer.Option(
         "--call-timeout",
         metavar="SECONDS",
-        help="Longest one probe may take [default: configured, 2].",
+        help="Longest one probe may take, 0 < SECONDS <= 86400 [default: configured, 2].",
     ),
 ]
 
@@ -102,6 +105,7 @@ def outage(
           --start-cmd 'podman start local-ai-qdrant'
     """
     from cbctl.faults import Mode
+    from cbctl.printable import visible
     from cbctl.render import is_plain, journal_table, make_console, timeline_line
     from cbctl.targets import simulate_outage
 
@@ -116,7 +120,7 @@ def outage(
             mode=Mode(mode.value),
             stop_cmd=stop_cmd,
             start_cmd=start_cmd,
-            on_notice=lambda text: console.print(text, markup=False),
+            on_notice=lambda text: console.print(visible(text), markup=False),
             on_event=lambda event: console.print(timeline_line(event, plain=plain)),
         )
     except KeyboardInterrupt:
@@ -136,14 +140,20 @@ def flapping(
     period: Annotated[
         float,
         typer.Option(
-            "--period", metavar="SECONDS", help="Seconds the proxy stays down, then up, in turn."
+            "--period",
+            metavar="SECONDS",
+            help="Seconds the proxy stays down, then up, in turn (0 < SECONDS <= 86400).",
         ),
     ] = 0.5,
     calls: Annotated[
-        int, typer.Option("--calls", metavar="N", help="Calls per pass (with, then without).")
+        int,
+        typer.Option("--calls", metavar="N", help="Calls per pass, with then without (1-100000)."),
     ] = 40,
     interval: Annotated[
-        float, typer.Option("--interval", metavar="SECONDS", help="Seconds between calls.")
+        float,
+        typer.Option(
+            "--interval", metavar="SECONDS", help="Seconds between calls (0 <= SECONDS <= 86400)."
+        ),
     ] = 0.05,
     failure_threshold: FailureThreshold = None,
     timeout: RecoveryTimeout = None,
@@ -161,7 +171,13 @@ def flapping(
       cbctl simulate flapping --timeout 1
       cbctl simulate flapping redis --url redis://127.0.0.1:6380/0 --period 0.25 --json
     """
+    from cbctl.limits import count, seconds
+    from cbctl.printable import visible
     from cbctl.render import flapping_table, is_plain, make_console
+
+    period = seconds(period, "--period", error=UsageError)
+    calls = count(calls, "--calls", error=UsageError, maximum=100_000)
+    interval = seconds(interval, "--interval", zero_ok=True, error=UsageError)
     from cbctl.targets import simulate_flapping
 
     dep = _dependency(ctx, name, url, call_timeout)
@@ -174,7 +190,7 @@ def flapping(
             period=period,
             calls=calls,
             interval=interval,
-            on_notice=lambda text: console.print(text, markup=False),
+            on_notice=lambda text: console.print(visible(text), markup=False),
         )
     except KeyboardInterrupt:
         _interrupted(dep.name)
@@ -188,8 +204,12 @@ def flapping(
 def _dependency(
     ctx: typer.Context, name: str, url: str | None, call_timeout: float | None
 ) -> Dependency:
+    from cbctl.limits import seconds
+
     dep = load_dependency(ctx, name, url)
-    return dep if call_timeout is None else dep.with_call_timeout(call_timeout)
+    if call_timeout is None:
+        return dep
+    return dep.with_call_timeout(seconds(call_timeout, "--call-timeout", error=UsageError))
 
 
 def _settings(
@@ -198,13 +218,19 @@ def _settings(
     timeout: float | None,
     success_threshold: int | None,
 ) -> BreakerConfig:
-    """The dependency's configured breaker settings, with the flags given on top."""
+    """The dependency's configured breaker settings, with the flags given on top (each in the
+    range cbctl.limits gives it, before it reaches the breaker)."""
+    from cbctl.limits import count, seconds
     from cbctl.state import BreakerConfig
 
     given = {
-        "failure_threshold": failure_threshold,
-        "timeout": timeout,
-        "success_threshold": success_threshold,
+        "failure_threshold": None
+        if failure_threshold is None
+        else count(failure_threshold, "--failure-threshold", error=UsageError),
+        "timeout": None if timeout is None else seconds(timeout, "--timeout", error=UsageError),
+        "success_threshold": None
+        if success_threshold is None
+        else count(success_threshold, "--success-threshold", error=UsageError),
     }
     return BreakerConfig.from_mapping(
         {key: value for key, value in given.items() if value is not None}, dep.breaker

@@ -16,9 +16,11 @@ from cbctl.cli.common import open_state
 def watch(
     ctx: typer.Context,
     interval: Annotated[
-        float,
-        typer.Option(min=0.1, metavar="SECONDS", help="Seconds between refreshes (at least 0.1)."),
-    ] = 1.0,
+        str,
+        typer.Option(
+            metavar="SECONDS", help="Seconds between refreshes (0.1 <= SECONDS <= 86400)."
+        ),
+    ] = "1.0",
     urls: Annotated[
         list[str] | None,
         typer.Option(
@@ -42,8 +44,11 @@ def watch(
     Example:
       cbctl watch --interval 0.5 --url http://127.0.0.1:8092 --url http://10.0.0.7:8092
     """
+    from cbctl.errors import UsageError
     from cbctl.fleet import FleetReader, health_url
+    from cbctl.limits import seconds
 
+    pause = seconds(interval, "--interval", minimum=0.1, error=UsageError, text=True)
     endpoints = [health_url(url) for url in urls or []]
     watch_state = not endpoints or globals_of(ctx).state
     store = open_state(ctx, create=False) if watch_state else None
@@ -55,7 +60,7 @@ def watch(
     plain = is_plain(console)
     sources = ([store.url] if store is not None else []) + [_shown(url) for url in endpoints]
     unreachable = False
-    with FleetReader(store, endpoints, timeout=min(2.0, max(0.5, interval))) as fleet:
+    with FleetReader(store, endpoints, timeout=min(2.0, max(0.5, pause))) as fleet:
 
         def draw() -> Group:
             nonlocal unreachable
@@ -64,7 +69,7 @@ def watch(
             fits = console.height - 7 if live else None  # header lines, caption, margin
             reports = fleet.read(now)
             unreachable = all(report.error is not None for report in reports)
-            header = watch_header(sources, None if once else interval, now, plain=plain)
+            header = watch_header(sources, None if once else pause, now, plain=plain)
             return Group(header, circuit_table(reports, now, plain=plain, max_rows=fits))
 
         if once:
@@ -73,10 +78,10 @@ def watch(
                 raise typer.Exit(1)
             return
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends: exit 0
-            run_live(console, draw, interval)
+            run_live(console, draw, pause)
 
 
 def _shown(url: str) -> str:
-    from cbctl.config import redact_url
+    from cbctl.redaction import redact_url
 
     return redact_url(url)

@@ -88,19 +88,24 @@ class Deadline:
 
 def secrets_of(dep: Dependency) -> list[str]:
     """Every secret a message about `dep` must not show: the URL's password, the API key."""
-    from urllib.parse import parse_qsl, unquote, urlsplit
+    from cbctl.redaction import url_secrets
 
-    parts = urlsplit(dep.url)
-    found = [parts.password, unquote(parts.password or ""), dep.api_key]
-    found += [value for key, value in parse_qsl(parts.query) if key.lower() == "password"]
+    found = [*url_secrets(dep.url), dep.api_key]
     return [secret for secret in found if secret]
 
 
+MAX_MESSAGE_CHARS: Final = 300
+
+
 def scrub(message: str, secrets: Iterable[str]) -> str:
-    """One line, every secret replaced by `***` (client messages may echo connection strings)."""
-    line = " ".join(message.split())
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        line = line.replace(secret, "***")
+    """One line, every secret replaced by `***` (client messages may echo connection strings
+    or reflect an api-key), then cut to MAX_MESSAGE_CHARS — in that order, so that a secret cut
+    in half is never shown."""
+    from cbctl.redaction import scrub as scrub_secrets
+
+    line = " ".join(scrub_secrets(message, secrets).split())
+    if len(line) > MAX_MESSAGE_CHARS:
+        line = line[: MAX_MESSAGE_CHARS - 3] + "..."
     return line
 
 

@@ -72,7 +72,7 @@ def _message(response: httpx.Response) -> str:
 
 
 def _status_problem(status: int | None, body: str, dep: Dependency) -> ProbeError:
-    detail = scrub(body.strip()[:200] or "no message", secrets_of(dep))
+    detail = scrub(body.strip() or "no message", secrets_of(dep))
     if status in (401, 403):
         return ProbeError(f"authentication failed: {detail} ({status})", "auth")
     if status == 503:

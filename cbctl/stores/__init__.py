@@ -54,7 +54,7 @@ def open_store(location: str, *, clock: Clock | None = None, create: bool = True
 
         return RedisStore(location)
     if scheme:
-        from cbctl.config import redact_url
+        from cbctl.redaction import redact_url
 
         raise StateError(
             f"unsupported state location {redact_url(location)}: "
@@ -62,11 +62,18 @@ def open_store(location: str, *, clock: Clock | None = None, create: bool = True
         )
     if not location.strip():
         raise StateError("the state location is empty: give a file path or a redis:// URL")
+    if not location.isprintable():
+        raise StateError(f"the state location {location!r} contains control characters")
+    try:
+        path = Path(location).expanduser()
+    except RuntimeError:  # `~nosuchuser/...`
+        user = location[1:].split("/", 1)[0]
+        raise StateError(f"state location {location!r}: no such user {user!r} for '~'") from None
     if not create:
-        _must_exist(Path(location).expanduser())
+        _must_exist(path)
     from cbctl.stores.sqlite import SqliteStore
 
-    return SqliteStore(location, clock=clock)
+    return SqliteStore(path, clock=clock)
 
 
 def _must_exist(path: Path) -> None:

@@ -14,14 +14,14 @@ Redis costs a degraded breaker almost nothing per call. Passwords never reach a 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, urlsplit
 
-from cbctl.config import redact_url
 from cbctl.errors import StateError, StoreUnavailableError
+from cbctl.redaction import scrub, url_secrets
 from cbctl.state import (
     BreakerConfig,
     CircuitState,
@@ -32,6 +32,7 @@ from cbctl.state import (
     Update,
     decode_leases,
 )
+from cbctl.stores._records import decoded, load_all_checked
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -324,6 +325,11 @@ def _config(fields: Sequence[str]) -> BreakerConfig:
     )
 
 
+def _loaded(reply: Sequence[str]) -> tuple[Snapshot, BreakerConfig]:
+    """The snapshot and settings of a 'load' reply ({now, 15 fields})."""
+    return _snapshot(reply[1:12]), _config(reply[12:16])
+
+
 class RedisStore:
     """Circuits in Redis hashes; every operation one atomic server-side script.
 
@@ -341,24 +347,18 @@ class RedisStore:
         retry_interval: float = 1.0,
         time_offset: Callable[[], float] | None = None,
     ) -> None:
+        from cbctl.urls import parse_url
+
         self._url = url
-        self._shown = redact_url(url)
-        scheme = urlsplit(url).scheme if "://" in url else ""
-        if scheme not in {"redis", "rediss"}:
-            raise StateError(f"not a Redis URL: {self._shown} (expected redis:// or rediss://)")
-        password = urlsplit(url).password
-        self._secrets = tuple(
-            secret
-            for secret in (
-                password,
-                *(v for k, v in parse_qsl(urlsplit(url).query) if k == "password"),
-            )
-            if secret
-        )
+        self._shown = parse_url(
+            url, "state location", schemes=("redis", "rediss"), error=StateError
+        ).shown
+        self._secrets = tuple(url_secrets(url))
         self._prefix = prefix
         self._retry_interval = retry_interval
         self._time_offset = time_offset
         self._failed_until = 0.0
+        self._failure = ""
         self._lock = threading.Lock()
         import redis as redis_py
         from redis.backoff import NoBackoff
@@ -393,21 +393,21 @@ class RedisStore:
     # -- talking to Redis -------------------------------------------------------------------------
 
     def _scrub(self, error: BaseException) -> str:
-        text = f"{type(error).__name__}: {error}".strip()
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(f"{type(error).__name__}: {error}".strip(), self._secrets)
 
     def _guarded(self, action: Callable[[], Any]) -> Any:
         """Run one network action; any failure to get an answer is StoreUnavailableError."""
         if self._failed_until and time.monotonic() < self._failed_until:
-            raise StoreUnavailableError(f"Redis at {self._shown} is unavailable (retrying soon)")
+            raise StoreUnavailableError(
+                f"Redis at {self._shown} is unavailable: {self._failure} (retrying soon)"
+            )
         try:
             result = action()
         except self._errors as error:
             self._failed_until = time.monotonic() + self._retry_interval
+            self._failure = self._scrub(error)
             raise StoreUnavailableError(
-                f"Redis at {self._shown} is unavailable: {self._scrub(error)}"
+                f"Redis at {self._shown} is unavailable: {self._failure}"
             ) from error
         self._failed_until = 0.0
         return result
@@ -444,11 +444,18 @@ class RedisStore:
         reply: list[str] = self._guarded(lambda: self._script(keys=[self.key(name)], args=args))
         return reply
 
-    def _update(self, reply: list[str]) -> Update:
+    def _update(self, name: str, reply: list[str]) -> Update:
+        def decode() -> tuple[Snapshot, BreakerConfig]:
+            return _snapshot(reply[4:15]), BreakerConfig()
+
+        before, _ = decoded(f"Redis at {self._shown}", name, decode)
+        after = before
+        if reply[3] == "1":
+            after, _ = decoded(
+                f"Redis at {self._shown}", name, lambda: (_snapshot(reply[15:26]), BreakerConfig())
+            )
         now = float(reply[0])
         permit = Permit(int(reply[1]), int(reply[2])) if reply[1] else None
-        before = _snapshot(reply[4:15])
-        after = _snapshot(reply[15:26]) if reply[3] == "1" else before
         return Update(before, after, now, permit)
 
     # -- the store protocol -----------------------------------------------------------------------
@@ -465,7 +472,8 @@ class RedisStore:
     def _stored(self, name: str, reply: list[str]) -> StoredCircuit | None:
         if len(reply) == 1:
             return None
-        return StoredCircuit(name, _snapshot(reply[1:12]), _config(reply[12:16]), float(reply[0]))
+        snapshot, config = decoded(f"Redis at {self._shown}", name, lambda: _loaded(reply))
+        return StoredCircuit(name, snapshot, config, float(reply[0]))
 
     def load_all(self) -> list[StoredCircuit]:
         start = len(self.key(""))
@@ -478,18 +486,17 @@ class RedisStore:
                 self._script(keys=[self.key(name)], args=("load", self._offset()), client=pipeline)
             return list(zip(names, pipeline.execute(), strict=True))
 
-        circuits = []
-        for name, reply in self._guarded(every):
-            stored = self._stored(name, reply)
-            if stored is not None:
-                circuits.append(stored)
-        return circuits
+        replies = [(name, reply) for name, reply in self._guarded(every) if len(reply) > 1]
+        if not replies:
+            return []
+        decoders = [(name, functools.partial(_loaded, reply)) for name, reply in replies]
+        return load_all_checked(f"Redis at {self._shown}", decoders, float(replies[0][1][0]))
 
     def admit(self, name: str, config: BreakerConfig) -> Update:
-        return self._update(self._run("admit", name, config))
+        return self._update(name, self._run("admit", name, config))
 
     def record_success(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
-        return self._update(self._run("success", name, config, permit))
+        return self._update(name, self._run("success", name, config, permit))
 
     def record_failure(
         self,
@@ -501,14 +508,15 @@ class RedisStore:
     ) -> Update:
         """`op` is remembered with the last 64 failure writes of the circuit, so that `reconcile`
         can tell a write that timed out here but reached the server from one that did not."""
-        return self._update(self._run("failure", name, config, permit, error, op or ""))
+        return self._update(name, self._run("failure", name, config, permit, error, op or ""))
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
-        return self._update(self._run("release", name, config, permit))
+        return self._update(name, self._run("release", name, config, permit))
 
     def reconcile(self, name: str, config: BreakerConfig, outage: Outage) -> Update:
         known = None if outage.known_generation is None else Permit(outage.known_generation)
         return self._update(
+            name,
             self._run(
                 "reconcile",
                 name,
@@ -518,16 +526,16 @@ class RedisStore:
                 str(outage.failures),
                 "" if outage.open_for is None else repr(outage.open_for),
                 " ".join(outage.ops),
-            )
+            ),
         )
 
     def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
-        return self._update(self._run("reset", name, config))
+        return self._update(name, self._run("reset", name, config))
 
     def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update:
         if state is CircuitState.HALF_OPEN:
             raise ValueError("a circuit can be forced open or closed, not half-open")
-        return self._update(self._run("force", name, config, None, state.value))
+        return self._update(name, self._run("force", name, config, None, state.value))
 
     def forget(self, name: str) -> bool:
         """Delete the circuit's key (`cbctl forget`); True if there was one."""

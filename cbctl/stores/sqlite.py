@@ -28,6 +28,7 @@ statement or transaction, never while a protected call runs). A store must not b
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import sqlite3
@@ -49,6 +50,7 @@ from cbctl.state import (
     StoredCircuit,
     Update,
 )
+from cbctl.stores._records import decoded, load_all_checked
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
 
@@ -367,7 +369,7 @@ class SqliteStore:
         if row is None:
             self._decoded.pop(name, None)
             return None, None, None
-        snapshot, config = _decode(row)
+        snapshot, config = decoded(f"state file {self._path}", name, lambda: _decode(row))
         seen = (row[15], snapshot, config)
         self._decoded[name] = seen
         return seen
@@ -451,12 +453,8 @@ class SqliteStore:
                 rows = self._usable(write=False).execute(_SELECT_ALL).fetchall()
             except sqlite3.Error as error:
                 raise StoreUnavailableError(f"state file {self._path}: {error}") from error
-        now = self._clock.wall()
-        circuits = []
-        for name, *fields in rows:
-            snapshot, config = _decode(fields)
-            circuits.append(StoredCircuit(name, snapshot, config, now))
-        return circuits
+        decoders = [(row[0], functools.partial(_decode, row[1:])) for row in rows]
+        return load_all_checked(f"state file {self._path}", decoders, self._clock.wall())
 
     def admit(self, name: str, config: BreakerConfig) -> Update:
         return self._apply(name, config, machine.admit, optimistic=True)
