@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from cbctl.errors import UsageError
 from cbctl.health import MAX_BODY_BYTES, HealthApp, HttpResponse
+from cbctl.printable import visible
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "HealthServer", "running"]
 
@@ -112,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             response = self.server.app.respond(self.command, path, headers, body)
         except Exception:
-            logger.exception("health endpoint failed on %s %s", self.command, path[:200])
+            logger.exception("health endpoint failed on %s %s", self.command, visible(path[:200]))
             response = _plain_error(500, "internal error; see the server log")
         self._send(response, False)
 
@@ -145,12 +146,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
+        logger.debug("%s %s", self.address_string(), visible(format % args)[:300])
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        path = urlsplit(getattr(self, "path", "")).path[:200]
+        """One access-log record; the method and path are the client's bytes, made visible."""
+        path = visible(urlsplit(getattr(self, "path", "")).path[:200])
         client = self.client_address[0] if self.client_address else "-"
-        logger.debug("%s %s %s %s", client, getattr(self, "command", "-"), path, code)
+        method = visible(getattr(self, "command", "-"))[:20]
+        logger.debug("%s %s %s %s", client, method, path, code)
 
 
 def _plain_error(status: int, message: str) -> HttpResponse:

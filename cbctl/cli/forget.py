@@ -65,10 +65,13 @@ def forget(
         gone, source = forget_in_store(store, names or [], stale=age), store.url
     finally:
         store.close()
+    from cbctl.printable import visible
+
     if not gone:
         typer.echo(
-            f"cbctl: no circuit in {source} unchanged for {stale}; nothing forgotten", err=True
+            f"cbctl: no circuit in {visible(source)} unchanged for {stale}; nothing forgotten",
+            err=True,
         )
         return
     for name, state in gone:
-        typer.echo(f"forgot {name} ({state}) in {source}")
+        typer.echo(visible(f"forgot {name} ({state}) in {source}"))
