@@ -41,6 +41,11 @@ MAX_CONNECTIONS = 64
 logger = logging.getLogger("cbctl.health")
 
 
+_SLACK = 0.25
+"""How far past its deadline one read may end, so that a fast client's reads need no new
+socket timeout each."""
+
+
 class _DeadlineReader(io.RawIOBase):
     """A connection's reads, each allowed only the time left until the handler's deadline."""
 
@@ -55,7 +60,9 @@ class _DeadlineReader(io.RawIOBase):
         left = self._handler.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("the client took too long to send its request")
-        self._connection.settimeout(left)
+        current = self._connection.gettimeout()
+        if current is None or current > left + _SLACK:  # settimeout costs a syscall
+            self._connection.settimeout(left)
         return self._connection.recv_into(buffer)
 
 
@@ -75,6 +82,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.connection.settimeout(self.server.idle_timeout)
         self.rfile.close()
         self.rfile = self._reader = io.BufferedReader(_DeadlineReader(self.connection, self))
 
@@ -120,7 +128,8 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
     def _send(self, response: HttpResponse, close: bool) -> None:
-        self.connection.settimeout(IDLE_TIMEOUT)  # reads may have left a nearly spent timeout
+        if self.connection.gettimeout() != self.server.idle_timeout:
+            self.connection.settimeout(self.server.idle_timeout)  # reads may have shortened it
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
@@ -150,6 +159,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """One access-log record; the method and path are the client's bytes, made visible."""
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
         path = visible(urlsplit(getattr(self, "path", "")).path[:200])
         client = self.client_address[0] if self.client_address else "-"
         method = visible(getattr(self, "command", "-"))[:20]
