@@ -234,6 +234,9 @@ def _base_url(url: str) -> str:
 def _client(timeout: float) -> httpx.Client:
     import httpx
 
+    from cbctl.redaction import scrub_logger
+
+    scrub_logger("httpx")
     return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
 
 

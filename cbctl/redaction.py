@@ -13,12 +13,22 @@ here: a client library's error message, a traceback printed with `--debug`, a lo
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from typing import Final
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus, urlencode, urlsplit
 
-__all__ = ["MASK", "SECRET_QUERY_KEYS", "redact_url", "remember", "scrub", "url_secrets"]
+__all__ = [
+    "MASK",
+    "SECRET_QUERY_KEYS",
+    "ScrubSecrets",
+    "redact_url",
+    "remember",
+    "scrub",
+    "scrub_logger",
+    "url_secrets",
+]
 
 MASK: Final = "***"
 MIN_REMEMBERED: Final = 4
@@ -173,3 +183,26 @@ def redact_url(url: str) -> str:
     if hashmark:
         shown += f"#{_redact_query(fragment)}"
     return scrub(shown)
+
+
+class ScrubSecrets(logging.Filter):
+    """A logging filter that takes remembered secrets out of every record it passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _known_sorted:
+            message = record.getMessage()
+            clean = scrub(message)
+            if clean != message:
+                record.msg, record.args = clean, ()
+        return True
+
+
+_SCRUB_FILTER: Final = ScrubSecrets()
+
+
+def scrub_logger(name: str) -> None:
+    """Scrub the records of a library's logger that may carry a URL with a secret in its query
+    (httpx logs every request's full URL at INFO)."""
+    logger = logging.getLogger(name)
+    if _SCRUB_FILTER not in logger.filters:
+        logger.addFilter(_SCRUB_FILTER)

@@ -203,3 +203,45 @@ def test_the_token_never_appears_even_when_the_endpoint_reflects_it(tmp_path: Pa
     assert "answered HTTP 500" in output
     assert token not in output
     assert token[:8] not in output
+
+
+@hostile
+@given(password=passwords)
+def test_a_token_in_an_http_dependencys_query_never_reaches_a_log_record(
+    password: str, tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx logs each request's URL at INFO: the record is scrubbed, the request is not."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    directory = tmp_path_factory.mktemp("http")
+    url = f"http://127.0.0.1:{server.server_address[1]}/ready?token={quote(password, safe='')}"
+    config = directory / "cbctl.toml"
+    config.write_text(f"[dependencies.web]\nkind = 'http'\nurl = '{url}'\n")
+    try:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG):
+            code, output = _invoke(
+                "--state", str(directory / "c.db"), "--config", str(config), "probe", "web"
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, output
+    assert "token=" in seen[-1]  # the endpoint still got its token
+    assert "HTTP Request" in caplog.text
+    _assert_absent(password, output, caplog.text)

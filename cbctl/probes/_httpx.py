@@ -10,6 +10,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from cbctl.probes import ProbeError, refused, scrub, secrets_of, timed_out
+from cbctl.redaction import scrub_logger
+
+scrub_logger("httpx")  # it logs each request's URL, `?api_key=` or `?token=` included
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
