@@ -34,7 +34,7 @@ passwords = st.text(alphabet=string.printable, min_size=1, max_size=24).map(
     lambda core: f"Pw{core}Zq"
 )
 hostile = settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -136,7 +136,12 @@ def test_dependency_urls_with_any_password_never_leak_anywhere(
             env["CBCTL_DEP_URL"] = url
         caplog.clear()
         with caplog.at_level(logging.DEBUG):
-            for args in (["probe", "dep", "--json", "--call-timeout", "1"], ["probe", "dep"]):
+            for args in (
+                ["probe", "dep", "--json", "--call-timeout", "1"],
+                ["probe", "dep"],
+                ["config", "--json"],
+                ["config"],
+            ):
                 for debug in ([], ["--debug"]):
                     _, output = _invoke(
                         *debug, "--state", state, "--config", str(config), *args, env=env
