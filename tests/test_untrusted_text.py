@@ -217,3 +217,62 @@ def test_a_dependencys_hostile_answer_is_shown_as_text(
     code, out, err = _invoke("--state", state, "status")
     assert code == 0
     _assert_harmless(out + err)
+
+
+@pytest.fixture
+def hostile_redis() -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback 'Redis' that answers every command with the queued RESP error reply."""
+    import socket
+
+    replies: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+            def answer(conn: socket.socket = conn) -> None:
+                with conn:
+                    try:
+                        while conn.recv(65536):
+                            conn.sendall(b"-" + replies[-1] + b"\r\n")
+                    except OSError:
+                        pass
+
+            threading.Thread(target=answer, daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0", replies
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+@hostile
+@given(reply=texts.filter(lambda text: "\r" not in text and "\n" not in text))
+def test_a_redis_error_reply_is_shown_as_text(
+    reply: str, hostile_redis: tuple[str, list[bytes]]
+) -> None:
+    url, replies = hostile_redis
+    replies.append(("ERR " + reply).encode("utf-8", "replace"))
+    for args in (["status"], ["probe", "redis", "--call-timeout", "0.5"]):
+        result = runner.invoke(
+            app,
+            ["--state", url, *args],
+            env={"CBCTL_REDIS_URL": "redis://127.0.0.1:1/0", "CBCTL_CONFIG": ""},
+        )
+        assert not isinstance(result.exception, Exception) or isinstance(
+            result.exception, SystemExit
+        ), result.exception
+        assert result.exit_code in (1, 2)
+        _assert_harmless(result.stdout + result.stderr)
