@@ -11,6 +11,7 @@ Hierarchy (exit code in brackets):
   + ConfigError [2] - cbctl.toml, a setting or an environment variable is invalid
   + StateError [2] - the shared state cannot be opened, read or trusted
   |   + MissingStateError [2] - a reading command pointed at state that does not exist
+  |   + UnreadableCircuitsError [2] - some stored records are foreign; carries the others
   |   + StoreUnavailableError [2] - the store did not answer; breakers degrade
   + UnknownCircuitError [2] - a circuit name nobody knows
   + DependencyError [1] - the protected dependency failed
