@@ -204,9 +204,10 @@ def _circuit_rows(reports: Sequence[SourceReport], now: float) -> list[Row]:
     """One row per circuit (a failed source: one row), as plain strings (never markup)."""
     rows: list[Row] = []
     for report in reports:
+        source = visible(report.source)
         if report.error is not None:
             cells = ["-", "unreachable", "-", "-", "-", "-", "-", "-", visible(report.error)]
-            rows.append(("unreachable", cells, visible(report.source)))
+            rows.append(("unreachable", cells, source))
             continue
         elapsed = now - report.fetched_at
         for stats in report.circuits:
@@ -223,7 +224,7 @@ def _circuit_rows(reports: Sequence[SourceReport], now: float) -> list[Row]:
                 _count(stats.get("rejections")),
                 _last_failure(stats, now),
             ]
-            rows.append((state, cells, visible(report.source)))
+            rows.append((state, cells, source))
     return rows
 
 
