@@ -167,7 +167,9 @@ def _summary(reports: Sequence[SourceReport]) -> str:
     total = sum(states.values())
     parts = [f"{total} circuit{'s' if total != 1 else ''}"]
     parts += [
-        f"{states[state]} {state}" for state in ("closed", "half_open", "open") if states[state]
+        f"{states[state]} {state}"
+        for state in ("closed", "half_open", "open", "unreadable")
+        if states[state]
     ]
     if unreachable:
         parts.append(f"{unreachable} source{'s' if unreachable != 1 else ''} unreachable")
