@@ -17,10 +17,11 @@ import math
 import os
 import secrets
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Final, ParamSpec, TypeVar, cast, overload
 
@@ -28,6 +29,15 @@ from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock, iso_utc
 from cbctl.errors import CircuitBreakerError, StoreUnavailableError, UsageError
 from cbctl.failures import FailureRules, as_rules
+from cbctl.journal import (
+    JOURNAL_LIMIT,
+    Journaled,
+    TransitionEvent,
+    error_of,
+    next_event_id,
+    process_source,
+    wall_time,
+)
 from cbctl.state import (
     BreakerConfig,
     CircuitState,
@@ -119,6 +129,7 @@ class CircuitBreaker:
         "_failure_rules",
         "_failures",
         "_fallback",
+        "_journal",
         "_listeners",
         "_lock",
         "_open_until",
@@ -187,6 +198,7 @@ class CircuitBreaker:
         self._outage: _OutageLog | None = None
         self._reconciling = threading.Lock() if store is not None else None
         self._listeners: tuple[Callable[[StateChange], object], ...] = ()
+        self._journal: deque[TransitionEvent] | None = None  # made on the first transition
         self._successes = itertools.count()
         self._rejections = itertools.count()
         self._failures = itertools.count()
@@ -636,20 +648,43 @@ class CircuitBreaker:
                 "failures": after.failure_count,
             },
         )
-        if not self._listeners:
-            return
-        event = StateChange(
+        at = wall_time(self._clock.wall())
+        record = TransitionEvent(
+            next_event_id(),
             self.name,
+            at,
             before.state,
             after.state,
-            datetime.fromtimestamp(self._clock.wall(), UTC),
             after.failure_count,
+            error_of(after),
+            process_source(),
         )
+        with self._lock:
+            if self._journal is None:
+                self._journal = deque(maxlen=JOURNAL_LIMIT)
+            self._journal.append(record)
+        if not self._listeners:
+            return
+        event = StateChange(self.name, before.state, after.state, at, after.failure_count)
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception:
                 logger.exception("circuit=%s listener %r failed", self.name, listener)
+
+    def events(self) -> list[TransitionEvent]:
+        """The recent transitions of this circuit, oldest first (the last JOURNAL_LIMIT).
+
+        With a shared store, the store's journal: every process's transitions, with their source.
+        """
+        store = self._store
+        if store is not None and self._degraded is None and isinstance(store, Journaled):
+            try:
+                return store.events(self.name)
+            except StoreUnavailableError as error:
+                self._degraded = str(error)
+        with self._lock:
+            return list(self._journal or ())
 
     # -- manual control and inspection --------------------------------------------------------
 

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from cbctl.breaker import CircuitBreaker
 from cbctl.clock import Clock
-from cbctl.errors import ConfigError, UnknownCircuitError
+from cbctl.errors import ConfigError, StoreUnavailableError, UnknownCircuitError
 from cbctl.failures import as_rules
+from cbctl.journal import Journaled, TransitionEvent, select
 from cbctl.state import BreakerConfig, CircuitStore
 
 if TYPE_CHECKING:
@@ -167,6 +168,22 @@ class CircuitBreakerRegistry:
     def get_all_stats(self) -> dict[str, dict[str, Any]]:
         """{name: stats} for every breaker, in name order."""
         return {name: self._breakers[name].stats for name in self.names()}
+
+    def events(self, since: int | None = None) -> list[TransitionEvent]:
+        """The recent transitions of this registry's circuits after cursor `since`, oldest first.
+
+        With a shared store, the store's journal of these circuits (every process's transitions);
+        `since` is the `id` of the last record already seen.
+        """
+        store = self._store
+        breakers = list(self)
+        if store is not None and isinstance(store, Journaled):
+            names = {breaker.name for breaker in breakers}
+            try:
+                return [event for event in store.events(None, since) if event.circuit in names]
+            except StoreUnavailableError:
+                pass
+        return select((event for breaker in breakers for event in breaker.events()), since)
 
     def reset(self, name: str) -> None:
         """Reset one circuit; an unknown name raises UnknownCircuitError listing the known ones."""

@@ -1054,3 +1054,46 @@ def test_allows_call_reads_a_shared_store_another_process_changed(tmp_path: Path
     assert breaker.allows_call()
     mine.close()
     theirs.close()
+
+
+def test_an_in_process_breaker_journals_each_transition_with_time_failures_and_error(
+    clock: FakeClock,
+) -> None:
+    breaker = make(clock, failure_threshold=2, timeout=5.0, success_threshold=1)
+    assert breaker.events() == []
+    trip(breaker)
+    clock.advance(5.0)
+    breaker.call(succeed)
+    events = breaker.events()
+    assert [(e.previous, e.state) for e in events] == [
+        (CircuitState.CLOSED, CircuitState.OPEN),
+        (CircuitState.OPEN, CircuitState.HALF_OPEN),
+        (CircuitState.HALF_OPEN, CircuitState.CLOSED),
+    ]
+    assert (events[0].failures, events[0].error) == (2, "Boom: dependency down")
+    assert events[2].error is None
+    assert events[2].at.timestamp() == pytest.approx(clock.wall())
+    assert events[0].id < events[1].id < events[2].id
+    with pytest.raises(AttributeError):
+        events[0].state = CircuitState.OPEN  # type: ignore[misc]
+
+
+def test_an_in_process_journal_keeps_only_the_last_transitions(clock: FakeClock) -> None:
+    from cbctl.journal import JOURNAL_LIMIT
+
+    breaker = make(clock, failure_threshold=1)
+    for _ in range(JOURNAL_LIMIT):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+        breaker.reset()
+    events = breaker.events()
+    assert len(events) == JOURNAL_LIMIT
+    assert events[-1].state is CircuitState.CLOSED
+    assert events[0].state is CircuitState.OPEN, "the oldest transitions were dropped first"
+
+
+def test_steady_successes_add_nothing_to_the_journal(clock: FakeClock) -> None:
+    breaker = make(clock)
+    for _ in range(100):
+        breaker.call(succeed)
+    assert breaker.events() == []

@@ -237,3 +237,38 @@ def test_the_registry_wide_clock_and_store_are_refused_per_breaker(argument: str
 def test_an_unknown_argument_lists_settings_and_per_breaker_arguments() -> None:
     with pytest.raises(ConfigError, match=r"unknown breaker setting 'treshold' \(known: .*exclude"):
         CircuitBreakerRegistry().get("x", treshold=3)
+
+
+def test_registry_events_merge_every_circuit_oldest_first_after_a_cursor(clock: FakeClock) -> None:
+    registry = CircuitBreakerRegistry(default_config={"failure_threshold": 1}, clock=clock)
+    for name in ("qdrant", "postgresql"):
+        with pytest.raises(Boom):
+            registry.get(name).call(fail)
+    registry.reset("qdrant")
+    events = registry.events()
+    assert [(e.circuit, e.state.value) for e in events] == [
+        ("qdrant", "open"),
+        ("postgresql", "open"),
+        ("qdrant", "closed"),
+    ]
+    assert [(e.circuit, e.state.value) for e in registry.events(since=events[0].id)] == [
+        ("postgresql", "open"),
+        ("qdrant", "closed"),
+    ]
+    assert registry.events(since=events[-1].id) == []
+
+
+def test_registry_events_with_a_store_are_the_stores_journal_of_its_circuits(
+    clock: FakeClock,
+) -> None:
+    store = MemoryStore(clock)
+    mine = CircuitBreakerRegistry(default_config={"failure_threshold": 1}, store=store, clock=clock)
+    theirs = CircuitBreakerRegistry(
+        default_config={"failure_threshold": 1}, store=store, clock=clock
+    )
+    mine.get("qdrant")
+    with pytest.raises(Boom):
+        theirs.get("qdrant").call(fail)
+    with pytest.raises(Boom):
+        theirs.get("redis").call(fail)
+    assert [(e.circuit, e.state.value) for e in mine.events()] == [("qdrant", "open")]

@@ -497,3 +497,21 @@ def test_the_state_file_waits_at_most_one_second_for_another_writers_lock(tmp_pa
         connection = store._connection
         assert connection is not None
         assert connection.execute("PRAGMA busy_timeout").fetchone()[0] <= 1000
+
+
+def test_a_state_file_from_before_the_journal_gains_it_without_a_schema_version_change(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "circuits.db"
+    SqliteStore(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("DROP TABLE events")
+        raw.commit()
+    store = SqliteStore(path)
+    breaker = CircuitBreaker("dep", failure_threshold=1, store=store)
+    with contextlib.suppress(ZeroDivisionError):
+        breaker.call(lambda: 1 / 0)
+    assert [e.state.value for e in store.events("dep")] == ["open"]
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -334,3 +335,69 @@ def test_a_forgotten_circuit_is_gone_for_every_instance_and_starts_afresh(
     assert [stored.name for stored in backend.store.load_all()] == []
     assert service.call(ok) == "ok"
     assert service.stats["state"] == "closed"
+
+
+# -- the transition journal ------------------------------------------------------------------
+
+
+def moves(events: list[Any]) -> list[tuple[str, str]]:
+    return [(event.previous.value, event.state.value) for event in events]
+
+
+def test_the_journal_records_each_transition_in_order_with_its_failures_and_error(
+    backend: Backend,
+) -> None:
+    breaker = backend.breaker(failure_threshold=2, timeout=10.0, success_threshold=1)
+    trip(breaker, 2)
+    backend.clock.advance(10.5)
+    assert breaker.call(ok) == "ok"
+    events = breaker.events()
+    assert moves(events) == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    opened = events[0]
+    assert (opened.circuit, opened.failures, opened.error) == ("dep", 2, "Boom: dependency down")
+    assert events[1].error is None
+    assert [event.id for event in events] == sorted({event.id for event in events})
+    assert events[0].at <= events[1].at <= events[2].at
+    assert events[0].at.tzinfo is UTC
+    assert events[1].at.timestamp() == pytest.approx(backend.clock.wall(), abs=0.01)
+    assert "@" in opened.source
+
+
+def test_the_journal_is_bounded_to_the_last_transitions_of_each_circuit(backend: Backend) -> None:
+    from cbctl.journal import JOURNAL_LIMIT
+
+    breaker = backend.breaker(failure_threshold=1)
+    other = backend.breaker("other", failure_threshold=1)
+    trip(other, 1)
+    for _ in range(JOURNAL_LIMIT // 2 + 5):  # two transitions per round
+        trip(breaker, 1)
+        breaker.reset()
+    events = breaker.events()
+    assert len(events) == JOURNAL_LIMIT
+    assert moves(events)[-2:] == [("closed", "open"), ("open", "closed")]
+    assert [event.id for event in events] == sorted(event.id for event in events)
+    assert moves(other.events()) == [("closed", "open")], "one circuit's churn keeps the other's"
+
+
+def test_a_steady_success_writes_no_journal_record(backend: Backend) -> None:
+    breaker = backend.breaker(failure_threshold=2)
+    trip(breaker, 1)
+    assert breaker.call(ok) == "ok"
+    before = backend.store.events()  # type: ignore[attr-defined]
+    for _ in range(50):
+        breaker.call(ok)
+    assert backend.store.events() == before == []  # type: ignore[attr-defined]
+
+
+def test_another_instance_reads_the_same_journal_and_a_cursor_skips_what_was_seen(
+    backend: Backend,
+) -> None:
+    first = backend.breaker(failure_threshold=1)
+    second = backend.breaker(store=backend.reopen(), failure_threshold=1)
+    trip(first, 1)
+    seen = second.events()
+    assert moves(seen) == [("closed", "open")]
+    second.reset()
+    later = backend.reopen().events(None, seen[-1].id)  # type: ignore[attr-defined]
+    assert moves(later) == [("open", "closed")]
+    assert moves(first.events()) == [("closed", "open"), ("open", "closed")]

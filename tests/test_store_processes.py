@@ -361,3 +361,27 @@ def test_failures_during_a_redis_stop_are_counted_once_when_it_resumes(
     assert (lost, twice) == (0, 0), (
         f"{raised} failures raised, {stored.snapshot.failure_count} kept"
     )
+
+
+def test_racing_processes_journal_one_record_per_transition_made_by_one_of_them(
+    shared: Shared,
+) -> None:
+    threshold = 20
+    barrier, results = SPAWN.Barrier(PROCESSES), SPAWN.Queue()
+    run_all(
+        store_workers.record_failures,
+        [(shared.location, shared.prefix, threshold, 15, barrier, results)] * PROCESSES,
+    )
+    drain(results, PROCESSES)
+    store = shared.store()
+    store.reset("shared", None)
+    events = store.events("shared")  # type: ignore[attr-defined]
+    assert [(e.previous.value, e.state.value) for e in events] == [
+        ("closed", "open"),
+        ("open", "closed"),
+    ]
+    opened = events[0]
+    assert opened.failures == threshold
+    pid = int(opened.source.split("@")[0])
+    assert pid != os.getpid(), "the opening was made, and journaled, by a worker process"
+    assert events[1].source.startswith(f"{os.getpid()}@")

@@ -7,10 +7,20 @@ other stores are held to by the contract tests. Times are wall-clock seconds, li
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock
+from cbctl.journal import (
+    JOURNAL_LIMIT,
+    TransitionEvent,
+    error_of,
+    next_event_id,
+    process_source,
+    select,
+    wall_time,
+)
 from cbctl.state import (
     BreakerConfig,
     CircuitState,
@@ -31,6 +41,7 @@ class MemoryStore:
         self._clock = clock or SYSTEM_CLOCK
         self._lock = threading.Lock()
         self._circuits: dict[str, tuple[Snapshot, BreakerConfig]] = {}
+        self._journals: dict[str, deque[TransitionEvent]] = {}
 
     @property
     def url(self) -> str:
@@ -52,7 +63,32 @@ class MemoryStore:
             settings = config or known or BreakerConfig()
             after, permit = change(before, settings, now)
             self._circuits[name] = (after, settings)
+            if after.state is not before.state:
+                journal = self._journals.get(name)
+                if journal is None:
+                    journal = self._journals[name] = deque(maxlen=JOURNAL_LIMIT)
+                journal.append(
+                    TransitionEvent(
+                        next_event_id(),
+                        name,
+                        wall_time(now),
+                        before.state,
+                        after.state,
+                        after.failure_count,
+                        error_of(after),
+                        process_source(),
+                    )
+                )
         return Update(before, after, now, permit)
+
+    def events(self, name: str | None = None, since: int | None = None) -> list[TransitionEvent]:
+        """The journal of one circuit (or all), after cursor `since`, oldest first."""
+        with self._lock:
+            if name is not None:
+                chosen = list(self._journals.get(name, ()))
+            else:
+                chosen = [event for journal in self._journals.values() for event in journal]
+        return select(chosen, since)
 
     def load(self, name: str) -> StoredCircuit | None:
         with self._lock:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from cbctl.errors import StateError, StoreUnavailableError
+from cbctl.journal import JOURNAL_LIMIT, TransitionEvent, process_source, wall_time
 from cbctl.redaction import scrub, url_secrets
 from cbctl.state import (
     BreakerConfig,
@@ -41,13 +42,19 @@ __all__ = ["RedisStore"]
 
 _STATES: Final = {state.value: state for state in CircuitState}
 _NO_CONFIG: Final = ("", "", "", "")
+_SOURCE_ARG: Final = 20
+"""The ARGV slot of the journal's source (the length follows): past every argument an operation
+takes, with '' (read as absent) in between."""
 
 # ARGV: op, time offset, failure_threshold, timeout, success_threshold, half_open_max_calls
 #       (empty: the stored settings), permit generation ('' = none; for 'reconcile': the
 #       generation the breaker last saw), permit lease ('0' = not a trial), error text
 #       (failure, reconcile) or target state (force), then for 'failure' the write's op id, for
 #       'reconcile' the failures, the seconds left open ('' = not open) and the op ids.
-# Reply: {now, permit generation or '', permit lease, changed, before[11], after[11] if changed}.
+#       ARGV[20] and ARGV[21] (after '' padding): the source of a transition (pid@host) and the
+#       journal's length; KEYS: circuit, journal stream, journal id counter.
+# Reply: {now, permit generation or '', permit lease, changed, before[11], after[11] if changed,
+#         journal id if the state changed}.
 # A missing circuit replies {now} to 'load'. Leases are "id:deadline" pairs (state.encode_leases).
 _SCRIPT: Final = r"""
 if redis.replicate_commands then redis.replicate_commands() end
@@ -289,6 +296,16 @@ if changed then
   if legacy then redis.call('HDEL', key, 'tr', 'td') end
   redis.call('HSET', key, unpack(args))
 end
+-- The transition journal (KEYS[2] a capped stream, KEYS[3] the id counter): one entry when the
+-- state changed, in this same atomic call.
+if out[4] == '1' and b.s ~= a.s then
+  local error = ''
+  if a.s == 'open' and not a.f then error = str(a.le) end
+  local id = redis.call('INCR', KEYS[3])
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[21], '*', 'id', id, 'at', str(now), 'p', b.s,
+             's', a.s, 'fc', str(a.fc), 'le', error, 'src', ARGV[20])
+  out[27] = str(id)
+end
 return out
 """
 
@@ -330,6 +347,23 @@ def _loaded(reply: Sequence[str]) -> tuple[Snapshot, BreakerConfig]:
     return _snapshot(reply[1:12]), _config(reply[12:16])
 
 
+def _event(name: str, fields: dict[str, str]) -> TransitionEvent | None:
+    """A journal record from one stream entry; None for an entry this cbctl cannot read."""
+    try:
+        return TransitionEvent(
+            id=int(fields["id"]),
+            circuit=name,
+            at=wall_time(float(fields["at"])),
+            previous=_STATES[fields["p"]],
+            state=_STATES[fields["s"]],
+            failures=int(fields["fc"]),
+            error=fields.get("le") or None,
+            source=fields.get("src", ""),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
 class RedisStore:
     """Circuits in Redis hashes; every operation one atomic server-side script.
 
@@ -355,6 +389,7 @@ class RedisStore:
         ).shown
         self._secrets = tuple(url_secrets(url))
         self._prefix = prefix
+        self._event_ids = f"{prefix}event-ids"
         self._retry_interval = retry_interval
         self._time_offset = time_offset
         self._failed_until = 0.0
@@ -389,6 +424,10 @@ class RedisStore:
     def key(self, name: str) -> str:
         """The Redis key holding circuit `name`."""
         return f"{self._prefix}circuit:{name}"
+
+    def events_key(self, name: str) -> str:
+        """The Redis stream holding circuit `name`'s journal."""
+        return f"{self._prefix}events:{name}"
 
     # -- talking to Redis -------------------------------------------------------------------------
 
@@ -441,7 +480,10 @@ class RedisStore:
             "0" if permit is None else str(permit.lease),
             *(extra or ("",)),
         )
-        reply: list[str] = self._guarded(lambda: self._script(keys=[self.key(name)], args=args))
+        padding = ("",) * (_SOURCE_ARG - 1 - len(args))
+        args = (*args, *padding, process_source(), str(JOURNAL_LIMIT))
+        keys = [self.key(name), self.events_key(name), self._event_ids]
+        reply: list[str] = self._guarded(lambda: self._script(keys=keys, args=args))
         return reply
 
     def _update(self, name: str, reply: list[str]) -> Update:
@@ -491,6 +533,29 @@ class RedisStore:
             return []
         decoders = [(name, functools.partial(_loaded, reply)) for name, reply in replies]
         return load_all_checked(f"Redis at {self._shown}", decoders, float(replies[0][1][0]))
+
+    def events(self, name: str | None = None, since: int | None = None) -> list[TransitionEvent]:
+        """The journal of one circuit (or all) after cursor `since`, oldest first."""
+        start = len(self.events_key(""))
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.events_key("")) + "*"
+
+        def read() -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+            if name is not None:
+                keys = [self.events_key(name)]
+            else:
+                keys = sorted(set(self._client.scan_iter(match=pattern)))
+            pipeline = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipeline.xrange(key)
+            return list(zip(keys, pipeline.execute(), strict=True))
+
+        found = []
+        for key, entries in self._guarded(read):
+            for _, fields in entries:
+                event = _event(key[start:], fields)
+                if event is not None and (since is None or event.id > since):
+                    found.append(event)
+        return sorted(found, key=lambda event: event.id)
 
     def admit(self, name: str, config: BreakerConfig) -> Update:
         return self._update(name, self._run("admit", name, config))

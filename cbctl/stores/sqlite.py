@@ -41,6 +41,7 @@ from typing import Any, Final
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock
 from cbctl.errors import StateError, StoreUnavailableError
+from cbctl.journal import JOURNAL_LIMIT, TransitionEvent, error_of, process_source, wall_time
 from cbctl.state import (
     BreakerConfig,
     CircuitState,
@@ -127,6 +128,28 @@ _UPSERT: Final = """INSERT OR REPLACE INTO circuits (name, state, failure_count,
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 _DELETE: Final = "DELETE FROM circuits WHERE name = ?"
+_JOURNAL_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        circuit TEXT NOT NULL,
+        at REAL NOT NULL,
+        previous TEXT NOT NULL,
+        state TEXT NOT NULL,
+        failures INTEGER NOT NULL,
+        error TEXT,
+        source TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_by_circuit ON events (circuit, id)",
+)
+"""The transition journal: a table of its own, so the circuits schema and its version stay as
+they are; made in any state file that lacks it (a file of an older cbctl included)."""
+_HAS_JOURNAL: Final = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'"
+_INSERT_EVENT: Final = """INSERT INTO events (circuit, at, previous, state, failures, error,
+    source) VALUES (?, ?, ?, ?, ?, ?, ?)"""
+_TRIM_EVENTS: Final = """DELETE FROM events WHERE circuit = ?1 AND id < (SELECT id FROM events
+    WHERE circuit = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)"""
+_SELECT_EVENTS: Final = """SELECT id, circuit, at, previous, state, failures, error, source
+    FROM events WHERE (?1 IS NULL OR circuit = ?1) AND id > ?2 ORDER BY id"""
 
 _STATES: Final = {state.value: state for state in CircuitState}
 _HARD_ERRORS: Final = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
@@ -280,6 +303,7 @@ class SqliteStore:
         try:
             if writable:
                 self._initialise(connection)
+                _ensure_journal(connection)
                 connection.execute("PRAGMA journal_mode = WAL").fetchone()
                 connection.execute("PRAGMA synchronous = NORMAL")
             elif self._schema_version(connection) != SCHEMA_VERSION:
@@ -412,6 +436,8 @@ class SqliteStore:
             if revision is None or after != before:
                 written = secrets.randbits(62) if revision is None else revision + 1
                 connection.execute(_UPSERT, (*_encode(name, after, settings), written))
+            if after.state is not before.state:
+                _journal(connection, name, before, after, now)
             connection.execute("COMMIT")
         except BaseException:
             self._decoded.pop(name, None)
@@ -455,6 +481,32 @@ class SqliteStore:
                 raise StoreUnavailableError(f"state file {self._path}: {error}") from error
         decoders = [(row[0], functools.partial(_decode, row[1:])) for row in rows]
         return load_all_checked(f"state file {self._path}", decoders, self._clock.wall())
+
+    def events(self, name: str | None = None, since: int | None = None) -> list[TransitionEvent]:
+        """The journal of one circuit (or all) after cursor `since`, oldest first."""
+        with self._lock:
+            if self._failed_until:
+                self._fail_fast()
+            try:
+                rows = self._connection.execute(
+                    _SELECT_EVENTS, (name, -1 if since is None else since)
+                ).fetchall()
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+        return [
+            TransitionEvent(
+                id=row[0],
+                circuit=row[1],
+                at=wall_time(row[2]),
+                previous=_STATES[row[3]],
+                state=_STATES[row[4]],
+                failures=row[5],
+                error=row[6],
+                source=row[7],
+            )
+            for row in rows
+            if row[3] in _STATES and row[4] in _STATES
+        ]
 
     def admit(self, name: str, config: BreakerConfig) -> Update:
         return self._apply(name, config, machine.admit, optimistic=True)
@@ -557,6 +609,40 @@ def _migrate_from_1(connection: sqlite3.Connection) -> None:
         connection.execute(_SET_LEASES, (machine.encode_leases(leases), count, name))
     for statement in _MIGRATED_FROM_1:
         connection.execute(statement)
+
+
+def _ensure_journal(connection: sqlite3.Connection) -> None:
+    """Create the journal table where it is missing (checked first: no write lock when present)."""
+    if connection.execute(_HAS_JOURNAL).fetchone()[0]:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _JOURNAL_SCHEMA:
+            connection.execute(statement)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _journal(
+    connection: sqlite3.Connection, name: str, before: Snapshot, after: Snapshot, now: float
+) -> None:
+    """One journal row for a transition, inside the caller's transaction; trimmed to the bound."""
+    connection.execute(
+        _INSERT_EVENT,
+        (
+            name,
+            now,
+            before.state.value,
+            after.state.value,
+            after.failure_count,
+            error_of(after),
+            process_source(),
+        ),
+    )
+    connection.execute(_TRIM_EVENTS, (name, JOURNAL_LIMIT - 1))
 
 
 def _foreign(path: Path, what: str) -> StateError:
