@@ -7,6 +7,10 @@
   `{"status": "ok"|"degraded", "circuits": {name: stats}}`. "degraded" means at least one
   circuit is not CLOSED, or a breaker has lost its shared store, or the store cannot be read.
 - `GET /metrics` is Prometheus text from a CollectorRegistry of this app's own.
+- `GET /events?since=CURSOR` is the transition journal after the cursor (all kept when absent):
+  `{"events": [{"id", "circuit", "at", "previous", "state", "failures", "error", "source"}...],
+  "cursor": ...}`; pass `cursor` back as `since` to get only what is new (`&circuit=NAME` to
+  keep one circuit's).
 - `POST /circuits/{name}/reset` closes one circuit. It needs `Authorization: Bearer <token>`:
   without a configured token every reset is refused (403); a missing or wrong token is 401; an
   unknown circuit 404 (the body lists the known ones). Answers are `{"circuit", "before", "after"}`.
@@ -30,10 +34,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from cbctl.errors import StateError, UnknownCircuitError
 from cbctl.fleet import load_store, reset_in_store, stored_stats, unreadable_stats
+from cbctl.journal import Journaled, TransitionEvent
 from cbctl.registry import CircuitBreakerRegistry
 from cbctl.state import CircuitState, CircuitStore
 
@@ -145,17 +150,20 @@ class HealthApp:
     # -- requests ------------------------------------------------------------------------------
 
     def respond(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes, query: str = ""
     ) -> HttpResponse:
-        """The answer to one request; `path` without query string, headers with lowercase names."""
+        """The answer to one request; `path` without query string (given apart as `query`),
+        headers with lowercase names."""
         if path in ("/health", "/health/"):
             return self._only(method, "GET") or self._health()
         if path in ("/metrics", "/metrics/"):
             return self._only(method, "GET") or self._metrics_text()
+        if path in ("/events", "/events/"):
+            return self._only(method, "GET") or self._events(query)
         segments = path.split("/")
         if len(segments) == 4 and segments[:2] == ["", "circuits"] and segments[3] == "reset":
             return self._only(method, "POST") or self._reset(segments[2], headers, body)
-        return _error(404, f"no such endpoint {path[:200]!r} (try /health, /metrics)")
+        return _error(404, f"no such endpoint {path[:200]!r} (try /health, /metrics, /events)")
 
     @staticmethod
     def _only(method: str, allowed: str) -> HttpResponse | None:
@@ -191,6 +199,39 @@ class HealthApp:
         if unreadable is not None:
             payload["error"] = unreadable
         return _json(200, payload)
+
+    def events(self, since: int | None = None) -> list[TransitionEvent]:
+        """The journal of the source's circuits after cursor `since`, oldest first."""
+        source = self._source
+        if isinstance(source, CircuitBreakerRegistry):
+            return source.events(since)
+        if isinstance(source, Journaled):
+            return source.events(None, since)
+        return []
+
+    def _events(self, query: str) -> HttpResponse:
+        try:
+            params = parse_qs(query, keep_blank_values=True, strict_parsing=False)
+        except ValueError:
+            params = {}
+        raw_since = params.get("since", [""])[-1]
+        since: int | None = None
+        if raw_since:
+            try:
+                since = int(raw_since)
+            except ValueError:
+                return _error(
+                    400, f"since must be a cursor from an earlier answer, got {raw_since[:40]!r}"
+                )
+        circuit = params.get("circuit", [""])[-1]
+        try:
+            events = self.events(since)
+        except StateError as error:
+            return _error(503, f"state unavailable: {error}")
+        cursor = events[-1].id if events else since
+        if circuit:
+            events = [event for event in events if event.circuit == circuit]
+        return _json(200, {"events": [event.to_json() for event in events], "cursor": cursor})
 
     def _reset(self, raw_name: str, headers: Mapping[str, str], body: bytes) -> HttpResponse:
         if self._token is None:
@@ -268,12 +309,13 @@ class HealthApp:
                 for key, value in scope.get("headers", ())
             }
             method = str(scope.get("method", "GET"))
+            query = bytes(scope.get("query_string", b"")).decode("latin-1")
             if self._blocking:
                 response = await asyncio.get_running_loop().run_in_executor(
-                    None, self.respond, method, path, headers, body
+                    None, self.respond, method, path, headers, body, query
                 )
             else:
-                response = self.respond(method, path, headers, body)
+                response = self.respond(method, path, headers, body, query)
         await send(
             {
                 "type": "http.response.start",

@@ -29,11 +29,13 @@ from cbctl.printable import visible
 
 if TYPE_CHECKING:  # data types only: importing the scenarios would slow every command
     from cbctl.fleet import CircuitReset, SourceReport
+    from cbctl.journal import TransitionEvent
     from cbctl.scenarios import Event, FlappingReport, Journal
 
 __all__ = [
     "circuit_table",
     "config_table",
+    "event_line",
     "flapping_table",
     "format_age",
     "format_latency",
@@ -633,3 +635,26 @@ def config_table(resolved: Mapping[str, Any], *, plain: bool = False) -> Rendera
     count = len(resolved["dependencies"])
     caption = Text(f"{count} dependenc{'y' if count == 1 else 'ies'} from {visible(where)}")
     return Group(table, caption)
+
+
+# -- the transition journal ----------------------------------------------------------------------
+
+
+def _printable(text: str) -> str:
+    """Text from another process or host, on one line with no control characters."""
+    return "".join(char if char.isprintable() else " " for char in text)
+
+
+def event_line(event: TransitionEvent, *, plain: bool = False) -> Text:
+    """One journal record: when (UTC), circuit, previous -> new state, failures, error, source."""
+    at = event.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    line = Text(f"{at}  {_printable(event.circuit)}  ")
+    line.append(event.previous.value, style="" if plain else STATE_STYLES[event.previous.value])
+    line.append(" -> ")
+    line.append(event.state.value, style="" if plain else STATE_STYLES[event.state.value])
+    line.append(f"  failures={event.failures}")
+    if event.error:
+        line.append(f"  error={_printable(event.error)[:200]}")
+    if event.source:
+        line.append(f"  source={_printable(event.source)[:100]}", style="" if plain else "dim")
+    return line

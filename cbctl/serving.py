@@ -117,9 +117,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_plain_error(408, "the request body did not arrive in time"), True)
             return
         headers = {key.lower(): value for key, value in self.headers.items()}
-        path = urlsplit(self.path).path or "/"
+        target = urlsplit(self.path)
+        path = target.path or "/"
         try:
-            response = self.server.app.respond(self.command, path, headers, body)
+            response = self.server.app.respond(self.command, path, headers, body, target.query)
         except Exception:
             logger.exception("health endpoint failed on %s %s", self.command, visible(path[:200]))
             response = _plain_error(500, "internal error; see the server log")

@@ -346,3 +346,61 @@ def test_under_serve_counters_the_state_cannot_know_are_absent() -> None:
     transitions = families["cbctl_circuit_transitions"]
     assert transitions.documentation.startswith("State changes recorded in the shared state")
     assert [sample.value for sample in transitions.samples] == [1]
+
+
+# -- the transition journal -----------------------------------------------------------------------
+
+
+def test_events_list_the_journal_and_a_cursor_that_returns_only_what_is_new(
+    registry: CircuitBreakerRegistry,
+) -> None:
+    app = health_app(registry, TOKEN)
+    trip(registry, "redis")
+    first = payload(get_query(app, "/events", ""))
+    assert [(e["circuit"], e["previous"], e["state"], e["failures"]) for e in first["events"]] == [
+        ("redis", "closed", "open", 2)
+    ]
+    assert first["events"][0]["error"] == "ZeroDivisionError: division by zero"
+    assert first["events"][0]["at"].endswith("Z")
+    assert first["cursor"] == first["events"][0]["id"]
+    assert payload(get_query(app, "/events", f"since={first['cursor']}")) == {
+        "events": [],
+        "cursor": first["cursor"],
+    }
+    registry.reset("redis")
+    trip(registry, "qdrant")
+    newer = payload(get_query(app, "/events", f"since={first['cursor']}"))
+    assert [(e["circuit"], e["state"]) for e in newer["events"]] == [
+        ("redis", "closed"),
+        ("qdrant", "open"),
+    ]
+    only = payload(get_query(app, "/events", f"since={first['cursor']}&circuit=qdrant"))
+    assert [e["circuit"] for e in only["events"]] == ["qdrant"]
+    assert only["cursor"] == newer["cursor"], "the cursor moves past the circuits left out"
+
+
+def test_events_refuse_a_cursor_that_is_not_one(registry: CircuitBreakerRegistry) -> None:
+    response = get_query(health_app(registry), "/events", "since=yesterday")
+    assert response.status == 400
+    assert "since" in payload(response)["error"]
+    assert health_app(registry).respond("POST", "/events", {}, b"").status == 405
+
+
+def test_events_of_a_store_source_are_every_process_journal_of_the_shared_state() -> None:
+    store = MemoryStore(FakeClock())
+    writer = CircuitBreakerRegistry(default_config={"failure_threshold": 1}, store=store)
+    trip(writer, "postgresql")
+    events = payload(get_query(health_app(store), "/events", ""))["events"]
+    assert [(e["circuit"], e["state"]) for e in events] == [("postgresql", "open")]
+
+
+def test_the_asgi_app_passes_the_query_string_to_events(registry: CircuitBreakerRegistry) -> None:
+    trip(registry, "redis")
+    app = health_app(registry)
+    cursor = asgi_request(app, "GET", "/events").json()["cursor"]
+    assert asgi_request(app, "GET", f"/events?since={cursor}").json()["events"] == []
+    assert asgi_request(app, "GET", "/events?since=x").status_code == 400
+
+
+def get_query(app: HealthApp, path: str, query: str) -> HttpResponse:
+    return app.respond("GET", path, {}, b"", query)
