@@ -7,9 +7,10 @@ it. Modes, switched at run time and in effect when the call returns:
 - ``down``: the proxy stops listening (new connections are refused) and cuts open ones.
 - ``blackhole``: new connections are accepted, read and never answered; the upstream is never
   contacted. Open connections are held: their bytes wait and flow again once the mode allows.
-- ``latency``: every chunk coming back from the upstream is held ``latency_ms`` before it is
-  forwarded, so each request/response round trip is at least that much slower (and a bulk
-  download is paced at one 64 KiB read per ``latency_ms``). Requests are not delayed.
+- ``latency``: every chunk coming back from the upstream is held ``latency_ms`` (give or take
+  a uniformly random ``jitter_ms``) before it is forwarded, so each request/response round trip
+  is about that much slower (and a bulk download is paced at one 64 KiB read per
+  ``latency_ms``). Requests are not delayed.
 - ``flapping``: down at once, then up and down in turn, each phase lasting ``flap_period_s``.
 
 It counts what it does (`ProxyStats`), so "the dependency was not contacted" is measured.
@@ -26,6 +27,7 @@ import contextlib
 import functools
 import logging
 import math
+import random
 import socket
 import threading
 from collections.abc import Coroutine, Iterator
@@ -73,6 +75,7 @@ class ProxyStats:
     cut: int  # open client connections the proxy cut (going down, closing)
     bytes_to_upstream: int
     bytes_to_client: int
+    jitter_ms: float = 0.0
 
 
 def _checked_port(value: int, what: str, *, lowest: int) -> int:
@@ -130,6 +133,7 @@ class AsyncFaultProxy:
         self._port = _checked_port(listen_port, "listen port", lowest=0)
         self._mode = self._phase = Mode.UP
         self._latency_s = DEFAULT_LATENCY_MS / 1000
+        self._jitter_s = 0.0
         self._flap_period_s = DEFAULT_FLAP_PERIOD_S
         self._listener: socket.socket | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -185,9 +189,12 @@ class AsyncFaultProxy:
                 self._flapper = asyncio.create_task(self._flap())
         _log.debug("fault proxy on port %d: mode %s", self._port, mode)
 
-    async def set_latency(self, latency_ms: float) -> None:
-        """Switch to latency mode, holding each chunk from the upstream `latency_ms`."""
-        self._latency_s = _checked_number(latency_ms, "latency_ms", zero_ok=True) / 1000
+    async def set_latency(self, latency_ms: float, jitter_ms: float = 0.0) -> None:
+        """Switch to latency mode, holding each chunk from the upstream `latency_ms`, give or take
+        up to `jitter_ms` (uniformly random, never below zero)."""
+        latency_s = _checked_number(latency_ms, "latency_ms", zero_ok=True) / 1000
+        self._jitter_s = _checked_number(jitter_ms, "jitter_ms", zero_ok=True) / 1000
+        self._latency_s = latency_s
         await self.set_mode(Mode.LATENCY)
 
     async def set_flapping(self, period: float) -> None:
@@ -208,6 +215,7 @@ class AsyncFaultProxy:
             cut=self._cut,
             bytes_to_upstream=self._bytes_to_upstream,
             bytes_to_client=self._bytes_to_client,
+            jitter_ms=self._jitter_s * 1000,
         )
 
     async def _enter(self, phase: Mode) -> None:
@@ -310,6 +318,12 @@ class AsyncFaultProxy:
                 pumps.create_task(self._pump(reader, upstream_writer, to_client=False))
                 pumps.create_task(self._pump(upstream_reader, writer, to_client=True))
 
+    def _delay(self) -> float:
+        jitter = self._jitter_s
+        if not jitter:
+            return self._latency_s
+        return max(0.0, self._latency_s + random.uniform(-jitter, jitter))  # noqa: S311
+
     async def _pump(
         self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, to_client: bool
     ) -> None:
@@ -318,7 +332,7 @@ class AsyncFaultProxy:
             while chunk := await source.read(_CHUNK):
                 await self._flowing.wait()
                 if to_client and self._phase is Mode.LATENCY:
-                    await asyncio.sleep(self._latency_s)
+                    await asyncio.sleep(self._delay())
                 sink.write(chunk)
                 if to_client:
                     self._bytes_to_client += len(chunk)
@@ -403,9 +417,9 @@ class FaultProxy:
         """See AsyncFaultProxy.set_mode."""
         self._submit(self._core.set_mode(mode))
 
-    def set_latency(self, latency_ms: float) -> None:
+    def set_latency(self, latency_ms: float, jitter_ms: float = 0.0) -> None:
         """See AsyncFaultProxy.set_latency."""
-        self._submit(self._core.set_latency(latency_ms))
+        self._submit(self._core.set_latency(latency_ms, jitter_ms))
 
     def set_flapping(self, period: float) -> None:
         """See AsyncFaultProxy.set_flapping."""

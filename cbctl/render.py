@@ -36,6 +36,7 @@ __all__ = [
     "circuit_table",
     "config_table",
     "event_line",
+    "fault_line",
     "flapping_table",
     "format_age",
     "format_latency",
@@ -657,4 +658,25 @@ def event_line(event: TransitionEvent, *, plain: bool = False) -> Text:
         line.append(f"  error={_printable(event.error)[:200]}")
     if event.source:
         line.append(f"  source={_printable(event.source)[:100]}", style="" if plain else "dim")
+    return line
+
+
+def fault_line(status: Mapping[str, Any], *, plain: bool = False) -> Text:
+    """A running proxy: where it listens, what it does now, and how often it was contacted."""
+    mode = str(status.get("mode", "?"))
+    detail = mode
+    if mode == "latency":
+        detail += f" {status.get('latency_ms', 0):g} ms"
+        if status.get("jitter_ms"):
+            detail += f" +/- {status.get('jitter_ms', 0):g} ms"
+    elif mode == "flapping":
+        detail += f" every {status.get('flap_period_s', 0):g}s (now {status.get('phase', '?')})"
+    line = Text(f"proxy {_printable(str(status.get('name', '?')))} ")
+    line.append(f"{status.get('listen', '?')} -> {_printable(str(status.get('upstream', '?')))}: ")
+    line.append(detail, style="" if plain or mode == "up" else "bold red")
+    line.append(
+        f"; accepted {status.get('accepted', 0)}, reached upstream "
+        f"{status.get('upstream_connections', 0)}, open {status.get('active', 0)}, "
+        f"cut {status.get('cut', 0)} (pid {status.get('pid', '?')})"
+    )
     return line

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cbctl.cli import events as events
 from cbctl.cli import forget as forget
 from cbctl.cli import probe as probe
+from cbctl.cli import proxy as proxy
 from cbctl.cli import reset as reset
 from cbctl.cli import serve as serve
 from cbctl.cli import show_config as show_config
