@@ -101,7 +101,7 @@ def test_fault_latency_with_jitter_and_flapping_take_their_values(running: Runni
 def test_a_malformed_fault_is_one_line_exit_2_and_changes_nothing(
     running: RunningProxy, args: list[str], message: str
 ) -> None:
-    code, out, err = run("fault", "qdrant", *args)
+    code, _, err = run("fault", "qdrant", *args)
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
