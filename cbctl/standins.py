@@ -56,6 +56,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         standin = self.server.standin
         standin._count_request()
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit():  # read the body, so a keep-alive connection stays in step
+            self.rfile.read(min(int(length), 1 << 20))
         status, content_type, body = standin.respond(
             self.command,
             self.path.split("?", 1)[0],
@@ -194,7 +197,8 @@ class HttpStandin:
 
 
 class QdrantStandin(HttpStandin):
-    """Qdrant's REST health endpoints and collection listing, with optional API-key checks.
+    """Qdrant's REST health endpoints, collection listing and point upserts (counted in
+    `upserts`, not stored), with optional API-key checks.
 
     As in Qdrant, `/`, `/healthz`, `/livez` and `/readyz` are open without a key; every other
     endpoint wants the `api-key` header (or `Authorization: Bearer KEY`) when a key is set.
@@ -216,6 +220,7 @@ class QdrantStandin(HttpStandin):
         super().__init__(host=host, port=port, mode=mode)
         self.api_key = api_key
         self.collections = collections
+        self.upserts = 0
 
     def _key_problem(self, headers: dict[str, str]) -> str | None:
         if self.api_key is None:
@@ -251,6 +256,16 @@ class QdrantStandin(HttpStandin):
             return _json(
                 200, {"result": {"collections": listing}, "status": "ok", "time": 0.000_01}
             )
+        parts = path.split("/")
+        if (
+            method == "PUT"
+            and len(parts) == 4
+            and parts[1] == "collections"
+            and parts[3] == "points"
+        ):
+            self.upserts += 1
+            result = {"operation_id": self.upserts, "status": "completed"}
+            return _json(200, {"result": result, "status": "ok", "time": 0.000_01})
         return _json(404, {"status": {"error": f"Not found: {path}"}, "time": 0.0})
 
 

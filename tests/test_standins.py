@@ -99,3 +99,19 @@ def test_standin_for_knows_qdrant_and_llamacpp_only() -> None:
     assert isinstance(standin_for("llamacpp"), LlamaCppStandin)
     with pytest.raises(UsageError, match="no stand-in for kind 'redis'"):
         standin_for("redis")
+
+
+def test_qdrant_stand_in_takes_point_upserts_on_a_keep_alive_connection() -> None:
+    import httpx
+
+    with QdrantStandin(api_key="k") as standin, httpx.Client(base_url=standin.url) as client:
+        for _ in range(2):
+            answer = client.put(
+                "/collections/learning/points",
+                json={"points": [{"id": 1, "vector": [0.1, 0.2], "payload": {}}]},
+                headers={"api-key": "k"},
+            )
+            assert answer.status_code == 200
+            assert answer.json()["result"]["status"] == "completed"
+        assert client.put("/collections/learning/points", json={}).status_code == 401
+        assert standin.upserts == 2

@@ -94,8 +94,44 @@ def outage(
         typer.Option("--start-cmd", metavar="CMD", help="Command that starts it again."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the journal as JSON.")] = False,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            "--service",
+            metavar="HEALTH_URL",
+            help="Verify a running service's own breaker NAME (its mounted cbctl health URL).",
+        ),
+    ] = None,
+    drive: Annotated[
+        str | None,
+        typer.Option(
+            "--drive", metavar="'METHOD URL [BODY]'", help="--service: the request to send it."
+        ),
+    ] = None,
+    drive_cmd: Annotated[
+        str | None,
+        typer.Option(
+            "--drive-cmd", metavar="CMD", help="--service: a command instead (exit 0 ok)."
+        ),
+    ] = None,
+    headers: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", metavar="'NAME: VALUE'", help="--service: request header."),
+    ] = None,
+    bystander: Annotated[
+        str | None,
+        typer.Option(
+            "--bystander",
+            metavar="'METHOD URL'",
+            help="--service: a request that does not use NAME; it must keep succeeding.",
+        ),
+    ] = None,
 ) -> None:
     """Outage -> fail fast -> recovery, with a verdict: exit 0 only if every check passes.
+
+    With --service, the breaker verified is the running service's own: NAME is taken down
+    through its running `cbctl proxy NAME` (or --stop-cmd/--start-cmd) while --drive requests
+    are sent to the service, and its /health and /events say what its breaker did.
 
     \b
     Examples:
@@ -103,7 +139,29 @@ def outage(
       cbctl simulate outage redis --url redis://127.0.0.1:6380/0 --json
       cbctl simulate outage qdrant --stop-cmd 'podman stop local-ai-qdrant' \\
           --start-cmd 'podman start local-ai-qdrant'
+      cbctl simulate outage postgresql --service http://127.0.0.1:8000/cbctl \\
+          --drive 'POST http://127.0.0.1:8000/learning/process {"text": "hi"}'
     """
+    if service is not None or drive is not None or drive_cmd is not None:
+        _outage_of_service(
+            name,
+            service,
+            drive,
+            drive_cmd,
+            tuple(headers or ()),
+            bystander,
+            mode=mode.value,
+            url=url,
+            call_timeout=call_timeout,
+            given={
+                "failure_threshold": failure_threshold,
+                "timeout": timeout,
+                "success_threshold": success_threshold,
+            },
+            stop_cmd=stop_cmd,
+            start_cmd=start_cmd,
+            as_json=as_json,
+        )
     from cbctl.faults import Mode
     from cbctl.printable import visible
     from cbctl.render import is_plain, journal_table, make_console, timeline_line
@@ -235,6 +293,83 @@ def _settings(
     return BreakerConfig.from_mapping(
         {key: value for key, value in given.items() if value is not None}, dep.breaker
     )
+
+
+def _outage_of_service(
+    name: str,
+    service: str | None,
+    drive: str | None,
+    drive_cmd: str | None,
+    headers: tuple[str, ...],
+    bystander: str | None,
+    *,
+    mode: str,
+    url: str | None,
+    call_timeout: float | None,
+    given: dict[str, float | int | None],
+    stop_cmd: str | None,
+    start_cmd: str | None,
+    as_json: bool,
+) -> NoReturn:
+    """`simulate outage NAME --service URL --drive REQUEST`: the service's own breaker."""
+    from cbctl.errors import UsageError
+    from cbctl.proxyctl import control
+    from cbctl.render import is_plain, journal_table, make_console, timeline_line
+    from cbctl.service import (
+        CommandDriver,
+        CommandOutage,
+        HttpDriver,
+        Outage,
+        ProxyOutage,
+        Service,
+        prepare,
+        run_service_outage,
+    )
+    from cbctl.state import BreakerConfig
+
+    if service is None:
+        raise UsageError("--drive and --drive-cmd go with --service HEALTH_URL")
+    if (drive is None) == (drive_cmd is None):
+        raise UsageError("--service needs one of --drive 'METHOD URL' or --drive-cmd CMD")
+    if url is not None or call_timeout is not None:
+        raise UsageError("--url and --call-timeout do not apply with --service")
+    if (stop_cmd is None) != (start_cmd is None):
+        raise UsageError("--stop-cmd and --start-cmd go together: give both or neither")
+    driver = HttpDriver(drive, headers) if drive is not None else CommandDriver(drive_cmd or "")
+    bystanding = HttpDriver(bystander) if bystander is not None else None
+    endpoint = Service(service)
+    prepared = prepare(endpoint, name)
+    expect = BreakerConfig.from_mapping(
+        {key: value for key, value in given.items() if value is not None}, prepared.settings
+    )
+    outage: Outage
+    if stop_cmd is not None and start_cmd is not None:
+        outage = CommandOutage(stop_cmd, start_cmd)
+    else:
+        outage = ProxyOutage(control(name), mode)
+    console = make_console(stderr=as_json)
+    plain = is_plain(console)
+    try:
+        journal = run_service_outage(
+            endpoint,
+            name,
+            driver,
+            outage,
+            bystander=bystanding,
+            expect=expect,
+            prepared=prepared,
+            on_event=lambda event: console.print(timeline_line(event, plain=plain)),
+        )
+    except KeyboardInterrupt:
+        typer.echo(f"cbctl: interrupted; {name} brought back ({outage.label} undone)", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        endpoint.close()
+    if as_json:
+        typer.echo(json.dumps(journal.to_json(), indent=2))
+    else:
+        console.print(journal_table(journal, plain=plain))
+    raise typer.Exit(0 if journal.passed else 1)
 
 
 def _interrupted(name: str) -> NoReturn:
