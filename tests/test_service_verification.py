@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -267,3 +268,48 @@ def test_no_running_proxy_of_that_name_is_exit_2_and_the_service_is_left_alone(
     assert "no running cbctl proxy named 'qdrant'" in err
     health = httpx.get(f"{idle_service}/cbctl/events").json()
     assert health["events"] == [], "nothing was driven"
+
+
+def test_a_drive_command_verifies_the_service_as_well(
+    postgres: PostgresServer, pg_proxy: int, start_service: Start
+) -> None:
+    base = start_service(via(postgres, pg_proxy))
+    command = (
+        f'{sys.executable} -c "import urllib.request as u; u.urlopen(u.Request('
+        f"'{base}/learning/process', data=b'{{}}', method='POST'), timeout=30)\""
+    )
+    result = runner.invoke(
+        app,
+        ["simulate", "outage", "postgresql", "--service", f"{base}/cbctl", "--drive-cmd",
+         command, "--json"],
+    )  # fmt: skip
+    journal = json.loads(result.stdout)
+    assert result.exit_code == 0, journal
+    assert journal["notes"][0].startswith("drive: ")
+
+
+def test_ctrl_c_mid_run_puts_the_proxy_back_up_and_exits_130(
+    postgres: PostgresServer, pg_proxy: int, start_service: Start, runtime: Path
+) -> None:
+    base = start_service(via(postgres, pg_proxy), LEARNING_RECOVERY_TIMEOUT="30")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cbctl", "simulate", "outage", "postgresql", "--service",
+         f"{base}/cbctl", "--drive", f"POST {base}/learning/process", "--mode", "blackhole"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CBCTL_RUNTIME_DIR": str(runtime)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "taken down" in line:
+                break  # each driven request now waits for the service's 2 s connect timeout
+        assert control("postgresql").status()["mode"] == "blackhole"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(20) == 130
+        assert process.stderr is not None
+        assert "interrupted" in process.stderr.read()
+        assert control("postgresql").status()["mode"] == "up"
+    finally:
+        _stop(process)
