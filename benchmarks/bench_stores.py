@@ -14,6 +14,10 @@ sent and marks those run inside a Lua script as "lua"; the client commands durin
 A failed call is an admit (read-only, 1 round trip) followed by the recorded failure (1 round
 trip): both are printed, and the failure's own count is the second minus the first.
 
+Transitions (issue 9): a circuit opened by one failure and reset, over and over; per transition,
+with the journal and without it ("today": the state file's journal row switched off, Redis's
+script without its journal block), in the same run. Target: journal <= 1.5x today.
+
 Targets (issue 3): state file success <= 10 us, failure <= 200 us; Redis success <= 1 round trip,
 failure exactly 1 round trip. Exit code 1 if one is missed.
 """
@@ -25,7 +29,7 @@ import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 from cbctl import CircuitBreaker  # noqa: E402
 from cbctl.state import CircuitStore  # noqa: E402
 from cbctl.stores import MemoryStore  # noqa: E402
+from cbctl.stores import redis as redis_store  # noqa: E402
+from cbctl.stores import sqlite as sqlite_store  # noqa: E402
 from cbctl.stores.redis import RedisStore  # noqa: E402
 from cbctl.stores.sqlite import SqliteStore  # noqa: E402
 from tests.redis_counting import count_round_trips  # noqa: E402
@@ -104,6 +110,40 @@ def measure(name: str, store: CircuitStore, calls: int, repeats: int) -> Row:
     return Row(name, success * 1e6, failure * 1e6)
 
 
+def per_transition(store: CircuitStore, name: str, cycles: int, repeats: int) -> float:
+    """Best-of seconds per transition: one failure opens the circuit, a reset closes it."""
+    breaker = CircuitBreaker(name, store=store, failure_threshold=1)
+
+    def cycle() -> None:
+        with contextlib.suppress(Down):
+            breaker.call(fail)
+        breaker.reset()
+
+    for _ in range(50):
+        cycle()
+    return per_call(cycle, cycles, repeats) / 2
+
+
+@contextlib.contextmanager
+def no_file_journal() -> Iterator[None]:
+    """The state file as it was before the journal: no events row written."""
+    original = sqlite_store._journal
+    sqlite_store._journal = lambda *args: None
+    try:
+        yield
+    finally:
+        sqlite_store._journal = original
+
+
+def redis_without_journal(url: str) -> RedisStore:
+    """A Redis store whose script is today's without the journal block appended at its end."""
+    store = RedisStore(url, prefix="bench-nojournal:")
+    body, marker, _ = redis_store._SCRIPT.partition("-- The transition journal")
+    assert marker, "the journal block is where this benchmark expects it"
+    store._script = store._client.register_script(body + "return out\n")
+    return store
+
+
 def count_trips(server: RedisServer, action: Callable[[], object], calls: int) -> float:
     def many() -> None:
         for _ in range(calls):
@@ -119,12 +159,20 @@ def main() -> int:
     options = parser.parse_args()
     calls, repeats = options.calls, options.repeats
 
-    rows = [measure("memory", MemoryStore(), calls, repeats)]
+    cycles = max(200, calls // 50)
+    transitions: list[tuple[str, float, float | None]] = []
+    memory = MemoryStore()
+    rows = [measure("memory", memory, calls, repeats)]
+    transitions.append(("memory", per_transition(memory, "t", cycles, repeats), None))
     with (
         tempfile.TemporaryDirectory(prefix="cbctl-bench-") as directory,
         SqliteStore(Path(directory) / "circuits.db") as file_store,
     ):
         rows.append(measure("state file (sqlite)", file_store, calls, repeats))
+        journaled = per_transition(file_store, "t-journal", cycles, repeats)
+        with no_file_journal():
+            today = per_transition(file_store, "t-today", cycles, repeats)
+        transitions.append(("state file (sqlite)", journaled, today))
     with RedisServer() as server:
         store = RedisStore(server.url)
         redis_calls = max(500, calls // 20)
@@ -136,6 +184,12 @@ def main() -> int:
         row.success_trips = count_trips(server, lambda: ok.call(succeed), 100)
         row.failed_call_trips = count_trips(server, swallow(lambda: bad.call(fail)), 100)
         rows.append(row)
+        redis_cycles = max(100, cycles // 4)
+        journaled = per_transition(store, "t-journal", redis_cycles, repeats)
+        plain = redis_without_journal(server.url)
+        today = per_transition(plain, "t-today", redis_cycles, repeats)
+        transitions.append(("redis (loopback)", journaled, today))
+        plain.close()
         store.close()
 
     def trips(value: float | None) -> str:
@@ -154,6 +208,14 @@ def main() -> int:
             f"{trips(row.failure_trips):>12}"
         )
     print("RT = Redis round trips per call, counted with MONITOR (Lua-internal commands excluded)")
+    print()
+    header = f"{'store':<22}{'us/transition':>15}{'without journal':>17}{'ratio':>8}"
+    print(header)
+    print("-" * len(header))
+    for store_name, journaled, today in transitions:
+        ratio = "-" if today is None else f"{journaled / today:.2f}x"
+        base = "-" if today is None else f"{today * 1e6:.1f}"
+        print(f"{store_name:<22}{journaled * 1e6:>15.1f}{base:>17}{ratio:>8}")
 
     file_row, redis_row = rows[1], rows[2]
     misses = []
@@ -165,6 +227,9 @@ def main() -> int:
         misses.append(f"redis success {trips(redis_row.success_trips)} round trips > 1")
     if redis_row.failure_trips != 1:
         misses.append(f"redis failure {trips(redis_row.failure_trips)} round trips != 1")
+    for store_name, journaled, today in transitions:
+        if today is not None and journaled > 1.5 * today:
+            misses.append(f"{store_name} transition with journal {journaled / today:.2f}x > 1.5x")
     for miss in misses:
         print(f"MISSED: {miss}")
     if not misses:

@@ -515,3 +515,25 @@ def test_a_state_file_from_before_the_journal_gains_it_without_a_schema_version_
     store.close()
     with contextlib.closing(sqlite3.connect(path)) as raw:
         assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_the_state_files_journal_stays_bounded_on_disk_however_many_transitions(
+    tmp_path: Path,
+) -> None:
+    from cbctl.journal import JOURNAL_LIMIT
+    from cbctl.stores.sqlite import _TRIM_EVERY
+
+    path = tmp_path / "circuits.db"
+    store = SqliteStore(path)
+    breakers = [CircuitBreaker(name, failure_threshold=1, store=store) for name in ("a", "b")]
+    for _ in range(300):
+        for breaker in breakers:
+            with contextlib.suppress(ZeroDivisionError):
+                breaker.call(lambda: 1 / 0)
+            breaker.reset()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        counts = dict(raw.execute("SELECT circuit, count(*) FROM events GROUP BY circuit"))
+    assert all(JOURNAL_LIMIT <= count <= JOURNAL_LIMIT + _TRIM_EVERY for count in counts.values())
+    assert [len(store.events(name)) for name in ("a", "b")] == [JOURNAL_LIMIT] * 2
+    assert store.events("a")[-1].state.value == "closed"
+    store.close()

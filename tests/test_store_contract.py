@@ -359,7 +359,8 @@ def test_the_journal_records_each_transition_in_order_with_its_failures_and_erro
     assert [event.id for event in events] == sorted({event.id for event in events})
     assert events[0].at <= events[1].at <= events[2].at
     assert events[0].at.tzinfo is UTC
-    assert events[1].at.timestamp() == pytest.approx(backend.clock.wall(), abs=0.01)
+    # wall-clock UTC (Redis: its own clock, moved with the fake one; not a monotonic reading)
+    assert events[1].at.timestamp() == pytest.approx(backend.clock.wall(), abs=5.0)
     assert "@" in opened.source
 
 

@@ -130,7 +130,7 @@ _UPSERT: Final = """INSERT OR REPLACE INTO circuits (name, state, failure_count,
 _DELETE: Final = "DELETE FROM circuits WHERE name = ?"
 _JOURNAL_SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        id INTEGER PRIMARY KEY,
         circuit TEXT NOT NULL,
         at REAL NOT NULL,
         previous TEXT NOT NULL,
@@ -139,17 +139,26 @@ _JOURNAL_SCHEMA: Final = (
         error TEXT,
         source TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS events_by_circuit ON events (circuit, id)",
 )
 """The transition journal: a table of its own, so the circuits schema and its version stay as
-they are; made in any state file that lacks it (a file of an older cbctl included)."""
+they are; made in any state file that lacks it (a file of an older cbctl included).
+
+A transition appends one row to the table's last page and nothing else (no AUTOINCREMENT, no
+index: each would be one more page written per commit). The bound is kept by a trim every
+`_TRIM_EVERY` rows, so the table holds at most JOURNAL_LIMIT + _TRIM_EVERY rows per circuit,
+and reads return only the last JOURNAL_LIMIT of each. Ids only grow: a trim never removes the
+newest row."""
+_TRIM_EVERY: Final = 32
 _HAS_JOURNAL: Final = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'"
 _INSERT_EVENT: Final = """INSERT INTO events (circuit, at, previous, state, failures, error,
     source) VALUES (?, ?, ?, ?, ?, ?, ?)"""
-_TRIM_EVENTS: Final = """DELETE FROM events WHERE circuit = ?1 AND id < (SELECT id FROM events
-    WHERE circuit = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)"""
+_TRIM_EVENTS: Final = """DELETE FROM events WHERE id IN (SELECT id FROM (SELECT id,
+    row_number() OVER (PARTITION BY circuit ORDER BY id DESC) AS newer FROM events)
+    WHERE newer > ?)"""
 _SELECT_EVENTS: Final = """SELECT id, circuit, at, previous, state, failures, error, source
-    FROM events WHERE (?1 IS NULL OR circuit = ?1) AND id > ?2 ORDER BY id"""
+    FROM (SELECT *, row_number() OVER (PARTITION BY circuit ORDER BY id DESC) AS newer
+          FROM events WHERE ?1 IS NULL OR circuit = ?1)
+    WHERE newer <= ?3 AND id > ?2 ORDER BY id"""
 
 _STATES: Final = {state.value: state for state in CircuitState}
 _HARD_ERRORS: Final = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
@@ -489,7 +498,7 @@ class SqliteStore:
                 self._fail_fast()
             try:
                 rows = self._connection.execute(
-                    _SELECT_EVENTS, (name, -1 if since is None else since)
+                    _SELECT_EVENTS, (name, -1 if since is None else since, JOURNAL_LIMIT)
                 ).fetchall()
             except sqlite3.Error as error:
                 raise self._unavailable(error) from error
@@ -629,8 +638,8 @@ def _ensure_journal(connection: sqlite3.Connection) -> None:
 def _journal(
     connection: sqlite3.Connection, name: str, before: Snapshot, after: Snapshot, now: float
 ) -> None:
-    """One journal row for a transition, inside the caller's transaction; trimmed to the bound."""
-    connection.execute(
+    """One journal row for a transition, inside the caller's transaction; now and then a trim."""
+    inserted = connection.execute(
         _INSERT_EVENT,
         (
             name,
@@ -641,8 +650,9 @@ def _journal(
             error_of(after),
             process_source(),
         ),
-    )
-    connection.execute(_TRIM_EVENTS, (name, JOURNAL_LIMIT - 1))
+    ).lastrowid
+    if inserted is not None and inserted % _TRIM_EVERY == 0:
+        connection.execute(_TRIM_EVENTS, (JOURNAL_LIMIT,))
 
 
 def _foreign(path: Path, what: str) -> StateError:
