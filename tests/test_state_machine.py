@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -74,6 +74,13 @@ class Model:
     successes: int = 0
     failures: int = 0
     rejections: int = 0
+    journal: list[tuple[str, str]] = field(default_factory=list)
+
+    def _to(self, state: str) -> None:
+        """Change state; a change is one journal record (staying put is none)."""
+        if state != self.state:
+            self.journal.append((self.state, state))
+        self.state = state
 
     def would_admit(self) -> bool:
         if self.state != "open":
@@ -88,7 +95,8 @@ class Model:
         return max(0.0, self.opened_at + self.timeout - self.now)
 
     def open(self) -> None:
-        self.state, self.opened_at, self.success_count = "open", self.now, 0
+        self._to("open")
+        self.opened_at, self.success_count = self.now, 0
 
     def call(self, outcome: str) -> bool:
         """Apply one call; True when the protected function runs."""
@@ -96,7 +104,8 @@ class Model:
             self.rejections += 1
             return False
         if self.state == "open":
-            self.state, self.success_count = "half_open", 0
+            self._to("half_open")
+            self.success_count = 0
         if outcome == "success":
             self.successes += 1
             if self.state == "closed":
@@ -104,7 +113,8 @@ class Model:
             else:
                 self.success_count += 1
                 if self.success_count >= self.success_threshold:
-                    self.state, self.failure_count, self.success_count = "closed", 0, 0
+                    self._to("closed")
+                    self.failure_count, self.success_count = 0, 0
                     self.opened_at = None
         elif outcome == "failure":
             self.failures += 1
@@ -118,11 +128,13 @@ class Model:
         return True
 
     def reset(self) -> None:
-        self.state, self.failure_count, self.success_count = "closed", 0, 0
+        self._to("closed")
+        self.failure_count, self.success_count = 0, 0
         self.opened_at, self.forced = None, False
 
     def force(self, state: str) -> None:
-        self.state, self.failure_count, self.success_count = state, 0, 0
+        self._to(state)
+        self.failure_count, self.success_count = 0, 0
         self.opened_at = self.now if state == "open" else None
         self.forced = True
 
@@ -228,6 +240,9 @@ class BreakerMachine(RuleBasedStateMachine):
         )
         assert stats["calls"] == model.successes + model.failures + model.rejections
         assert self.breaker.allows_call() == model.would_admit()
+        events = self.breaker.events()
+        assert [(e.previous.value, e.state.value) for e in events] == model.journal[-200:]
+        assert [e.id for e in events] == sorted({e.id for e in events})
 
 
 def invoke(breaker: CircuitBreaker, outcome: str, way: str) -> tuple[bool, BaseException | None]:
