@@ -265,10 +265,16 @@ class RunningProxy:
                 target=self._control.serve_forever, name="cbctl-proxy-control", daemon=True
             )
             self._thread.start()
-            _write_private(
-                self._path,
-                {**public, "control_port": self._control.server_address[1], "token": token},
-            )
+            try:
+                _write_private(
+                    self._path,
+                    {**public, "control_port": self._control.server_address[1], "token": token},
+                )
+            except OSError as error:
+                raise StateError(
+                    f"cannot write the proxy runtime file {self._path}: {error.strerror or error} "
+                    f"(set ${RUNTIME_ENV_VAR} to a writable directory)"
+                ) from None
         except BaseException:
             self.close()
             raise

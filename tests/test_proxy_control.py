@@ -225,3 +225,17 @@ def test_cbctl_proxy_as_a_process_is_switched_from_another_and_stops_on_ctrl_c(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_an_unwritable_runtime_directory_is_one_line_exit_2_and_frees_the_port(
+    qdrant: QdrantStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("CBCTL_RUNTIME_DIR", str(blocked / "run"))
+    port = free_port()
+    code, _, err = run("proxy", "qdrant", "--listen", f"127.0.0.1:{port}", "--upstream", qdrant.url)
+    assert code == 2
+    assert "cannot write the proxy runtime file" in err
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))

@@ -365,6 +365,9 @@ def _outage_of_service(
         raise typer.Exit(130) from None
     finally:
         endpoint.close()
+        driver.close()
+        if bystanding is not None:
+            bystanding.close()
     if as_json:
         typer.echo(json.dumps(journal.to_json(), indent=2))
     else:
