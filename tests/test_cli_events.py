@@ -147,3 +147,10 @@ def test_events_follow_prints_a_new_transition_as_it_happens_and_ctrl_c_ends_it(
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+
+
+@pytest.mark.parametrize("command", ["events", "proxy", "fault"])
+def test_the_journal_and_proxy_commands_have_help_with_an_example(command: str) -> None:
+    code, out, _ = run(command, "--help")
+    assert code == 0
+    assert f"cbctl {command} " in out.split("Example", 1)[1]

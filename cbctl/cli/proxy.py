@@ -73,7 +73,11 @@ class FaultMode(StrEnum):
 def fault(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The running proxy's name.")],
     mode: Annotated[
-        FaultMode | None, typer.Argument(help="New mode; none: show the current one.")
+        FaultMode | None,
+        typer.Argument(
+            metavar="[MODE]",
+            help="up, down, blackhole, latency or flapping; none: show the current one.",
+        ),
     ] = None,
     value: Annotated[
         float | None,
