@@ -18,6 +18,7 @@ from cbctl.errors import (
     UnknownCircuitError,
     UsageError,
 )
+from cbctl.journal import TransitionEvent
 from cbctl.registry import CircuitBreakerRegistry
 from cbctl.state import BreakerConfig, CircuitState
 
@@ -51,6 +52,7 @@ __all__ = [
     "StateError",
     "StoreUnavailableError",
     "SystemClock",
+    "TransitionEvent",
     "UnknownCircuitError",
     "UsageError",
     "__version__",

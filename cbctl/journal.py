@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,6 +54,8 @@ def process_source() -> str:
     global _source
     pid = os.getpid()
     if _source is None or _source[0] != pid:
+        import socket  # on the first transition, not at `import cbctl` (~4 ms)
+
         _source = (pid, f"{pid}@{socket.gethostname()}")
     return _source[1]
 
