@@ -149,9 +149,7 @@ def test_a_well_protected_service_passes_every_check_with_its_figures(
     postgres: PostgresServer, pg_proxy: int, start_service: Start
 ) -> None:
     base = start_service(via(postgres, pg_proxy))
-    started = time.monotonic()
     code, journal, err = simulate(base)
-    elapsed = time.monotonic() - started
     assert code == 0, (journal, err)
     assert checks(journal) == {
         "steady state": True,
@@ -174,7 +172,6 @@ def test_a_well_protected_service_passes_every_check_with_its_figures(
     assert journal["target"] == f"{base}/cbctl/health"
     assert journal["settings"]["failure_threshold"] == 5
     assert control("postgresql").status()["mode"] == "up", "the proxy was put back up"
-    assert elapsed < 30
     assert httpx.post(f"{base}/learning/process", json={"text": "after"}).status_code == 200
 
 
