@@ -299,11 +299,11 @@ end
 -- The transition journal (KEYS[2] a capped stream, KEYS[3] the id counter): one entry when the
 -- state changed, in this same atomic call.
 if out[4] == '1' and b.s ~= a.s then
-  local error = ''
-  if a.s == 'open' and not a.f then error = str(a.le) end
+  local summary = ''
+  if a.s == 'open' and not a.f then summary = str(a.le) end
   local id = redis.call('INCR', KEYS[3])
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[21], '*', 'id', id, 'at', str(now), 'p', b.s,
-             's', a.s, 'fc', str(a.fc), 'le', error, 'src', ARGV[20])
+             's', a.s, 'fc', str(a.fc), 'le', summary, 'src', ARGV[20])
   out[27] = str(id)
 end
 return out

@@ -148,7 +148,7 @@ index: each would be one more page written per commit). The bound is kept by a t
 `_TRIM_EVERY` rows, so the table holds at most JOURNAL_LIMIT + _TRIM_EVERY rows per circuit,
 and reads return only the last JOURNAL_LIMIT of each. Ids only grow: a trim never removes the
 newest row."""
-_TRIM_EVERY: Final = 32
+_TRIM_EVERY: Final = 256
 _HAS_JOURNAL: Final = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'"
 _INSERT_EVENT: Final = """INSERT INTO events (circuit, at, previous, state, failures, error,
     source) VALUES (?, ?, ?, ?, ?, ?, ?)"""
