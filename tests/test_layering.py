@@ -2,7 +2,8 @@
 
 - The pure core (state.py: the state machine, clock.py, errors.py) imports nothing else of cbctl
   (state and clock may use errors), and state.py does no I/O and reads no clock.
-- The library core (breaker.py, registry.py, failures.py) runs on the pure core and each other.
+- The library core (breaker.py, registry.py, failures.py, journal.py) runs on the pure core and
+  each other.
 - Only cbctl/cli/ and render.py import typer, click or rich: the library never prints.
 - Client libraries (psycopg, redis, qdrant_client, httpx, grpc) are imported at module level only
   by the modules that exist to use them, which nothing imports at module level except each
@@ -108,7 +109,7 @@ PURE_CORE = {
     "cbctl.clock": {"cbctl.errors"},
     "cbctl.state": {"cbctl.errors"},
 }
-LIBRARY_CORE = {"cbctl.breaker", "cbctl.registry", "cbctl.failures"}
+LIBRARY_CORE = {"cbctl.breaker", "cbctl.registry", "cbctl.failures", "cbctl.journal"}
 CORE = {*PURE_CORE, *LIBRARY_CORE}
 NO_IO_IN_STATE = {
     "asyncio", "datetime", "io", "logging", "os", "pathlib", "random", "select", "selectors",
