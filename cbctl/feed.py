@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from cbctl.errors import DependencyError
-from cbctl.fleet import DEFAULT_HTTP_TIMEOUT, _base_url, _decode, _request, _safe, _with_client
+from cbctl.fleet import DEFAULT_HTTP_TIMEOUT, _base_url, _decode, _request, _with_client
 from cbctl.journal import Journaled, TransitionEvent
+from cbctl.redaction import redact_url
 from cbctl.state import CircuitStore
 
 if TYPE_CHECKING:
@@ -44,18 +45,18 @@ def fetch_events(
     """A service's journal after `since`. DependencyError when it is unreachable or is not a
     cbctl health endpoint (UsageError for a URL that is not http(s))."""
     target = events_url(url)
-    where = _safe(target)
+    where = redact_url(target)
     if since is not None:
         target = f"{target}?{urlencode({'since': since})}"
 
     def get(http: httpx.Client) -> Batch:
-        response = _request(http, "GET", target, where)
+        response = _request(http, "GET", target, where, timeout)
         payload: Any = _decode(response, where)
         listed = payload.get("events") if isinstance(payload, dict) else None
         cursor = payload.get("cursor") if isinstance(payload, dict) else None
-        if response.status_code != 200 or not isinstance(listed, list):
+        if response.status != 200 or not isinstance(listed, list):
             raise DependencyError(
-                f"{where} answered HTTP {response.status_code} without an 'events' list: "
+                f"{where} answered HTTP {response.status} without an 'events' list: "
                 "not a cbctl health endpoint (or one older than the journal)"
             )
         try:

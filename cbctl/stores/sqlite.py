@@ -494,14 +494,15 @@ class SqliteStore:
     def events(self, name: str | None = None, since: int | None = None) -> list[TransitionEvent]:
         """The journal of one circuit (or all) after cursor `since`, oldest first."""
         with self._lock:
-            if self._failed_until:
-                self._fail_fast()
             try:
-                rows = self._connection.execute(
+                connection = self._usable(write=False)
+                if not connection.execute(_HAS_JOURNAL).fetchone()[0]:
+                    return []  # a read-only file of a cbctl from before the journal
+                rows = connection.execute(
                     _SELECT_EVENTS, (name, -1 if since is None else since, JOURNAL_LIMIT)
                 ).fetchall()
             except sqlite3.Error as error:
-                raise self._unavailable(error) from error
+                raise StoreUnavailableError(f"state file {self._path}: {error}") from error
         return [
             TransitionEvent(
                 id=row[0],
