@@ -87,10 +87,12 @@ def test_events_json_is_one_object_per_line_and_a_name_keeps_one_circuit(state: 
 def test_events_of_a_circuit_the_state_does_not_have_is_exit_2_listing_the_known(
     state: str,
 ) -> None:
-    code, out, err = run("--state", state, "events", "nope")
+    code, out, err = run("--state", state, "events", "no-such-circuit")
     assert code == 2
     assert out == ""
-    assert err.strip() == "cbctl: unknown circuit 'nope' (known: postgresql, qdrant, redis)"
+    assert (
+        err.strip() == "cbctl: unknown circuit 'no-such-circuit' (known: postgresql, qdrant, redis)"
+    )
     code, _, _ = run("--state", state, "events", "qdrant")
     assert code == 0, "a known circuit with no transitions yet is not an error"
 
