@@ -48,7 +48,7 @@ from cbctl.state import (
     Update,
 )
 
-__all__ = ["CircuitBreaker", "Exclusion", "StateChange"]
+__all__ = ["CallCounters", "CircuitBreaker", "Exclusion", "StateChange", "circuit_stats"]
 
 logger = logging.getLogger("cbctl.breaker")
 
@@ -741,36 +741,84 @@ class CircuitBreaker:
         """A fresh dict of the circuit's state and counters (the keys README shows, and more)."""
         snapshot, now, to_wall = self._current()
         config = self._config
+        return circuit_stats(
+            self.name,
+            snapshot,
+            config,
+            now,
+            to_wall=to_wall,
+            counters=CallCounters(
+                successes=_counted(self._successes),
+                failures=_counted(self._failures),
+                rejections=_counted(self._rejections),
+                transitions=_counted(self._transitions),
+            ),
+            store="memory" if self._store is None else self._store.url,
+            degraded=self._degraded,
+        )
 
-        def wall(moment: float | None) -> str | None:
-            return None if moment is None else iso_utc(moment + to_wall)
 
-        failures = _counted(self._failures)
-        rejections = _counted(self._rejections)
-        successes = _counted(self._successes)
-        return {
-            "name": self.name,
-            "state": snapshot.state.value,
-            "failure_count": snapshot.failure_count,
-            "success_count": snapshot.success_count,
-            "last_failure": iso_utc(snapshot.last_failure_at),
-            "last_error": snapshot.last_error,
-            "opened_at": wall(snapshot.opened_at),
-            "state_since": wall(snapshot.changed_at),
-            "retry_after": machine.retry_after(snapshot, config, now),
-            "forced": snapshot.forced,
-            "failure_threshold": config.failure_threshold,
-            "success_threshold": config.success_threshold,
-            "timeout": config.timeout,
-            "half_open_max_calls": config.half_open_max_calls,
-            "calls": successes + failures + rejections,
-            "successes": successes,
-            "failures": failures,
-            "rejections": rejections,
-            "transitions": _counted(self._transitions),
-            "store": "memory" if self._store is None else self._store.url,
-            "degraded": self._degraded,
+@dataclass(frozen=True, slots=True)
+class CallCounters:
+    """What one process counted of a circuit's calls (stores keep state, not these)."""
+
+    successes: int
+    failures: int
+    rejections: int
+    transitions: int
+
+
+def circuit_stats(
+    name: str,
+    snapshot: Snapshot,
+    config: BreakerConfig,
+    now: float,
+    *,
+    store: str,
+    to_wall: float = 0.0,
+    counters: CallCounters | None = None,
+    degraded: str | None = None,
+) -> dict[str, Any]:
+    """The one home of the `stats` keys, for a breaker and for a circuit read from a store.
+
+    `now` and the snapshot's times are in one time base; `to_wall` converts it to wall-clock
+    seconds (0 for a store, whose times are wall-clock already). Without `counters` (a circuit
+    read from a store) `calls`, `successes`, `failures`, `rejections` and `transitions` are None.
+    """
+
+    def wall(moment: float | None) -> str | None:
+        return None if moment is None else iso_utc(moment + to_wall)
+
+    counted: dict[str, int | None] = dict.fromkeys(
+        ("calls", "successes", "failures", "rejections", "transitions")
+    )
+    if counters is not None:
+        counted = {
+            "calls": counters.successes + counters.failures + counters.rejections,
+            "successes": counters.successes,
+            "failures": counters.failures,
+            "rejections": counters.rejections,
+            "transitions": counters.transitions,
         }
+    return {
+        "name": name,
+        "state": snapshot.state.value,
+        "failure_count": snapshot.failure_count,
+        "success_count": snapshot.success_count,
+        "last_failure": iso_utc(snapshot.last_failure_at),
+        "last_error": snapshot.last_error,
+        "opened_at": wall(snapshot.opened_at),
+        "state_since": wall(snapshot.changed_at),
+        "retry_after": machine.retry_after(snapshot, config, now),
+        "forced": snapshot.forced,
+        "failure_threshold": config.failure_threshold,
+        "success_threshold": config.success_threshold,
+        "timeout": config.timeout,
+        "half_open_max_calls": config.half_open_max_calls,
+        **counted,
+        "store": store,
+        "degraded": degraded,
+    }
 
 
 def _open_until(snapshot: Snapshot, config: BreakerConfig) -> float | None:

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlunsplit
 
-from cbctl import state as machine
-from cbctl.clock import iso_utc
+from cbctl.breaker import circuit_stats
 from cbctl.errors import (
     DependencyError,
     StateError,
@@ -94,30 +93,7 @@ def stored_stats(stored: StoredCircuit, source: str) -> dict[str, Any]:
     Stores keep state, not per-process call counters, so `calls`/`successes`/`failures`/
     `rejections`/`transitions` are None: only the process that made the calls knows them.
     """
-    snapshot, config = stored.snapshot, stored.config
-    return {
-        "name": stored.name,
-        "state": snapshot.state.value,
-        "failure_count": snapshot.failure_count,
-        "success_count": snapshot.success_count,
-        "last_failure": iso_utc(snapshot.last_failure_at),
-        "last_error": snapshot.last_error,
-        "opened_at": iso_utc(snapshot.opened_at),
-        "state_since": iso_utc(snapshot.changed_at),
-        "retry_after": machine.retry_after(snapshot, config, stored.now),
-        "forced": snapshot.forced,
-        "failure_threshold": config.failure_threshold,
-        "success_threshold": config.success_threshold,
-        "timeout": config.timeout,
-        "half_open_max_calls": config.half_open_max_calls,
-        "calls": None,
-        "successes": None,
-        "failures": None,
-        "rejections": None,
-        "transitions": None,
-        "store": source,
-        "degraded": None,
-    }
+    return circuit_stats(stored.name, stored.snapshot, stored.config, stored.now, store=source)
 
 
 def unreadable_stats(name: str, reason: str, source: str) -> dict[str, Any]:

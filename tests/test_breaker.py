@@ -24,6 +24,7 @@ from cbctl import (
     StoreUnavailableError,
 )
 from cbctl import state as machine
+from cbctl.fleet import read_store
 from cbctl.state import CircuitStore
 from cbctl.stores import MemoryStore
 from cbctl.stores.sqlite import SqliteStore
@@ -741,6 +742,23 @@ def test_stats_are_the_same_through_a_memory_store() -> None:
     assert shared == local
     assert shared["retry_after"] == pytest.approx(7.0)
     assert shared["opened_at"] == "2026-01-01T00:00:30Z"
+
+
+def test_a_circuit_read_from_the_store_has_the_breakers_stats_without_its_call_counts() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    breaker = make(clock, failure_threshold=2, store=store)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    clock.advance(3.0)
+    mine = breaker.stats
+    (stored,) = read_store(store)
+    counted = ("calls", "successes", "failures", "rejections", "transitions")
+    assert {key: stored.pop(key) for key in counted} == dict.fromkeys(counted)
+    assert (mine["calls"], mine["failures"], mine["transitions"]) == (2, 2, 1)
+    assert stored == {key: value for key, value in mine.items() if key not in counted}
+    assert stored["retry_after"] == pytest.approx(7.0)
 
 
 def test_two_breakers_sharing_a_memory_store_see_one_circuit(clock: FakeClock) -> None:
