@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, Self
 
 from cbctl.errors import ConfigError
 
@@ -463,3 +463,9 @@ class CircuitStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        """Every store is a context manager that closes it on exit."""
+        ...
+
+    def __exit__(self, *exc_info: object) -> None: ...

@@ -402,3 +402,29 @@ def test_another_instance_reads_the_same_journal_and_a_cursor_skips_what_was_see
     later = backend.reopen().events(None, seen[-1].id)  # type: ignore[attr-defined]
     assert moves(later) == [("open", "closed")]
     assert moves(first.events()) == [("closed", "open"), ("open", "closed")]
+
+
+def test_every_store_is_a_context_manager_that_closes_it_on_exit(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = backend.reopen()
+    real_close = store.close
+    closed: list[str] = []
+
+    def spying_close() -> None:
+        closed.append("closed")
+        real_close()
+
+    monkeypatch.setattr(store, "close", spying_close)
+    entered: list[CircuitStore] = []
+
+    def use_and_fail() -> None:
+        with store as using:
+            entered.append(using)
+            backend.breaker(store=using).call(ok)
+            raise Boom("the block failed")
+
+    with pytest.raises(Boom):
+        use_and_fail()
+    assert entered == [store]
+    assert closed == ["closed"], "closed once, also when the block raises"

@@ -150,3 +150,9 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release; present so every store can be closed the same way."""
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

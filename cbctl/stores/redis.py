@@ -15,7 +15,6 @@ Redis costs a degraded breaker almost nothing per call. Passwords never reach a 
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -394,7 +393,6 @@ class RedisStore:
         self._time_offset = time_offset
         self._failed_until = 0.0
         self._failure = ""
-        self._lock = threading.Lock()
         import redis as redis_py
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -610,3 +608,9 @@ class RedisStore:
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
+
+    def __enter__(self) -> RedisStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
