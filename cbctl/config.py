@@ -195,11 +195,11 @@ class Config:
         """The dependency called `name`; a UsageError naming the known ones otherwise."""
         try:
             return self.dependencies[name]
-        except KeyError:
+        except KeyError as error:
             raise UsageError(
                 f"unknown dependency {name!r} (known: {', '.join(self.names)}; "
                 f"add [dependencies.{name}] to {self.path or CONFIG_FILE_NAME})"
-            ) from None
+            ) from error
 
 
 def find_config_file(

@@ -122,8 +122,8 @@ def builtin_rules(kind: str) -> Mapping[str, Decision]:
 def _rules_table(kind: str) -> Mapping[str, Decision]:
     try:
         return _BUILTIN[kind]
-    except KeyError:
-        raise ConfigError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})") from None
+    except KeyError as error:
+        raise ConfigError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})") from error
 
 
 @dataclass(frozen=True)

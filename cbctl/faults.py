@@ -95,9 +95,9 @@ def _checked_number(value: float, what: str, *, zero_ok: bool) -> float:
 def _parsed_mode(value: Mode | str) -> Mode:
     try:
         return Mode(value)
-    except ValueError:
+    except ValueError as error:
         known = ", ".join(mode.value for mode in Mode)
-        raise UsageError(f"unknown fault mode {value!r} (known: {known})") from None
+        raise UsageError(f"unknown fault mode {value!r} (known: {known})") from error
 
 
 @contextlib.contextmanager

@@ -299,7 +299,7 @@ def standin_for(kind: str, **options: Any) -> HttpStandin:
     """A stand-in for a dependency kind that has one (qdrant, llamacpp), not yet started."""
     try:
         factory = _STANDINS[kind]
-    except KeyError:
+    except KeyError as error:
         known = ", ".join(sorted(_STANDINS))
-        raise UsageError(f"no stand-in for kind {kind!r} (available: {known})") from None
+        raise UsageError(f"no stand-in for kind {kind!r} (available: {known})") from error
     return factory(**options)

@@ -132,16 +132,16 @@ class ProxiedTarget:
     def call(self) -> str:
         try:
             return probes.check(self._via_proxy)
-        except DependencyError as through_proxy:
+        except DependencyError:
             if not self._stopped:
                 raise
             # Stopped by the operator's command, the dependency fails behind the proxy, and the
             # client only sees the proxy hang up: ask the dependency itself what is wrong.
             try:
                 probes.check(self._dep)
-            except DependencyError as cause:
-                raise cause from None
-            raise through_proxy from None
+            except DependencyError:
+                raise  # the dependency's own error, with its own (scrubbed) cause
+            raise
 
     def take_down(self) -> None:
         if self._stop_cmd is not None:

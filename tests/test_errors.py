@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import traceback
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -12,8 +13,10 @@ import cbctl.errors
 import cbctl.probes
 from cbctl.config import Dependency, load_config
 from cbctl.errors import CbctlError, ClientErrorSummary, ConfigError, ProbeError
+from cbctl.faults import FaultProxy
 from cbctl.httpx import CircuitOpen
 from cbctl.probes import check
+from cbctl.targets import ProxiedTarget
 from tests.servers import free_port
 
 
@@ -63,3 +66,37 @@ def test_a_config_error_keeps_what_caused_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path, environ={})
     assert type(caught.value.__cause__).__name__ == "TOMLDecodeError"
+
+
+class _Proxy:
+    port = 1
+
+
+def test_a_stopped_dependencys_error_reaches_the_caller_with_its_own_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dep = Dependency("cache", "tcp", "tcp://127.0.0.1:2", source="flag")
+    target = ProxiedTarget(dep, cast(FaultProxy, _Proxy()))
+    target._stopped = True  # as after the operator's --stop-cmd
+    direct = ProbeError("cache unreachable: connection refused")
+    direct.__cause__ = ConnectionRefusedError("refused")
+    through_proxy = ProbeError("cache unreachable: connection reset")
+    through_proxy.__cause__ = ConnectionResetError("reset")
+    answers: dict[str, ProbeError | None] = {dep.url: direct, "proxy": through_proxy}
+
+    def check(checked: Dependency, timeout: float | None = None) -> str:
+        error = answers[checked.url if checked.url == dep.url else "proxy"]
+        if error is None:
+            return "ok"
+        raise error
+
+    monkeypatch.setattr(cbctl.probes, "check", check)
+    with pytest.raises(ProbeError) as caught:
+        target.call()
+    assert caught.value is direct
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+    answers[dep.url] = None  # the dependency answers directly: the proxy's error stands
+    with pytest.raises(ProbeError) as caught:
+        target.call()
+    assert caught.value is through_proxy
+    assert isinstance(caught.value.__cause__, ConnectionResetError)

@@ -126,8 +126,8 @@ def check(dep: Dependency, timeout: float | None = None) -> str:
         raise UsageError(f"call timeout must be a positive number of seconds, got {limit!r}")
     try:
         module_name = MODULES[dep.kind]
-    except KeyError:
-        raise UsageError(f"no probe for kind {dep.kind!r} (known: {', '.join(MODULES)})") from None
+    except KeyError as error:
+        raise UsageError(f"no probe for kind {dep.kind!r} (known: {', '.join(MODULES)})") from error
     module = cast(_ProbeModule, importlib.import_module(f"cbctl.probes.{module_name}"))
     return _within(lambda: module.check(dep, limit), limit, dep)
 

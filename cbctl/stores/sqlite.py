@@ -718,9 +718,9 @@ def _create_private(path: Path) -> str | None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         descriptor = os.open(path, flags, 0o600)
-    except FileExistsError:
+    except FileExistsError as error:
         if os.path.islink(path):
-            raise StateError(f"refusing the state file {path}: it is a symbolic link") from None
+            raise StateError(f"refusing the state file {path}: it is a symbolic link") from error
         return None
     except OSError as error:
         return f"cannot create the state file {path}: {error.strerror}"
