@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_TESTS = (
     "tests/test_breaker.py",
+    "tests/test_state_details.py",
     "tests/test_store_contract.py",
     "tests/test_concurrency.py",
     "tests/test_registry.py",
@@ -310,7 +311,9 @@ def _run_pytest(workdir: Path, env: dict[str, str], tests: Sequence[str], timeou
         return "timeout"
     command = [sys.executable, "-m", "pytest", *tests, "-x", "-q", "-m", "not slow"]
     command += ["-p", "no:cacheprovider"]
-    if (workdir / "tests" / "tools" / "hypothesis_budget.py").exists():
+    if not any("hypothesis" in (workdir / test).read_text() for test in tests):
+        command += ["-p", "no:hypothesispytest"]  # importing Hypothesis alone takes ~1 s
+    elif (workdir / "tests" / "tools" / "hypothesis_budget.py").exists():
         command += ["-p", "tests.tools.hypothesis_budget"]
     command += ["-o", "addopts=", "--timeout", str(int(timeout) + 1)]
     command += [f"--deselect={test}" for test in DESELECTED]
@@ -386,8 +389,11 @@ def run(
                     )
             return outcome
 
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
             return list(pool.map(one, mutants))
+        finally:
+            pool.shutdown(cancel_futures=True)  # on Ctrl-C / SIGTERM: finish running ones only
 
 
 def summary(outcomes: Sequence[Outcome], path: str) -> str:
@@ -402,6 +408,10 @@ def summary(outcomes: Sequence[Outcome], path: str) -> str:
     ]
     lines += [f"  survived  {o.where}  {o.mutation}" for o in survivors]
     return "\n".join(lines)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so the temporary copies are removed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -422,6 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--json", type=Path, help="write every outcome here as JSON")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     mutants: list[Mutant] = []

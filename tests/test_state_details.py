@@ -1,0 +1,108 @@
+"""Details of the core that a mutation run (tests/tools/mutate.py) showed no other test held:
+records are frozen, settings keep their types, a fresh circuit starts empty, time bases shift the
+right way, and a steady CLOSED circuit with a store does not write."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from cbctl import CircuitBreaker, FakeClock
+from cbctl import state as machine
+from cbctl.state import BreakerConfig, CircuitState, Snapshot, StoredCircuit, Update
+from cbctl.stores import MemoryStore
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        (BreakerConfig(), "timeout"),
+        (Snapshot(), "failure_count"),
+        (machine.admit(Snapshot(), BreakerConfig(), 0.0)[1], "generation"),
+        (Update(Snapshot(), Snapshot(), 0.0), "now"),
+        (StoredCircuit("dep", Snapshot(), BreakerConfig(), 0.0), "name"),
+    ],
+)
+def test_the_cores_records_are_frozen(record: Any, field: str) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(record, field, 1)
+
+
+def test_a_whole_number_timeout_becomes_float_seconds_in_json() -> None:
+    config = BreakerConfig(timeout=3)
+    assert type(config.timeout) is float
+    assert json.dumps(config.as_dict()) == json.dumps(
+        {"failure_threshold": 5, "timeout": 3.0, "success_threshold": 2, "half_open_max_calls": 1}
+    )
+
+
+def test_a_new_circuit_is_closed_with_nothing_counted_and_no_times() -> None:
+    fresh = Snapshot()
+    assert fresh == machine.INITIAL
+    assert (fresh.state, fresh.failure_count, fresh.success_count, fresh.forced) == (
+        CircuitState.CLOSED,
+        0,
+        0,
+        False,
+    )
+    assert (fresh.opened_at, fresh.changed_at, fresh.last_failure_at, fresh.last_error) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_a_new_breakers_stats_show_no_failure_no_opening_and_no_error() -> None:
+    stats = CircuitBreaker("dep", clock=FakeClock()).stats
+    assert {k: stats[k] for k in ("failure_count", "success_count", "opened_at")} == {
+        "failure_count": 0,
+        "success_count": 0,
+        "opened_at": None,
+    }
+    assert (stats["last_failure"], stats["last_error"], stats["forced"]) == (None, None, False)
+
+
+def test_rebase_moves_the_keepers_times_by_delta_and_keeps_wall_times_and_gaps() -> None:
+    snapshot = Snapshot(
+        state=CircuitState.OPEN, opened_at=100.0, changed_at=100.0, last_failure_at=5000.0
+    )
+    moved = machine.rebase(snapshot, -40.0)
+    assert (moved.opened_at, moved.changed_at) == (60.0, 60.0)
+    assert moved.last_failure_at == 5000.0
+    assert machine.rebase(Snapshot(), 7.0).opened_at is None
+    config = BreakerConfig(timeout=30.0)
+    assert machine.retry_after(moved, config, 70.0) == machine.retry_after(snapshot, config, 110.0)
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts the writes it is asked for."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.writes: list[str] = []
+
+    def record_success(self, *args: Any) -> Update:
+        self.writes.append("success")
+        return super().record_success(*args)
+
+    def record_failure(self, *args: Any) -> Update:
+        self.writes.append("failure")
+        return super().record_failure(*args)
+
+
+def test_steady_closed_successes_through_a_store_write_nothing() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    breaker = CircuitBreaker("dep", clock=clock, store=store, failure_threshold=3)
+    for _ in range(5):
+        assert breaker.call(lambda: "ok") == "ok"
+    assert store.writes == []
+    with pytest.raises(ZeroDivisionError):
+        breaker.call(lambda: 1 / 0)
+    breaker.call(lambda: "ok")
+    breaker.call(lambda: "ok")
+    assert store.writes == ["failure", "success"], "only the success that clears a failure writes"
