@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_TESTS = (
     "tests/test_breaker.py",
-    "tests/test_state_details.py",
+    "tests/test_core_details.py",
     "tests/test_store_contract.py",
     "tests/test_concurrency.py",
     "tests/test_registry.py",

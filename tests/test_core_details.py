@@ -12,7 +12,16 @@ import pytest
 
 from cbctl import CircuitBreaker, FakeClock
 from cbctl import state as machine
-from cbctl.state import BreakerConfig, CircuitState, Snapshot, StoredCircuit, Update
+from cbctl.breaker import StateChange
+from cbctl.failures import as_rules
+from cbctl.state import (
+    BreakerConfig,
+    CircuitState,
+    Outage,
+    Snapshot,
+    StoredCircuit,
+    Update,
+)
 from cbctl.stores import MemoryStore
 
 
@@ -24,6 +33,7 @@ from cbctl.stores import MemoryStore
         (machine.admit(Snapshot(), BreakerConfig(), 0.0)[1], "generation"),
         (Update(Snapshot(), Snapshot(), 0.0), "now"),
         (StoredCircuit("dep", Snapshot(), BreakerConfig(), 0.0), "name"),
+        (Outage(known_generation=0), "failures"),
     ],
 )
 def test_the_cores_records_are_frozen(record: Any, field: str) -> None:
@@ -78,6 +88,15 @@ def test_rebase_moves_the_keepers_times_by_delta_and_keeps_wall_times_and_gaps()
     assert machine.retry_after(moved, config, 70.0) == machine.retry_after(snapshot, config, 110.0)
 
 
+def test_an_outage_in_which_nothing_happened_writes_nothing_back() -> None:
+    closed = Snapshot(generation=3, failure_count=1, changed_at=10.0)
+    quiet = Outage(known_generation=3)
+    assert (quiet.failures, quiet.open_for, quiet.ops) == (0, None, ())
+    assert machine.reconcile(closed, BreakerConfig(), quiet, 50.0) == closed
+    failed = machine.reconcile(closed, BreakerConfig(), Outage(3, failures=2), 50.0)
+    assert (failed.failure_count, failed.last_error) == (3, None)
+
+
 class CountingStore(MemoryStore):
     """A memory store that counts the writes it is asked for."""
 
@@ -106,3 +125,49 @@ def test_steady_closed_successes_through_a_store_write_nothing() -> None:
     breaker.call(lambda: "ok")
     breaker.call(lambda: "ok")
     assert store.writes == ["failure", "success"], "only the success that clears a failure writes"
+
+
+class Boom(Exception):
+    pass
+
+
+def fail() -> None:
+    raise Boom("down")
+
+
+def test_a_breaker_shows_its_name_state_and_settings() -> None:
+    breaker = CircuitBreaker(
+        "dep", clock=FakeClock(), failure_threshold=4, timeout=7, success_threshold=3
+    )
+    assert repr(breaker) == "<CircuitBreaker 'dep' closed>"
+    assert (breaker.failure_threshold, breaker.timeout, breaker.success_threshold) == (4, 7.0, 3)
+    assert breaker.failure_rules is None
+    assert CircuitBreaker("pg", kind="postgresql").failure_rules == as_rules("postgresql")
+
+
+def test_a_transition_event_is_frozen() -> None:
+    events: list[StateChange] = []
+    breaker = CircuitBreaker("dep", clock=FakeClock(), failure_threshold=1)
+    breaker.add_listener(events.append)
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        events[0].state = CircuitState.CLOSED  # type: ignore[misc]
+
+
+def test_with_gives_the_breaker_and_a_stray_exit_is_refused() -> None:
+    breaker = CircuitBreaker("dep", clock=FakeClock())
+    with breaker as entered:
+        assert entered is breaker
+    with pytest.raises(RuntimeError, match="exited without being entered"):
+        breaker.__exit__(None, None, None)
+
+
+def test_nested_with_blocks_each_settle_their_own_permit() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("dep", clock=clock, store=MemoryStore(clock), failure_threshold=5)
+    with breaker:
+        breaker.reset()  # the outer block's permit is now of an earlier generation
+        with pytest.raises(Boom), breaker:
+            fail()
+        assert breaker.stats["failure_count"] == 1, "the inner block's own, current permit"
