@@ -78,10 +78,15 @@ def test_a_new_breakers_stats_show_no_failure_no_opening_and_no_error() -> None:
 
 def test_rebase_moves_the_keepers_times_by_delta_and_keeps_wall_times_and_gaps() -> None:
     snapshot = Snapshot(
-        state=CircuitState.OPEN, opened_at=100.0, changed_at=100.0, last_failure_at=5000.0
+        state=CircuitState.OPEN,
+        opened_at=100.0,
+        changed_at=100.0,
+        last_failure_at=5000.0,
+        leases=((1, 130.0), (2, 135.0)),
     )
     moved = machine.rebase(snapshot, -40.0)
     assert (moved.opened_at, moved.changed_at) == (60.0, 60.0)
+    assert moved.leases == ((1, 90.0), (2, 95.0))
     assert moved.last_failure_at == 5000.0
     assert machine.rebase(Snapshot(), 7.0).opened_at is None
     config = BreakerConfig(timeout=30.0)
@@ -95,6 +100,39 @@ def test_an_outage_in_which_nothing_happened_writes_nothing_back() -> None:
     assert machine.reconcile(closed, BreakerConfig(), quiet, 50.0) == closed
     failed = machine.reconcile(closed, BreakerConfig(), Outage(3, failures=2), 50.0)
     assert (failed.failure_count, failed.last_error) == (3, None)
+
+
+HALF_OPEN_ONE_PLACE = BreakerConfig(timeout=10.0, success_threshold=1, half_open_max_calls=1)
+
+
+def half_open_trial(at: float) -> tuple[Snapshot, machine.Permit]:
+    opened = Snapshot(state=CircuitState.OPEN, generation=1, opened_at=at - 10.0)
+    snapshot, permit = machine.admit(opened, HALF_OPEN_ONE_PLACE, at)
+    assert permit is not None
+    assert snapshot.state is CircuitState.HALF_OPEN
+    return snapshot, permit
+
+
+def test_a_trial_reporting_at_the_very_end_of_its_lease_no_longer_counts() -> None:
+    snapshot, permit = half_open_trial(at=100.0)
+    assert machine.live_leases(snapshot, 110.0) == (), "the place is free at the lease's end"
+    late = machine.record_success(snapshot, HALF_OPEN_ONE_PLACE, permit, 110.0)
+    assert late.state is CircuitState.HALF_OPEN
+    in_time = machine.record_success(snapshot, HALF_OPEN_ONE_PLACE, permit, 109.9)
+    assert in_time.state is CircuitState.CLOSED
+
+
+def test_a_full_half_open_circuit_says_when_its_earliest_lease_ends() -> None:
+    snapshot, _ = half_open_trial(at=100.0)
+    assert machine.retry_after(snapshot, HALF_OPEN_ONE_PLACE, 109.5) == pytest.approx(0.5)
+    assert machine.retry_after(snapshot, HALF_OPEN_ONE_PLACE, 110.0) is None
+
+
+def test_a_half_open_record_without_a_trial_count_still_admits_real_trials() -> None:
+    decoded = Snapshot(state=CircuitState.HALF_OPEN, generation=2)  # as an old record reads
+    _, permit = machine.admit(decoded, HALF_OPEN_ONE_PLACE, 0.0)
+    assert permit is not None
+    assert permit.trial
 
 
 class CountingStore(MemoryStore):
