@@ -135,6 +135,45 @@ def test_a_half_open_record_without_a_trial_count_still_admits_real_trials() -> 
     assert permit.trial
 
 
+RECONCILE = BreakerConfig(failure_threshold=5, timeout=10.0)
+
+
+@pytest.mark.parametrize(
+    ("outage", "applied", "expected"),
+    [
+        (Outage(3, failures=3), 1, ("closed", 2, None)),
+        (Outage(3, failures=2), 2, ("closed", 0, None)),
+        (Outage(3, failures=1), 3, ("closed", 0, None)),
+        (Outage(3, open_for=0.5), 0, ("open", 0, 90.5)),
+        (Outage(3, open_for=10.0), 0, ("open", 0, 100.0)),
+        (Outage(3, open_for=50.0), 0, ("open", 0, 100.0)),
+        (Outage(3, open_for=0.0), 0, ("closed", 0, None)),
+        (Outage(3, open_for=-1.0), 0, ("closed", 0, None)),
+    ],
+    ids=[
+        "applied-failures-count-once",
+        "all-applied",
+        "more-applied-than-known",
+        "open-keeps-its-remaining-time",
+        "open-for-a-full-timeout",
+        "open-for-longer-than-a-timeout-is-one-timeout",
+        "open-with-no-time-left",
+        "open-for-negative-time",
+    ],
+)
+def test_write_back_after_an_outage(
+    outage: Outage, applied: int, expected: tuple[str, int, float | None]
+) -> None:
+    closed = Snapshot(generation=3, changed_at=50.0)
+    after = machine.reconcile(closed, RECONCILE, outage, 100.0, applied)
+    assert (after.state.value, after.failure_count, after.opened_at) == expected
+
+
+def test_a_circuit_cannot_be_forced_half_open() -> None:
+    with pytest.raises(ValueError, match="not half-open"):
+        machine.force(Snapshot(), CircuitState.HALF_OPEN, 0.0)
+
+
 class CountingStore(MemoryStore):
     """A memory store that counts the writes it is asked for."""
 
