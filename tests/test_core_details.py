@@ -148,7 +148,7 @@ RECONCILE = BreakerConfig(failure_threshold=5, timeout=10.0)
         (Outage(3, open_for=10.0), 0, ("open", 0, 100.0)),
         (Outage(3, open_for=50.0), 0, ("open", 0, 100.0)),
         (Outage(3, open_for=0.0), 0, ("closed", 0, None)),
-        (Outage(3, open_for=-1.0), 0, ("closed", 0, None)),
+        (Outage(3, open_for=-0.5), 0, ("closed", 0, None)),
     ],
     ids=[
         "applied-failures-count-once",
@@ -167,6 +167,29 @@ def test_write_back_after_an_outage(
     closed = Snapshot(generation=3, changed_at=50.0)
     after = machine.reconcile(closed, RECONCILE, outage, 100.0, applied)
     assert (after.state.value, after.failure_count, after.opened_at) == expected
+
+
+@pytest.mark.parametrize(
+    ("held_from", "outage", "expected"),
+    [
+        (95.0, Outage(3, open_for=8.0), 98.0),
+        (99.0, Outage(3, open_for=5.0), 99.0),
+        (95.0, Outage(3, failures=2), 95.0),
+    ],
+    ids=["the-later-deadline-wins", "the-stores-later-deadline-stays", "failures-only"],
+)
+def test_an_open_circuit_keeps_the_later_of_two_deadlines_after_an_outage(
+    held_from: float, outage: Outage, expected: float
+) -> None:
+    opened = Snapshot(state=CircuitState.OPEN, generation=3, opened_at=held_from)
+    after = machine.reconcile(opened, RECONCILE, outage, 100.0)
+    assert (after.state, after.opened_at, after.failure_count) == (CircuitState.OPEN, expected, 0)
+
+
+def test_a_half_open_circuit_takes_nothing_from_an_outage() -> None:
+    trying = Snapshot(state=CircuitState.HALF_OPEN, generation=3, leases=((1, 105.0),))
+    for outage in (Outage(3, failures=9), Outage(3, open_for=5.0)):
+        assert machine.reconcile(trying, RECONCILE, outage, 100.0) == trying
 
 
 def test_a_circuit_cannot_be_forced_half_open() -> None:
