@@ -169,6 +169,18 @@ def test_write_back_after_an_outage(
     assert (after.state.value, after.failure_count, after.opened_at) == expected
 
 
+def test_failures_written_back_at_the_threshold_open_the_circuit_with_their_error() -> None:
+    closed = Snapshot(generation=3, failure_count=1, changed_at=50.0)
+    outage = Outage(3, failures=4, error="Boom: down")
+    after = machine.reconcile(closed, RECONCILE, outage, 100.0)
+    assert (after.state, after.failure_count, after.success_count) == (CircuitState.OPEN, 5, 0)
+    assert (after.opened_at, after.last_failure_at, after.last_error) == (
+        100.0,
+        100.0,
+        "Boom: down",
+    )
+
+
 @pytest.mark.parametrize(
     ("held_from", "outage", "expected"),
     [

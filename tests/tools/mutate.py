@@ -133,6 +133,15 @@ def _is_layout(node: ast.AST) -> bool:
     )
 
 
+def _is_protocol(node: ast.AST) -> bool:
+    """A `typing.Protocol` class: its method bodies and defaults never run."""
+    return isinstance(node, ast.ClassDef) and any(
+        (isinstance(base, ast.Name) and base.id == "Protocol")
+        or (isinstance(base, ast.Attribute) and base.attr == "Protocol")
+        for base in node.bases
+    )
+
+
 def _skipped_nodes(tree: ast.Module) -> set[int]:
     """Ids of nodes never mutated: annotations (not evaluated), docstrings, f-string parts
     (their positions are unreliable), `__all__` / `__slots__` and dataclasses' `slots=`."""
@@ -149,7 +158,7 @@ def _skipped_nodes(tree: ast.Module) -> set[int]:
             skip(node.returns)
         elif isinstance(node, ast.AnnAssign):
             skip(node.annotation)
-        elif isinstance(node, ast.JoinedStr) or _is_layout(node):
+        elif isinstance(node, ast.JoinedStr) or _is_layout(node) or _is_protocol(node):
             skip(node)
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             body = node.body
