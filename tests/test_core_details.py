@@ -142,6 +142,7 @@ RECONCILE = BreakerConfig(failure_threshold=5, timeout=10.0)
     ("outage", "applied", "expected"),
     [
         (Outage(3, failures=3), 1, ("closed", 2, None)),
+        (Outage(3, failures=1), 0, ("closed", 1, None)),
         (Outage(3, failures=2), 2, ("closed", 0, None)),
         (Outage(3, failures=1), 3, ("closed", 0, None)),
         (Outage(3, open_for=0.5), 0, ("open", 0, 90.5)),
@@ -152,6 +153,7 @@ RECONCILE = BreakerConfig(failure_threshold=5, timeout=10.0)
     ],
     ids=[
         "applied-failures-count-once",
+        "one-failure",
         "all-applied",
         "more-applied-than-known",
         "open-keeps-its-remaining-time",
