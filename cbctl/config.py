@@ -269,7 +269,9 @@ def parse_config(
     _reject_unknown(document, {"builtins", "defaults", "dependencies"}, origin, "")
     builtins = document.get("builtins", "dependencies" not in document)
     if not isinstance(builtins, bool):
-        raise ConfigError(f"{origin}: builtins must be true or false, got {_describe(builtins)}")
+        raise ConfigError(
+            f"{origin}: builtins must be true or false, got {limits.describe(builtins)}"
+        )
 
     defaults_table = _table(document.get("defaults", {}), origin, "defaults")
     _reject_unknown(defaults_table, _DEFAULTS_KEYS, origin, "defaults.")
@@ -396,12 +398,12 @@ def _failure_overrides(
         where = f"{origin}: {prefix}{key}"
         if not isinstance(names, list):
             raise ConfigError(
-                f"{where} must be an array of exception names, got {_describe(names)}"
+                f"{where} must be an array of exception names, got {limits.describe(names)}"
             )
         for name in names:
             if not isinstance(name, str) or not _ERROR_NAME.fullmatch(name):
                 raise ConfigError(
-                    f"{where}: {_describe(name)} is not an exception's import path "
+                    f"{where}: {limits.describe(name)} is not an exception's import path "
                     "(e.g. 'psycopg.errors.UniqueViolation')"
                 )
         if key == "failure_errors":
@@ -413,7 +415,7 @@ def _failure_overrides(
         where = f"{origin}: {prefix}failure_statuses"
         if not isinstance(values, list):
             raise ConfigError(
-                f"{where} must be an array of HTTP status codes, got {_describe(values)}"
+                f"{where} must be an array of HTTP status codes, got {limits.describe(values)}"
             )
         statuses = tuple(_check_status(value, where) for value in values)
     try:
@@ -435,7 +437,9 @@ def _apply_env(dependency: Dependency, env: Mapping[str, str]) -> Dependency:
 
 def _table(value: Any, origin: str, key: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigError(f"{origin}: {key} must be a table ([{key}]), got {_describe(value)}")
+        raise ConfigError(
+            f"{origin}: {key} must be a table ([{key}]), got {limits.describe(value)}"
+        )
     return value
 
 
@@ -471,18 +475,6 @@ def _breaker(
         raise ConfigError(f"{origin}: {prefix.rstrip('.')}: {error}") from error
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, str):
-        return f"{value!r} (a string)"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return repr(value)
-
-
 def _check_positive_int(value: Any, where: str) -> int:
     return limits.count(value, where)
 
@@ -493,7 +485,7 @@ def _check_seconds(value: Any, where: str) -> float:
 
 def _check_status(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where} must be an HTTP status code, got {_describe(value)}")
+        raise ConfigError(f"{where} must be an HTTP status code, got {limits.describe(value)}")
     if not 100 <= value <= 599:
         raise ConfigError(f"{where} must be an HTTP status code (100-599), got {value}")
     return value
@@ -502,7 +494,7 @@ def _check_status(value: Any, where: str) -> int:
 def _check_url(kind: str, value: Any, where: str) -> str:
     """`value` if it is a URL a `kind` dependency can use; a ConfigError saying why not."""
     if not isinstance(value, str):
-        raise ConfigError(f"{where} must be a URL string, got {_describe(value)}")
+        raise ConfigError(f"{where} must be a URL string, got {limits.describe(value)}")
     example = " (e.g. tcp://localhost:11211)" if kind == "tcp" else ""
     url = parse_url(
         value,

@@ -13,7 +13,15 @@ from typing import Final
 
 from cbctl.errors import CbctlError, ConfigError
 
-__all__ = ["COUNT_RANGE", "MAX_COUNT", "MAX_SECONDS", "SECONDS_RANGE", "count", "seconds"]
+__all__ = [
+    "COUNT_RANGE",
+    "MAX_COUNT",
+    "MAX_SECONDS",
+    "SECONDS_RANGE",
+    "count",
+    "describe",
+    "seconds",
+]
 
 MAX_SECONDS: Final = 86400.0
 MAX_COUNT: Final = 1_000_000
@@ -21,7 +29,8 @@ SECONDS_RANGE: Final = "0 < SECONDS <= 86400"
 COUNT_RANGE: Final = "1 <= N <= 1000000"
 
 
-def _describe(value: object) -> str:
+def describe(value: object) -> str:
+    """A value as a configuration error names it: its TOML type where that says more."""
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
     if isinstance(value, str):
@@ -49,7 +58,7 @@ def seconds(
         except ValueError:
             raise error(f"{where} must be a number of seconds, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise error(f"{where} must be a number of seconds, got {_describe(value)}")
+        raise error(f"{where} must be a number of seconds, got {describe(value)}")
     if math.isfinite(value) and value > MAX_SECONDS:
         raise error(f"{where} must be at most {MAX_SECONDS:g} seconds, got {_show_number(value)}")
     if zero_ok:
@@ -78,7 +87,7 @@ def count(
         except ValueError:
             raise error(f"{where} must be a whole number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise error(f"{where} must be a whole number, got {_describe(value)}")
+        raise error(f"{where} must be a whole number, got {describe(value)}")
     if value < 1:
         raise error(f"{where} must be at least 1, got {_show_number(value)}")
     if value > maximum:
