@@ -48,7 +48,14 @@ from cbctl.state import (
     Update,
 )
 
-__all__ = ["CallCounters", "CircuitBreaker", "Exclusion", "StateChange", "circuit_stats"]
+__all__ = [
+    "VIEW_MAX_AGE",
+    "CallCounters",
+    "CircuitBreaker",
+    "Exclusion",
+    "StateChange",
+    "circuit_stats",
+]
 
 logger = logging.getLogger("cbctl.breaker")
 
@@ -63,6 +70,11 @@ _OPEN: Final = CircuitState.OPEN
 _HALF_OPEN: Final = CircuitState.HALF_OPEN
 
 _count_value = itertools.count.__repr__
+
+VIEW_MAX_AGE: Final = 1.0
+"""Seconds a store-backed breaker trusts the store's "CLOSED, no failures" without asking again:
+how late it may see an open or a reset made by another process (its own failures go through the
+store at once)."""
 
 _op_token = secrets.token_hex(6)
 _op_ids = itertools.count(1)
@@ -141,6 +153,8 @@ class CircuitBreaker:
         "_stored",
         "_successes",
         "_transitions",
+        "_view_max_age",
+        "_view_until",
         "name",
     )
 
@@ -158,9 +172,12 @@ class CircuitBreaker:
         fallback: Callable[[CircuitBreakerError], Any] | None = None,
         config: BreakerConfig | None = None,
         kind: str | FailureRules | None = None,
+        view_max_age: float = VIEW_MAX_AGE,
     ) -> None:
         if not isinstance(name, str) or not name:  # a None name would share one store key
             raise UsageError(f"a circuit name must be a non-empty string, got {name!r}")
+        if not view_max_age >= 0 or math.isinf(view_max_age):
+            raise ValueError(f"view_max_age must be a finite number >= 0, not {view_max_age!r}")
         self.name = name
         self._failure_rules = as_rules(kind)
         self._config = config or BreakerConfig(
@@ -190,6 +207,10 @@ class CircuitBreaker:
         self._snapshot = Snapshot(changed_at=self._clock.monotonic())
         self._closed_fast = store is None
         self._open_until: float | None = None
+        # Store-backed only: until this monotonic time, calls run on the store's last answer of
+        # "CLOSED, no failures" without a round trip (0.0: ask the store).
+        self._view_max_age = view_max_age
+        self._view_until = 0.0
         # Permits of `with` blocks still open, per thread / asyncio task (innermost last).
         self._entered: ContextVar[tuple[Permit | None, ...]] = ContextVar(
             "cbctl_entered", default=()
@@ -371,6 +392,8 @@ class CircuitBreaker:
         open_until = self._open_until
         if open_until is not None and self._clock.monotonic() < open_until:
             return False
+        if self._view_until and self._clock.monotonic() < self._view_until:
+            return True
         if self._store is not None and self._degraded is None:
             stored = self._load()
             if stored is not None:
@@ -388,6 +411,8 @@ class CircuitBreaker:
         if self._closed_fast:
             return None
         if self._store is not None:
+            if self._view_until and self._clock.monotonic() < self._view_until:
+                return None  # the local view: CLOSED with no failures, recently confirmed
             update = self._store_op(lambda store: store.admit(self.name, self._config))
             if update is not None:
                 if update.permit is None:
@@ -521,7 +546,20 @@ class CircuitBreaker:
             with self._lock:
                 self._install(local)
             self._stored = update.after
+        self._view(update.after)
         self._announce(update.before, update.after)
+
+    def _view(self, stored: Snapshot) -> None:
+        """Trust a stored "CLOSED, no failures" for `view_max_age`; anything else ends the view.
+
+        A call admitted by the view carries the CLOSED fast-path permit (None): its failure is
+        still recorded by the store at once, and counts only while the stored circuit is CLOSED.
+        """
+        steady = stored.state is _CLOSED and not stored.failure_count and self._outage is None
+        if steady and self._view_max_age:
+            self._view_until = self._clock.monotonic() + self._view_max_age
+        else:
+            self._view_until = 0.0
 
     def _lose(self, error: StoreUnavailableError) -> None:
         """The store did not answer: degrade, and start counting what it must learn later."""
@@ -530,6 +568,7 @@ class CircuitBreaker:
                 "circuit=%s store degraded: %s", self.name, error, extra={"circuit": self.name}
             )
         self._degraded = str(error)
+        self._view_until = 0.0
         with self._lock:
             if self._outage is None:
                 known = None if self._stored is None else self._stored.generation

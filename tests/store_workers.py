@@ -181,3 +181,31 @@ def fail_through_an_outage(
             break
     results.put((raised, degraded))
     store.close()
+
+
+def watch_for_changes(
+    location: str, prefix: str, view_max_age: float, ready: Any, results: Any
+) -> None:
+    """Succeed in a loop on a CLOSED circuit; report when it is first rejected (an open made
+    elsewhere) and when it is next admitted (a reset made elsewhere), as wall-clock times."""
+    store = open_location(location, prefix)
+    breaker = CircuitBreaker(
+        "shared", failure_threshold=1, timeout=600.0, store=store, view_max_age=view_max_age
+    )
+    breaker.call(time.time)
+    ready.set()
+    rejected = False
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        try:
+            breaker.call(time.time)
+        except CircuitBreakerError:
+            if not rejected:
+                results.put(("rejected", time.time()))
+                rejected = True
+        else:
+            if rejected:
+                results.put(("admitted", time.time()))
+                break
+        time.sleep(0.002)
+    store.close()

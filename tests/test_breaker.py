@@ -24,6 +24,7 @@ from cbctl import (
     StoreUnavailableError,
 )
 from cbctl import state as machine
+from cbctl.breaker import VIEW_MAX_AGE
 from cbctl.fleet import read_store
 from cbctl.state import CircuitStore
 from cbctl.stores import MemoryStore
@@ -1063,6 +1064,8 @@ def test_allows_call_reads_a_shared_store_another_process_changed(tmp_path: Path
     breaker.call(succeed)
     assert breaker.allows_call()
     theirs.record_failure("dep", breaker.config, None, "down")
+    assert breaker.allows_call(), "within its max age the local view of CLOSED still answers"
+    clock.advance(VIEW_MAX_AGE)
     assert not breaker.allows_call()
     clock.advance(10.0)
     assert breaker.allows_call(), "past the timeout a trial would be admitted"

@@ -55,10 +55,25 @@ def test_each_circuit_is_one_namespaced_hash(redis_server: RedisServer) -> None:
     second.close()
 
 
-def test_steady_closed_admit_is_one_round_trip_and_writes_nothing(
+def test_steady_closed_successes_make_no_round_trip_within_the_local_view(
     redis_server: RedisServer, store: RedisStore
 ) -> None:
     breaker = CircuitBreaker("dep", store=store)
+    breaker.call(lambda: None)
+    writes = info(redis_server, "rdb_changes_since_last_save")
+
+    def many() -> None:
+        for _ in range(100):
+            breaker.call(lambda: None)
+
+    assert commands_during(redis_server, many) == 0
+    assert info(redis_server, "rdb_changes_since_last_save") == writes
+
+
+def test_without_a_local_view_each_steady_success_is_one_read_only_round_trip(
+    redis_server: RedisServer, store: RedisStore
+) -> None:
+    breaker = CircuitBreaker("dep", store=store, view_max_age=0.0)
     breaker.call(lambda: None)
     writes = info(redis_server, "rdb_changes_since_last_save")
     assert commands_during(redis_server, lambda: breaker.call(lambda: None)) == 1
@@ -67,7 +82,7 @@ def test_steady_closed_admit_is_one_round_trip_and_writes_nothing(
     assert info(redis_server, "rdb_changes_since_last_save") == writes
 
 
-def test_a_recorded_failure_is_one_round_trip_after_the_admit(
+def test_a_recorded_failure_is_one_round_trip_and_ends_the_local_view(
     redis_server: RedisServer, store: RedisStore
 ) -> None:
     breaker = CircuitBreaker("dep", store=store, failure_threshold=100)
@@ -77,7 +92,10 @@ def test_a_recorded_failure_is_one_round_trip_after_the_admit(
         with pytest.raises(ZeroDivisionError):
             breaker.call(lambda: 1 / 0)
 
-    assert commands_during(redis_server, failing_call) == 2
+    assert commands_during(redis_server, failing_call) == 1
+    assert commands_during(redis_server, failing_call) == 2, "admit, then the failure"
+    assert commands_during(redis_server, lambda: breaker.call(lambda: None)) == 2
+    assert commands_during(redis_server, lambda: breaker.call(lambda: None)) == 0
     assert (
         commands_during(
             redis_server, lambda: store.record_failure("dep", breaker.config, None, "x")

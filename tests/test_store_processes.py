@@ -385,3 +385,40 @@ def test_racing_processes_journal_one_record_per_transition_made_by_one_of_them(
     pid = int(opened.source.split("@")[0])
     assert pid != os.getpid(), "the opening was made, and journaled, by a worker process"
     assert events[1].source.startswith(f"{os.getpid()}@")
+
+
+@pytest.mark.parametrize("view_max_age", [0.3, 0.0])
+def test_an_open_and_a_reset_made_elsewhere_are_seen_within_the_view_max_age(
+    shared: Shared, view_max_age: float
+) -> None:
+    """A worker succeeds in a loop on its local view of CLOSED; the test opens the circuit,
+    then resets it, from this process. The worker must see each within the view's bound (plus
+    a generous allowance for a loaded machine, still well under what a missed change costs)."""
+    ready, results = SPAWN.Event(), SPAWN.Queue()
+    worker = SPAWN.Process(
+        target=store_workers.watch_for_changes,
+        args=(shared.location, shared.prefix, view_max_age, ready, results),
+    )
+    worker.start()
+    store = shared.store()
+    config = BreakerConfig(failure_threshold=1, timeout=600.0)
+    allowance = 1.5
+    try:
+        assert ready.wait(30), "the worker did not start"
+        time.sleep(0.2)
+        opened_at = time.time()
+        store.record_failure("shared", config, None, "down elsewhere")
+        kind, seen_at = results.get(timeout=30)
+        assert kind == "rejected"
+        assert seen_at - opened_at <= view_max_age + allowance
+        time.sleep(0.2)
+        reset_at = time.time()
+        store.reset("shared", config)
+        kind, seen_at = results.get(timeout=30)
+        assert kind == "admitted"
+        assert seen_at - reset_at <= view_max_age + allowance
+    finally:
+        worker.join(30)
+        if worker.is_alive():
+            worker.kill()
+        store.close()
