@@ -9,6 +9,7 @@ Two paths keep it fast and correct:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import itertools
@@ -287,19 +288,29 @@ class CircuitBreaker:
     async def call_async(
         self, func: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        """Await `func(...)` through the breaker; cancellation is neutral and frees a trial."""
-        try:
-            permit = self._admit()
-        except CircuitBreakerError as rejection:
-            if self._fallback is None:
-                raise
-            return cast(R, self._fallback(rejection))
+        """Await `func(...)` through the breaker; cancellation is neutral and frees a trial.
+
+        Store operations never block the loop: Redis is spoken to with redis.asyncio, a store
+        without async methods (the state file) runs in a worker thread.
+        """
+        if self._closed_fast or (self._view_until and self._clock.monotonic() < self._view_until):
+            permit = None
+        else:
+            try:
+                permit = await self._aadmit()
+            except CircuitBreakerError as rejection:
+                if self._fallback is None:
+                    raise
+                return cast(R, self._fallback(rejection))
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            self._settle_error(permit, exc)
+            await self._asettle_error(permit, exc)
             raise
-        self._settle_success(permit)
+        if permit is None and not self._snapshot.failure_count:
+            next(self._successes)
+        else:
+            await self._asettle_success(permit)
         return result
 
     @overload
@@ -364,7 +375,9 @@ class CircuitBreaker:
             self._settle_error(permit, exc)
 
     async def __aenter__(self) -> CircuitBreaker:
-        return self.__enter__()
+        permit = await self._aadmit()
+        self._entered.set((*self._entered.get(), permit))
+        return self
 
     async def __aexit__(
         self,
@@ -372,7 +385,11 @@ class CircuitBreaker:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.__exit__(exc_type, exc, traceback)
+        permit = self._pop_permit()
+        if exc is None:
+            await self._asettle_success(permit)
+        else:
+            await self._asettle_error(permit, exc)
 
     def _pop_permit(self) -> Permit | None:
         entered = self._entered.get()
@@ -418,6 +435,24 @@ class CircuitBreaker:
                 if update.permit is None:
                     self._reject(update.after, update.now)
                 return update.permit
+        return self._admit_locally()
+
+    async def _aadmit(self) -> Permit | None:
+        """`_admit` for async callers: the store operation is awaited, never run on the loop."""
+        if self._closed_fast:
+            return None
+        if self._store is not None:
+            if self._view_until and self._clock.monotonic() < self._view_until:
+                return None
+            update = await self._astore_op("admit")
+            if update is not None:
+                if update.permit is None:
+                    self._reject(update.after, update.now)
+                return update.permit
+        return self._admit_locally()
+
+    def _admit_locally(self) -> Permit | None:
+        """Admission decided in-process (no store, or the store did not answer)."""
         rejection = self._rejection()
         if rejection is not None:
             raise rejection
@@ -459,6 +494,20 @@ class CircuitBreaker:
             )
             if update is not None:
                 return
+        self._succeed_locally(permit)
+
+    async def _asettle_success(self, permit: Permit | None) -> None:
+        next(self._successes)
+        if permit is None and not self._snapshot.failure_count:
+            return
+        if self._store is not None:
+            if permit is not None and not permit.trial and not self._snapshot.failure_count:
+                return
+            if await self._astore_op("record_success", permit) is not None:
+                return
+        self._succeed_locally(permit)
+
+    def _succeed_locally(self, permit: Permit | None) -> None:
         with self._lock:
             before = self._snapshot
             after = machine.record_success(before, self._config, permit, self._clock.monotonic())
@@ -480,6 +529,22 @@ class CircuitBreaker:
             )
             if update is not None:
                 return
+        self._fail_locally(permit, error, op)
+
+    async def _asettle_error(self, permit: Permit | None, exc: BaseException) -> None:
+        if not self._is_failure(exc):
+            await self._arelease(permit)
+            return
+        next(self._failures)
+        error = _describe(exc)
+        op = None
+        if self._store is not None:
+            op = f"{_op_token}-{next(_op_ids)}"
+            if await self._astore_op("record_failure", permit, error, op) is not None:
+                return
+        self._fail_locally(permit, error, op)
+
+    def _fail_locally(self, permit: Permit | None, error: str, op: str | None) -> None:
         with self._lock:
             before = self._snapshot
             after = machine.record_failure(
@@ -496,6 +561,14 @@ class CircuitBreaker:
             update = self._store_op(lambda store: store.release(self.name, self._config, permit))
             if update is not None:
                 return
+        with self._lock:
+            self._install(machine.release(self._snapshot, permit, self._clock.monotonic()))
+
+    async def _arelease(self, permit: Permit | None) -> None:
+        if permit is None or not permit.trial:
+            return
+        if self._store is not None and await self._astore_op("release", permit) is not None:
+            return
         with self._lock:
             self._install(machine.release(self._snapshot, permit, self._clock.monotonic()))
 
@@ -532,6 +605,22 @@ class CircuitBreaker:
             if self._outage is not None and not self._write_back(store):
                 return None
             update = operation(store)
+        except StoreUnavailableError as error:
+            self._lose(error)
+            return None
+        self._degraded = None
+        self._adopt(update)
+        return update
+
+    async def _astore_op(self, method: str, *args: Any) -> Update | None:
+        """`_store_op` for async callers: the store's `a`-prefixed method if it has one (Redis),
+        else the blocking method in a worker thread, so the event loop never waits on I/O."""
+        store = self._store
+        assert store is not None
+        try:
+            if self._outage is not None and not await self._awrite_back(store):
+                return None
+            update = await _on_store(store, method, self.name, self._config, *args)
         except StoreUnavailableError as error:
             self._lose(error)
             return None
@@ -598,43 +687,66 @@ class CircuitBreaker:
         if not reconciling.acquire(blocking=False):
             return False
         try:
-            with self._lock:
-                log = self._outage
-                if log is None:
-                    return True
-                snapshot = self._snapshot
-                open_for = None
-                opened_at = snapshot.opened_at
-                if snapshot.state is _OPEN and not snapshot.forced and opened_at is not None:
-                    open_for = opened_at + self._config.timeout - self._clock.monotonic()
-                outage = Outage(
-                    log.known_generation, log.failures, open_for, snapshot.last_error,
-                    tuple(log.ops),
-                )  # fmt: skip
-                epoch = log.epoch
-            update = store.reconcile(self.name, self._config, outage)
-            with self._lock:
-                log = self._outage
-                if log is not None and log.epoch == epoch:
-                    log.failures -= outage.failures
-                    del log.ops[: len(outage.ops)]
-                if log is not None:
-                    log.known_generation = update.after.generation
-                    if not log.failures:
-                        self._outage = None
-            if self._degraded is not None:
-                logger.info(
-                    "circuit=%s store answers again; wrote back %d failure(s)%s",
-                    self.name,
-                    outage.failures,
-                    "" if open_for is None else f" and an open circuit ({open_for:.1f}s left)",
-                    extra={"circuit": self.name},
-                )
-            self._degraded = None
-            self._adopt(update)
+            plan = self._outage_plan()
+            if plan is not None:
+                self._outage_written(*plan, store.reconcile(self.name, self._config, plan[0]))
             return True
         finally:
             reconciling.release()
+
+    async def _awrite_back(self, store: CircuitStore) -> bool:
+        """`_write_back` for async callers."""
+        reconciling = self._reconciling
+        assert reconciling is not None
+        if not reconciling.acquire(blocking=False):
+            return False
+        try:
+            plan = self._outage_plan()
+            if plan is not None:
+                update = await _on_store(store, "reconcile", self.name, self._config, plan[0])
+                self._outage_written(*plan, update)
+            return True
+        finally:
+            reconciling.release()
+
+    def _outage_plan(self) -> tuple[Outage, int] | None:
+        """What to write back, and the outage log's epoch it was taken at; None: nothing."""
+        with self._lock:
+            log = self._outage
+            if log is None:
+                return None
+            snapshot = self._snapshot
+            open_for = None
+            opened_at = snapshot.opened_at
+            if snapshot.state is _OPEN and not snapshot.forced and opened_at is not None:
+                open_for = opened_at + self._config.timeout - self._clock.monotonic()
+            outage = Outage(
+                log.known_generation, log.failures, open_for, snapshot.last_error, tuple(log.ops)
+            )
+            return outage, log.epoch
+
+    def _outage_written(self, outage: Outage, epoch: int, update: Update) -> None:
+        """The store took `outage`: drop what it now knows from the log and adopt its answer."""
+        with self._lock:
+            log = self._outage
+            if log is not None and log.epoch == epoch:
+                log.failures -= outage.failures
+                del log.ops[: len(outage.ops)]
+            if log is not None:
+                log.known_generation = update.after.generation
+                if not log.failures:
+                    self._outage = None
+        if self._degraded is not None:
+            open_for = outage.open_for
+            logger.info(
+                "circuit=%s store answers again; wrote back %d failure(s)%s",
+                self.name,
+                outage.failures,
+                "" if open_for is None else f" and an open circuit ({open_for:.1f}s left)",
+                extra={"circuit": self.name},
+            )
+        self._degraded = None
+        self._adopt(update)
 
     def _store_now(self) -> float:
         assert self._store is not None
@@ -858,6 +970,17 @@ def circuit_stats(
         "store": store,
         "degraded": degraded,
     }
+
+
+async def _on_store(store: CircuitStore, method: str, *args: Any) -> Update:
+    """Run one store operation without blocking the loop: `store.a<method>` when the store has
+    it, else `store.<method>` in a worker thread."""
+    native = getattr(store, "a" + method, None)
+    if native is not None:
+        update: Update = await native(*args)
+        return update
+    update = await asyncio.to_thread(getattr(store, method), *args)
+    return update
 
 
 def _open_until(snapshot: Snapshot, config: BreakerConfig) -> float | None:

@@ -143,6 +143,32 @@ class MemoryStore:
     def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update:
         return self._apply(name, config, lambda s, c, now: (machine.force(s, state, now), None))
 
+    # Async callers: a dict under a short lock does no I/O, so these run on the loop directly.
+
+    async def aadmit(self, name: str, config: BreakerConfig) -> Update:
+        return self.admit(name, config)
+
+    async def arecord_success(
+        self, name: str, config: BreakerConfig, permit: Permit | None
+    ) -> Update:
+        return self.record_success(name, config, permit)
+
+    async def arecord_failure(
+        self,
+        name: str,
+        config: BreakerConfig,
+        permit: Permit | None,
+        error: str,
+        op: str | None = None,
+    ) -> Update:
+        return self.record_failure(name, config, permit, error, op)
+
+    async def arelease(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+        return self.release(name, config, permit)
+
+    async def areconcile(self, name: str, config: BreakerConfig, outage: Outage) -> Update:
+        return self.reconcile(name, config, outage)
+
     def forget(self, name: str) -> bool:
         """Remove the circuit's state; True if there was any."""
         with self._lock:

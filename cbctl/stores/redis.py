@@ -14,9 +14,11 @@ Redis costs a degraded breaker almost nothing per call. Passwords never reach a 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from cbctl.errors import StateError, StoreUnavailableError
@@ -389,6 +391,7 @@ class RedisStore:
         self._secrets = tuple(url_secrets(url))
         self._prefix = prefix
         self._event_ids = f"{prefix}event-ids"
+        self._socket_timeout = socket_timeout
         self._retry_interval = retry_interval
         self._time_offset = time_offset
         self._failed_until = 0.0
@@ -411,6 +414,11 @@ class RedisStore:
                 f"cannot use the Redis URL {self._shown}: {self._scrub(error)}"
             ) from error
         self._script = self._client.register_script(_SCRIPT)
+        # redis.asyncio connections belong to the loop that made them: one client per loop,
+        # made on first use, dropped with its loop.
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def __repr__(self) -> str:
         return f"<RedisStore {self._shown!r} prefix={self._prefix!r}>"
@@ -449,6 +457,59 @@ class RedisStore:
         self._failed_until = 0.0
         return result
 
+    async def _aguarded(self, action: Callable[[], Awaitable[Any]]) -> Any:
+        """`_guarded` for the event loop; the whole exchange is bounded by `socket_timeout`,
+        so a black-holed or stopped Redis costs an async caller at most that, never a hang."""
+        if self._failed_until and time.monotonic() < self._failed_until:
+            raise StoreUnavailableError(
+                f"Redis at {self._shown} is unavailable: {self._failure} (retrying soon)"
+            )
+        try:
+            async with asyncio.timeout(self._socket_timeout):
+                result = await action()
+        except self._errors as error:
+            self._failed_until = time.monotonic() + self._retry_interval
+            self._failure = self._scrub(error)
+            raise StoreUnavailableError(
+                f"Redis at {self._shown} is unavailable: {self._failure}"
+            ) from error
+        self._failed_until = 0.0
+        return result
+
+    def _async_script(self) -> Any:
+        """The Lua script on this loop's redis.asyncio client (made on first use)."""
+        loop = asyncio.get_running_loop()
+        made = self._async.get(loop)
+        if made is None:
+            import redis.asyncio as redis_async
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            client = redis_async.Redis.from_url(
+                self._url,
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._socket_timeout,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+            )
+            made = (client, client.register_script(_SCRIPT))
+            self._async[loop] = made
+        return made[1]
+
+    async def _arun(
+        self,
+        op: str,
+        name: str,
+        config: BreakerConfig | None,
+        permit: Permit | None = None,
+        *extra: str,
+    ) -> list[str]:
+        args = self._args(op, config, permit, *extra)
+        script = self._async_script()
+        keys = self._keys(name)
+        reply: list[str] = await self._aguarded(lambda: script(keys=keys, args=args))
+        return reply
+
     def _offset(self) -> str:
         return repr(self._time_offset()) if self._time_offset is not None else "0"
 
@@ -460,6 +521,15 @@ class RedisStore:
         permit: Permit | None = None,
         *extra: str,
     ) -> list[str]:
+        args = self._args(op, config, permit, *extra)
+        keys = self._keys(name)
+        reply: list[str] = self._guarded(lambda: self._script(keys=keys, args=args))
+        return reply
+
+    def _args(
+        self, op: str, config: BreakerConfig | None, permit: Permit | None, *extra: str
+    ) -> tuple[str, ...]:
+        """The script's arguments for one operation (see the script's header)."""
         settings = (
             _NO_CONFIG
             if config is None
@@ -479,10 +549,11 @@ class RedisStore:
             *(extra or ("",)),
         )
         padding = ("",) * (_SOURCE_ARG - 1 - len(args))
-        args = (*args, *padding, process_source(), str(JOURNAL_LIMIT))
-        keys = [self.key(name), self.events_key(name), self._event_ids]
-        reply: list[str] = self._guarded(lambda: self._script(keys=keys, args=args))
-        return reply
+        return (*args, *padding, process_source(), str(JOURNAL_LIMIT))
+
+    def _keys(self, name: str) -> list[str]:
+        """The script's keys for circuit `name`: its hash, its journal, the event-id counter."""
+        return [self.key(name), self.events_key(name), self._event_ids]
 
     def _update(self, name: str, reply: list[str]) -> Update:
         def decode() -> tuple[Snapshot, BreakerConfig]:
@@ -591,6 +662,52 @@ class RedisStore:
                 " ".join(outage.ops),
             ),
         )
+
+    # -- the same operations for async callers (redis.asyncio, same script) ---------------------
+
+    async def aadmit(self, name: str, config: BreakerConfig) -> Update:
+        return self._update(name, await self._arun("admit", name, config))
+
+    async def arecord_success(
+        self, name: str, config: BreakerConfig, permit: Permit | None
+    ) -> Update:
+        return self._update(name, await self._arun("success", name, config, permit))
+
+    async def arecord_failure(
+        self,
+        name: str,
+        config: BreakerConfig,
+        permit: Permit | None,
+        error: str,
+        op: str | None = None,
+    ) -> Update:
+        reply = await self._arun("failure", name, config, permit, error, op or "")
+        return self._update(name, reply)
+
+    async def arelease(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+        return self._update(name, await self._arun("release", name, config, permit))
+
+    async def areconcile(self, name: str, config: BreakerConfig, outage: Outage) -> Update:
+        known = None if outage.known_generation is None else Permit(outage.known_generation)
+        return self._update(
+            name,
+            await self._arun(
+                "reconcile",
+                name,
+                config,
+                known,
+                outage.error or "",
+                str(outage.failures),
+                "" if outage.open_for is None else repr(outage.open_for),
+                " ".join(outage.ops),
+            ),
+        )
+
+    async def aclose(self) -> None:
+        """Close this loop's redis.asyncio client (the sync pool stays; see `close`)."""
+        made = self._async.pop(asyncio.get_running_loop(), None)
+        if made is not None:
+            await made[0].aclose()
 
     def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
         return self._update(name, self._run("reset", name, config))
