@@ -77,6 +77,10 @@ VIEW_MAX_AGE: Final = 1.0
 how late it may see an open or a reset made by another process (its own failures go through the
 store at once)."""
 
+VIEW_GRACE: Final = 0.1
+"""While one caller refreshes an expired view, the others keep it for this fraction of its max
+age: the bound on staleness is (1 + VIEW_GRACE) x view_max_age, plus one store round trip."""
+
 _op_token = secrets.token_hex(6)
 _op_ids = itertools.count(1)
 
@@ -428,7 +432,7 @@ class CircuitBreaker:
         if self._closed_fast:
             return None
         if self._store is not None:
-            if self._view_until and self._clock.monotonic() < self._view_until:
+            if self._on_view():
                 return None  # the local view: CLOSED with no failures, recently confirmed
             update = self._store_op(lambda store: store.admit(self.name, self._config))
             if update is not None:
@@ -442,7 +446,7 @@ class CircuitBreaker:
         if self._closed_fast:
             return None
         if self._store is not None:
-            if self._view_until and self._clock.monotonic() < self._view_until:
+            if self._on_view():
                 return None
             update = await self._astore_op("admit")
             if update is not None:
@@ -450,6 +454,19 @@ class CircuitBreaker:
                     self._reject(update.after, update.now)
                 return update.permit
         return self._admit_locally()
+
+    def _on_view(self) -> bool:
+        """Whether the local view admits this call. The caller that finds it just expired
+        refreshes it through the store, while the others go on using it for a short grace
+        (`VIEW_GRACE` of its max age): one refresh at a time, not one per concurrent caller."""
+        until = self._view_until
+        if not until:
+            return False
+        now = self._clock.monotonic()
+        if now < until:
+            return True
+        self._view_until = now + self._view_max_age * VIEW_GRACE
+        return False
 
     def _admit_locally(self) -> Permit | None:
         """Admission decided in-process (no store, or the store did not answer)."""

@@ -9,6 +9,7 @@ process's view of the same circuits, or the same process after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -334,6 +335,44 @@ def test_a_forgotten_circuit_is_gone_for_every_instance_and_starts_afresh(
     assert operator.forget("dep") is False
     assert [stored.name for stored in backend.store.load_all()] == []
     assert service.call(ok) == "ok"
+    assert service.stats["state"] == "closed"
+
+
+def test_async_callers_follow_the_same_contract(backend: Backend) -> None:
+    """call_async and `async with` take the store's async path (redis.asyncio, or a worker
+    thread); the transitions, the shared trial and the reset are the same as for sync callers."""
+    settings = {"failure_threshold": 2, "timeout": 5.0, "success_threshold": 1}
+    service = backend.breaker(**settings)
+    other = backend.breaker(store=backend.reopen(), **settings)
+
+    async def afail() -> None:
+        raise Boom("dependency down")
+
+    async def aok() -> str:
+        return "ok"
+
+    async def scenario() -> None:
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await service.call_async(afail)
+        with pytest.raises(CircuitBreakerError):
+            await other.call_async(aok)
+        backend.clock.advance(5.5)
+        async with service:
+            with pytest.raises(CircuitBreakerError):
+                await other.call_async(aok)
+        assert await other.call_async(aok) == "ok"
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await other.call_async(afail)
+        other.reset()
+        assert await service.call_async(aok) == "ok"
+        for store in backend._opened:
+            close = getattr(store, "aclose", None)
+            if close is not None:
+                await close()
+
+    asyncio.run(scenario())
     assert service.stats["state"] == "closed"
 
 
