@@ -131,7 +131,8 @@ class CircuitBreaker:
     """Protects calls to one dependency: fails fast while the dependency is known to be down.
 
     Use it as `breaker.call(fn, ...)`, `await breaker.call_async(fn, ...)`, a decorator on a sync
-    or async function, or `with breaker:` / `async with breaker:`.
+    or async function, or `with breaker:` / `async with breaker:`. With a store, `view_max_age`
+    is how long a stored "CLOSED, no failures" is trusted without asking the store again.
     """
 
     __slots__ = (
