@@ -1118,3 +1118,108 @@ def test_steady_successes_add_nothing_to_the_journal(clock: FakeClock) -> None:
     for _ in range(100):
         breaker.call(succeed)
     assert breaker.events() == []
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts admissions, and can hold async ones until released."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.admits = 0
+        self.gate: asyncio.Event | None = None
+
+    def admit(self, name: str, config: BreakerConfig) -> machine.Update:
+        self.admits += 1
+        return super().admit(name, config)
+
+    async def aadmit(self, name: str, config: BreakerConfig) -> machine.Update:
+        if self.gate is not None:
+            self.admits += 1
+            await self.gate.wait()
+            return super().admit(name, config)
+        return self.admit(name, config)
+
+
+def failures_in(store: MemoryStore) -> int:
+    found = store.load("dep")
+    assert found is not None
+    return found.snapshot.failure_count
+
+
+def test_steady_successes_ask_the_store_once_per_view_max_age() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    breaker = make(clock, store=store, view_max_age=2.0)
+    for _ in range(100):
+        breaker.call(succeed)
+    assert store.admits == 1
+    clock.advance(1.9)
+    breaker.call(succeed)
+    assert store.admits == 1
+    clock.advance(0.1)
+    for _ in range(100):
+        breaker.call(succeed)
+    assert store.admits == 2
+
+
+def test_without_a_view_every_call_asks_the_store() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    breaker = make(clock, store=store, view_max_age=0.0)
+    for _ in range(5):
+        breaker.call(succeed)
+    assert store.admits == 5
+
+
+def test_an_open_made_elsewhere_is_seen_once_the_view_expires() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    mine = make(clock, store=store, failure_threshold=1)
+    theirs = make(clock, store=store, failure_threshold=1)
+    mine.call(succeed)
+    with pytest.raises(Boom):
+        theirs.call(fail)
+    assert mine.call(succeed) == "ok", "inside the documented bound the view still admits"
+    clock.advance(VIEW_MAX_AGE)
+    with pytest.raises(CircuitBreakerError):
+        mine.call(succeed)
+
+
+def test_a_failure_admitted_by_the_view_is_recorded_at_once_and_ends_the_view() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    breaker = make(clock, store=store, failure_threshold=2)
+    breaker.call(succeed)
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert failures_in(store) == 1
+    breaker.call(succeed)
+    assert store.admits == 2, "a circuit counting failures asks the store"
+    assert failures_in(store) == 0
+
+
+def test_when_the_view_expires_one_of_many_concurrent_callers_refreshes_it() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    breaker = make(clock, store=store)
+
+    async def ok() -> str:
+        return "ok"
+
+    async def scenario() -> list[str]:
+        await breaker.call_async(ok)
+        clock.advance(VIEW_MAX_AGE)
+        store.gate = asyncio.Event()
+        calls = [asyncio.ensure_future(breaker.call_async(ok)) for _ in range(50)]
+        await asyncio.sleep(0)
+        store.gate.set()
+        return list(await asyncio.gather(*calls))
+
+    assert asyncio.run(scenario()) == ["ok"] * 50
+    assert store.admits == 2, "one admission to make the view, one to refresh it"
+
+
+@pytest.mark.parametrize("age", [-1.0, math.inf, math.nan])
+def test_view_max_age_must_be_a_finite_non_negative_number(age: float) -> None:
+    with pytest.raises(ValueError, match="view_max_age"):
+        CircuitBreaker("dep", view_max_age=age)
