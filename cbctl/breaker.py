@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import getpass
 import inspect
 import itertools
 import logging
 import math
 import os
 import secrets
+import socket
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -607,7 +609,7 @@ class CircuitBreaker:
         in_process = self._store is None
         self._snapshot = snapshot
         self._open_until = _open_until(snapshot, self._config) if in_process else None
-        self._closed_fast = in_process and snapshot.state is _CLOSED
+        self._closed_fast = in_process and snapshot.state is _CLOSED and snapshot.hold_until is None
 
     # -- shared store ---------------------------------------------------------------------------
 
@@ -825,7 +827,7 @@ class CircuitBreaker:
             before.state,
             after.state,
             after.failure_count,
-            error_of(after),
+            error_of(after, before, self._clock.monotonic()),
             process_source(),
         )
         with self._lock:
@@ -870,22 +872,35 @@ class CircuitBreaker:
             self._note_local(before, after)
         self._announce(before, after)
 
-    def force_open(self) -> None:
-        """Reject every call until `reset()`; the recovery timeout does not apply."""
-        self._force(_OPEN)
+    def force_open(self, *, for_: float | None = None, reason: str | None = None) -> None:
+        """Reject every call until `reset()`, or for `for_` seconds; the recovery timeout does not
+        apply. `reason` and the owner (user@host) are kept with the hold and shown with it."""
+        self._force(_OPEN, for_, reason)
 
-    def force_closed(self) -> None:
-        """Admit every call and never trip until `reset()` (e.g. during a known-noisy migration)."""
-        self._force(_CLOSED)
+    def force_closed(self, *, for_: float | None = None, reason: str | None = None) -> None:
+        """Admit every call and never trip until `reset()` or for `for_` seconds (e.g. during a
+        known-noisy migration); `reason` and the owner are kept like force_open's."""
+        self._force(_CLOSED, for_, reason)
 
-    def _force(self, state: CircuitState) -> None:
+    def _force(self, state: CircuitState, for_: float | None, reason: str | None) -> None:
+        span, why = machine.hold_terms(for_, reason)
+        owner = hold_owner()
         if self._store is not None:
             config = self._config
-            if self._store_op(lambda store: store.force(self.name, config, state)) is not None:
+            if (
+                self._store_op(
+                    lambda store: store.force(
+                        self.name, config, state, for_=span, reason=why, owner=owner
+                    )
+                )
+                is not None
+            ):
                 return
         with self._lock:
             before = self._snapshot
-            after = machine.force(before, state, self._clock.monotonic())
+            now = self._clock.monotonic()
+            until = None if span is None else now + span
+            after = machine.force(before, state, now, until=until, reason=why, owner=owner)
             self._install(after)
             self._note_local(before, after)
         self._announce(before, after)
@@ -953,7 +968,9 @@ def circuit_stats(
     `now` and the snapshot's times are in one time base; `to_wall` converts it to wall-clock
     seconds (0 for a store, whose times are wall-clock already). Without `counters` (a circuit
     read from a store) `calls`, `successes`, `failures`, `rejections` and `transitions` are None.
+    A hold past its expiry is shown as the CLOSED it becomes on the next operation.
     """
+    snapshot = machine.expire(snapshot, now)
 
     def wall(moment: float | None) -> str | None:
         return None if moment is None else iso_utc(moment + to_wall)
@@ -980,6 +997,7 @@ def circuit_stats(
         "state_since": wall(snapshot.changed_at),
         "retry_after": machine.retry_after(snapshot, config, now),
         "forced": snapshot.forced,
+        **machine.hold_stats(snapshot, wall(snapshot.hold_until)),
         "failure_threshold": config.failure_threshold,
         "success_threshold": config.success_threshold,
         "timeout": config.timeout,
@@ -1005,7 +1023,18 @@ def _open_until(snapshot: Snapshot, config: BreakerConfig) -> float | None:
     """When an OPEN circuit admits its next trial (inf: held open by force); None if not OPEN."""
     if snapshot.state is not _OPEN or snapshot.opened_at is None:
         return None
-    return math.inf if snapshot.forced else snapshot.opened_at + config.timeout
+    if snapshot.forced:
+        return math.inf if snapshot.hold_until is None else snapshot.hold_until
+    return snapshot.opened_at + config.timeout
+
+
+def hold_owner() -> str:
+    """`user@host` of this process, recorded with a hold it makes."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname() or 'unknown'}"
 
 
 def _describe(exc: BaseException) -> str:

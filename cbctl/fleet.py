@@ -32,7 +32,7 @@ from cbctl.errors import (
     UsageError,
 )
 from cbctl.redaction import redact_url, remember, scrub
-from cbctl.state import CircuitState, CircuitStore, StoredCircuit
+from cbctl.state import BreakerConfig, CircuitState, CircuitStore, StoredCircuit
 from cbctl.urls import parse_url
 
 if TYPE_CHECKING:
@@ -152,6 +152,36 @@ def reset_in_store(store: CircuitStore, name: str | None) -> list[CircuitReset]:
             CircuitReset(each, stored_stats(before, source), stored_stats(after, source))
         )
     return results
+
+
+def hold_in_store(
+    store: CircuitStore,
+    name: str,
+    state: CircuitState,
+    *,
+    for_: float | None,
+    reason: str | None,
+    owner: str,
+    known: Mapping[str, BreakerConfig],
+) -> CircuitReset:
+    """Hold one circuit OPEN or CLOSED in the store (for `for_` seconds, or until reset), with
+    its stats before and after.
+
+    The circuit must be in the store or in `known` (configured dependencies and their breaker
+    settings, so a dependency can be held before its first call); otherwise UnknownCircuitError.
+    """
+    loaded, unreadable = load_store(store)
+    if name in unreadable:
+        raise StateError(unreadable[name])
+    circuits = {stored.name: stored for stored in loaded}
+    if name not in circuits and name not in known:
+        raise UnknownCircuitError(name, {*circuits, *known})
+    config = circuits[name].config if name in circuits else known[name]
+    update = store.force(name, config, state, for_=for_, reason=reason, owner=owner)
+    source = store.url
+    before = StoredCircuit(name, update.before, config, update.now)
+    after = StoredCircuit(name, update.after, config, update.now)
+    return CircuitReset(name, stored_stats(before, source), stored_stats(after, source))
 
 
 def forget_in_store(
@@ -307,7 +337,16 @@ def fetch_health(
 
 _COUNT_KEYS = ("failure_count", "success_count", "failure_threshold", "success_threshold")
 _NUMBER_KEYS = ("retry_after", "timeout")
-_TEXT_KEYS = ("last_failure", "last_error", "opened_at", "state_since", "error")
+_TEXT_KEYS = (
+    "last_failure",
+    "last_error",
+    "opened_at",
+    "state_since",
+    "error",
+    "hold_reason",
+    "hold_owner",
+    "hold_until",
+)
 
 
 def _checked(name: str, entry: object) -> dict[str, Any]:

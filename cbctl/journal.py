@@ -112,9 +112,23 @@ class TransitionEvent:
             raise ValueError(f"not a transition event: {problem}") from None
 
 
-def error_of(after: Snapshot) -> str | None:
-    """The error worth recording with a transition: what made the circuit open."""
-    return after.last_error if after.state is CircuitState.OPEN and not after.forced else None
+def error_of(
+    after: Snapshot, before: Snapshot | None = None, now: float | None = None
+) -> str | None:
+    """What is worth recording with a transition: what made the circuit open, or the operator
+    hold that moved it ("held: REASON (by OWNER)"), or how a hold ended ("hold expired" at or
+    after its expiry, `now` in the snapshots' time base; else "hold lifted", by a reset)."""
+    if after.forced:
+        summary = "held" if after.hold_reason is None else f"held: {after.hold_reason}"
+        return summary if after.hold_owner is None else f"{summary} (by {after.hold_owner})"
+    if before is not None and before.forced:
+        until = before.hold_until
+        return (
+            "hold expired"
+            if until is not None and now is not None and now >= until
+            else ("hold lifted")
+        )
+    return after.last_error if after.state is CircuitState.OPEN else None
 
 
 def wall_time(seconds: float) -> datetime:

@@ -113,11 +113,36 @@ STATE_STYLES: Mapping[str, str] = {
 }
 
 
+def _state_label(stats: Mapping[str, Any]) -> str:
+    """The state; a hold says so ("held" when it expires, "forced" when only a reset ends it)."""
+    state = visible(stats.get("state", "?"))
+    if not stats.get("forced"):
+        return state
+    return f"{state} (held)" if stats.get("hold_until") else f"{state} (forced)"
+
+
 def state_text(stats: Mapping[str, Any]) -> Text:
     """The state, coloured; a forced state says so."""
     state = visible(stats.get("state", "?"))
-    label = f"{state} (forced)" if stats.get("forced") else state
-    return Text(label, style=STATE_STYLES.get(state, ""))
+    return Text(_state_label(stats), style=STATE_STYLES.get(state, ""))
+
+
+def hold_note(stats: Mapping[str, Any], now: float) -> str | None:
+    """One line on a circuit's hold: state, until when, owner and reason (all sanitised);
+    None when it is not held, or held with nothing more to say (a hold from before schema 3)."""
+    if not stats.get("forced") or not any(
+        stats.get(key) for key in ("hold_until", "hold_reason", "hold_owner")
+    ):
+        return None
+    until = _epoch(stats.get("hold_until"))
+    when = "until reset"
+    if until is not None:
+        when = f"until {visible(stats.get('hold_until'))} ({format_age(until - now)} left)"
+    parts = [f"{visible(stats.get('name', '?'))} held {visible(stats.get('state', '?'))} {when}"]
+    if stats.get("hold_owner"):
+        parts.append(f"by {visible(stats['hold_owner'])}")
+    note = " ".join(parts)
+    return f"{note}: {visible(stats['hold_reason'])}" if stats.get("hold_reason") else note
 
 
 def _ratio(count: object, limit: object) -> str:
@@ -137,8 +162,11 @@ def _retry(stats: Mapping[str, Any], elapsed: float) -> str:
     `trial due` once that time has come (the next call is let through)."""
     if stats.get("state") != "open":
         return "-"
+    retry = stats.get("retry_after")
     if stats.get("forced"):
-        return "held"
+        if not isinstance(retry, int | float):
+            return "held"
+        return format_age(retry - elapsed)
     retry = stats.get("retry_after")
     if not isinstance(retry, int | float):
         return "-"
@@ -205,6 +233,16 @@ Row = tuple[str, list[str], str]
 """(state, cells, source) of one line of the circuit table."""
 
 
+def _hold_notes(reports: Sequence[SourceReport], now: float) -> list[str]:
+    notes = []
+    for report in reports:
+        for stats in report.circuits:
+            note = hold_note(stats, now)
+            if note is not None:
+                notes.append(note)
+    return notes
+
+
 def _circuit_rows(reports: Sequence[SourceReport], now: float) -> list[Row]:
     """One row per circuit (a failed source: one row), as plain strings (never markup)."""
     rows: list[Row] = []
@@ -220,7 +258,7 @@ def _circuit_rows(reports: Sequence[SourceReport], now: float) -> list[Row]:
             state = visible(stats.get("state", "?"))
             cells = [
                 visible(stats.get("name", "?")),
-                f"{state} (forced)" if stats.get("forced") else state,
+                _state_label(stats),
                 format_age(None if since is None else now - since),
                 _ratio(stats.get("failure_count"), stats.get("failure_threshold")),
                 _half_open(stats),
@@ -244,9 +282,15 @@ class CircuitTable:
     """
 
     def __init__(
-        self, rows: list[Row], caption: str, plain: bool, source: str | None = None
+        self,
+        rows: list[Row],
+        caption: str,
+        plain: bool,
+        source: str | None = None,
+        holds: Sequence[str] = (),
     ) -> None:
         self.rows = rows
+        self.holds = holds
         self.caption = caption
         self.plain = plain
         self.source = source
@@ -314,6 +358,11 @@ class CircuitTable:
                 heading.truncate(width or len(source) + 1, overflow="ellipsis")
                 result.append(heading)
             result.append(self._line(cells, shown, widths, state))
+        for note in self.holds:
+            line = Text(note, "" if self.plain else "yellow")
+            if width is not None:
+                line.truncate(width, overflow="ellipsis")
+            result.append(line)
         result.append(self._caption(width))
         return result
 
@@ -345,16 +394,19 @@ def circuit_table(
     how many were left out. With one source, the caption names it.
     """
     rows = _circuit_rows(reports, now)
+    holds = _hold_notes(reports, now)
     caption = _summary(reports)
     if max_rows is not None and len(reports) > 1:
         max_rows -= len(reports)  # the group headings
+    if max_rows is not None:
+        max_rows -= len(holds)
     if max_rows is not None and len(rows) > max(1, max_rows):
         ranked = sorted(range(len(rows)), key=lambda i: (SEVERITY.get(rows[i][0], 3), i))
         kept = sorted(ranked[: max(1, max_rows)])
         caption += f"; {len(rows) - len(kept)} not shown (terminal too small; see cbctl status)"
         rows = [rows[i] for i in kept]
     return CircuitTable(
-        rows, caption, plain, visible(reports[0].source) if len(reports) == 1 else None
+        rows, caption, plain, visible(reports[0].source) if len(reports) == 1 else None, holds
     )
 
 
@@ -379,6 +431,14 @@ def _state_line(stats: Mapping[str, Any]) -> Text:
     failures = _ratio(stats.get("failure_count"), stats.get("failure_threshold"))
     text.append(f"  failures {failures}", style="")
     return text
+
+
+def hold_line(held: CircuitReset, source: str, now: float, *, plain: bool = False) -> Text:
+    """What `cbctl force-open/closed` did: the hold, and the state it replaced."""
+    note = hold_note(held.after, now) or visible(held.name)
+    line = Text(note, "" if plain else "yellow")
+    line.append(f" (was {_state_label(held.before)}; in {visible(source)})", style="")
+    return line
 
 
 def reset_table(resets: Iterable[CircuitReset], source: str, *, plain: bool = False) -> Table:

@@ -18,6 +18,12 @@ that arrives after its lease ended (the trial was slower than `timeout`) is stal
 of a past generation: it neither frees a place nor counts toward closing. A late failure of a
 trial of the present half-open generation still re-opens the circuit: it is evidence that the
 dependency is down, and re-opening never lets more calls through.
+
+An operator hold (`force`) may carry an expiry (`hold_until`, in the keeper's time base), a reason
+and an owner. Every operation first ends an expired hold exactly as `reset` does (CLOSED,
+counters cleared, new generation), then does its own work; so the first operation at or after
+the expiry, by any process, ends the hold for all of them. Readers that only show the state
+apply `expire` too, so a hold never shows past its expiry.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from typing import Any, Final, Protocol, Self
 from cbctl.errors import ConfigError
 
 __all__ = [
+    "MAX_HOLD_SECONDS",
+    "MAX_REASON",
     "BreakerConfig",
     "CircuitState",
     "CircuitStore",
@@ -43,7 +51,10 @@ __all__ = [
     "admit",
     "decode_leases",
     "encode_leases",
+    "expire",
     "force",
+    "hold_stats",
+    "hold_terms",
     "live_leases",
     "rebase",
     "reconcile",
@@ -66,6 +77,45 @@ class CircuitState(StrEnum):
 CLOSED: Final = CircuitState.CLOSED
 OPEN: Final = CircuitState.OPEN
 HALF_OPEN: Final = CircuitState.HALF_OPEN
+
+MAX_HOLD_SECONDS: Final = 30 * 86400.0
+"""The longest operator hold (`force_open(for_=...)`, `cbctl force-open --for`): a month."""
+MAX_REASON: Final = 200
+"""The longest reason a hold keeps (it is shown in every table and /health answer)."""
+
+
+def hold_terms(for_: object, reason: object) -> tuple[float | None, str | None]:
+    """A hold's length and reason, checked: seconds in (0, MAX_HOLD_SECONDS] or None (until
+    reset), text of at most MAX_REASON characters or None (blank: None)."""
+    span = None
+    if for_ is not None:
+        if isinstance(for_, bool) or not isinstance(for_, int | float):
+            raise ConfigError(f"for_ must be a number of seconds, got {for_!r}")
+        if not math.isfinite(for_) or for_ <= 0:
+            raise ConfigError(f"for_ must be a positive number of seconds, got {for_!r}")
+        if for_ > MAX_HOLD_SECONDS:
+            raise ConfigError(f"for_ must be at most {MAX_HOLD_SECONDS:.0f} seconds (30 days)")
+        span = float(for_)
+    if reason is None:
+        return span, None
+    if not isinstance(reason, str):
+        raise ConfigError(f"reason must be text, got {type(reason).__name__}")
+    text = reason.strip()
+    if len(text) > MAX_REASON:
+        raise ConfigError(f"reason must be at most {MAX_REASON} characters, got {len(text)}")
+    return span, text or None
+
+
+def hold_stats(snapshot: Snapshot, until: str | None) -> dict[str, Any]:
+    """The stats keys of a hold: reason, owner and expiry (`until`, as shown; None: until
+    reset); all None when the circuit is not held."""
+    if not snapshot.forced:
+        return {"hold_reason": None, "hold_owner": None, "hold_until": None}
+    return {
+        "hold_reason": snapshot.hold_reason,
+        "hold_owner": snapshot.hold_owner,
+        "hold_until": until,
+    }
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -124,6 +174,8 @@ class Snapshot:
     `last_failure_at` is always wall-clock UTC seconds, because it is shown to people.
     `leases` are the half-open trials in flight, oldest first (an expired one stays listed until
     the next admission drops it, but no longer holds a place); `trials_admitted` numbers them.
+    A hold by force may end at `hold_until` (keeper's time base; None: held until reset) and
+    carries who made it and why (`hold_owner`, `hold_reason`; shown to people, sanitised there).
     """
 
     state: CircuitState = CLOSED
@@ -137,6 +189,9 @@ class Snapshot:
     forced: bool = False
     last_failure_at: float | None = None
     last_error: str | None = None
+    hold_until: float | None = None
+    hold_reason: str | None = None
+    hold_owner: str | None = None
 
 
 INITIAL: Final = Snapshot()
@@ -244,6 +299,7 @@ def rebase(snapshot: Snapshot, delta: float) -> Snapshot:
         snapshot,
         opened_at=shift(snapshot.opened_at),
         changed_at=shift(snapshot.changed_at),
+        hold_until=shift(snapshot.hold_until),
         leases=tuple((lease, deadline + delta) for lease, deadline in snapshot.leases),
     )
 
@@ -251,8 +307,12 @@ def rebase(snapshot: Snapshot, delta: float) -> Snapshot:
 def retry_after(snapshot: Snapshot, config: BreakerConfig, now: float) -> float | None:
     """Seconds until the circuit admits another call: an OPEN circuit's remaining timeout, or in
     HALF_OPEN with every place taken the time until the earliest live lease ends (sooner if its
-    trial reports). None when a call would be admitted now, or the circuit is held open by force.
+    trial reports). None when a call would be admitted now, or the circuit is held open by force
+    until reset; a hold that expires answers the time until its expiry.
     """
+    snapshot = expire(snapshot, now)
+    if snapshot.state is OPEN and snapshot.forced and snapshot.hold_until is not None:
+        return max(0.0, snapshot.hold_until - now)
     if snapshot.state is HALF_OPEN:
         live = live_leases(snapshot, now)
         if len(live) < config.half_open_max_calls:
@@ -271,6 +331,7 @@ def admit(snapshot: Snapshot, config: BreakerConfig, now: float) -> tuple[Snapsh
     which a trial that never reported back (its process died, or it is still running) no longer
     holds its place. A rejection changes nothing (so it never writes).
     """
+    snapshot = expire(snapshot, now)
     state = snapshot.state
     if state is CLOSED:
         return snapshot, Permit(snapshot.generation)
@@ -310,6 +371,7 @@ def record_success(
     snapshot: Snapshot, config: BreakerConfig, permit: Permit | None, now: float
 ) -> Snapshot:
     """A protected call succeeded; a half-open trial frees its place and counts toward closing."""
+    snapshot = expire(snapshot, now)
     if not _current(snapshot, permit, now):
         return snapshot
     if snapshot.state is CLOSED:
@@ -336,6 +398,7 @@ def record_failure(
     passed): it is still a fact about the dependency. A half-open trial that fails after its
     lease ended still re-opens the circuit (fail-safe).
     """
+    snapshot = expire(snapshot, now)
     noted = replace(snapshot, last_failure_at=wall, last_error=error)
     if not _current(snapshot, permit, now, late=True):
         return noted
@@ -353,25 +416,65 @@ def record_failure(
 
 def release(snapshot: Snapshot, permit: Permit | None, now: float) -> Snapshot:
     """A call ended neutrally (excluded error, cancellation): give back its trial place, once."""
+    snapshot = expire(snapshot, now)
     if permit is None or not permit.trial or not _current(snapshot, permit, now):
         return snapshot
     return replace(snapshot, leases=_without(snapshot, permit))
 
 
-def reset(snapshot: Snapshot, now: float) -> Snapshot:
-    """Manual reset: CLOSED, counters cleared, force lifted; the last failure stays as history."""
+def _cleared(snapshot: Snapshot, now: float) -> Snapshot:
     return _enter(
-        snapshot, CLOSED, now, failure_count=0, success_count=0, opened_at=None, forced=False
+        snapshot,
+        CLOSED,
+        now,
+        failure_count=0,
+        success_count=0,
+        opened_at=None,
+        forced=False,
+        hold_until=None,
+        hold_reason=None,
+        hold_owner=None,
     )
 
 
-def force(snapshot: Snapshot, state: CircuitState, now: float) -> Snapshot:
-    """Hold the circuit OPEN (rejecting everything) or CLOSED (never tripping) until reset."""
+def expire(snapshot: Snapshot, now: float) -> Snapshot:
+    """End a hold whose expiry has come, exactly like a reset; anything else is unchanged."""
+    until = snapshot.hold_until
+    if snapshot.forced and until is not None and now >= until:
+        return _cleared(snapshot, now)
+    return snapshot
+
+
+def reset(snapshot: Snapshot, now: float) -> Snapshot:
+    """Manual reset: CLOSED, counters cleared, any hold lifted; the last failure stays."""
+    return _cleared(expire(snapshot, now), now)
+
+
+def force(
+    snapshot: Snapshot,
+    state: CircuitState,
+    now: float,
+    *,
+    until: float | None = None,
+    reason: str | None = None,
+    owner: str | None = None,
+) -> Snapshot:
+    """Hold the circuit OPEN (rejecting everything) or CLOSED (never tripping) until reset, or
+    until `until` when given; a new hold replaces any earlier one."""
     if state is HALF_OPEN:
         raise ValueError("a circuit can be forced open or closed, not half-open")
     opened_at = now if state is OPEN else None
     return _enter(
-        snapshot, state, now, failure_count=0, success_count=0, opened_at=opened_at, forced=True
+        expire(snapshot, now),
+        state,
+        now,
+        failure_count=0,
+        success_count=0,
+        opened_at=opened_at,
+        forced=True,
+        hold_until=until,
+        hold_reason=reason,
+        hold_owner=owner,
     )
 
 
@@ -387,6 +490,7 @@ def reconcile(
     its threshold), an OPEN the breaker holds is written back with the time it has left, and an
     OPEN circuit keeps the later of the two deadlines.
     """
+    snapshot = expire(snapshot, now)
     if snapshot.forced or (
         outage.known_generation is not None and snapshot.generation != outage.known_generation
     ):
@@ -456,7 +560,19 @@ class CircuitStore(Protocol):
 
     def reset(self, name: str, config: BreakerConfig | None = None) -> Update: ...
 
-    def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update: ...
+    def force(
+        self,
+        name: str,
+        config: BreakerConfig,
+        state: CircuitState,
+        *,
+        for_: float | None = None,
+        reason: str | None = None,
+        owner: str | None = None,
+    ) -> Update:
+        """Hold the circuit in `state`; with `for_`, until that many seconds from the store's
+        now (`force(..., until=now + for_)`)."""
+        ...
 
     def forget(self, name: str) -> bool:
         """Delete the circuit's state (True if there was any); the next call starts afresh."""

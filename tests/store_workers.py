@@ -209,3 +209,25 @@ def watch_for_changes(
                 break
         time.sleep(0.002)
     store.close()
+
+
+def hold_open(location: str, prefix: str, seconds: float, reason: str, results: Any) -> None:
+    """Hold circuit "held" open for `seconds` through a breaker of this process."""
+    store = open_location(location, prefix)
+    CircuitBreaker("held", store=store).force_open(for_=seconds, reason=reason)
+    results.put("held")
+    store.close()
+
+
+def report_hold(location: str, prefix: str, results: Any) -> None:
+    """Try one call on circuit "held"; report (outcome, state, hold reason, hold owner)."""
+    store = open_location(location, prefix)
+    breaker = CircuitBreaker("held", store=store)
+    try:
+        breaker.call(lambda: None)
+        outcome = "admitted"
+    except CircuitBreakerError:
+        outcome = "rejected"
+    stats = breaker.stats
+    results.put((outcome, stats["state"], stats["hold_reason"], stats["hold_owner"]))
+    store.close()

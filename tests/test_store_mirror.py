@@ -1,13 +1,14 @@
 """The state file and the Redis Lua script agree with the pure functions, operation by operation.
 
 Hypothesis draws sequences of operations (admit, outcomes with any permit seen so far, release,
-reset, force, time passing); each is applied to the memory store (the pure functions of
-cbctl.state under a lock: the reference) and to the store under test, and every answer must be
-the same: the permit, and the snapshot after (times compared where the time bases agree).
-Time moves in steps of 0.5 s against a timeout of 2.25 s (and a write-back leaves 0.75 s or
-1.25 s open), so no decision sits on a boundary that the few real milliseconds of a Redis round
-trip could tip. Outcomes report with any permit seen so far, so stale permits (an earlier
-generation, an expired or already ended lease) are drawn as often as current ones.
+reset, force, holds that expire, time passing); each is applied to the memory store (the pure
+functions of cbctl.state under a lock: the reference) and to the store under test, and every
+answer must be the same: the permit, and the snapshot after (times compared where the time bases
+agree). Time moves in steps of 0.5 s against a timeout of 2.25 s (and a write-back leaves 0.75 s
+or 1.25 s open), so no decision sits on a boundary that the few real milliseconds of a Redis
+round trip could tip. Outcomes report with any permit seen so far, so stale permits (an earlier
+generation, an expired or already ended lease) are drawn as often as current ones. A timed hold
+lasts 1.75 s, off the 0.5 s grid, so its expiry is never a boundary either.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ Step = tuple[str, int, float, tuple[str, int, float | None]]
 KINDS = (
     ["admit"] * 12 + ["failure"] * 10 + ["success"] * 8 + ["advance"] * 8
     + ["release"] * 3 + ["reset"] * 2 + ["force_open", "force_closed"] + ["reconcile"] * 3
+    + ["hold_open"] * 2 + ["hold_closed"] * 2
 )  # fmt: skip
+HOLD_FOR = 1.75
 # A write-back after an outage: (generation the breaker saw, failures, seconds left open).
 outage = st.tuples(
     st.sampled_from(["current", "stale", "unknown"]),
@@ -77,6 +80,9 @@ def discrete(snapshot: Snapshot) -> tuple[object, ...]:
         snapshot.forced,
         snapshot.last_error,
         snapshot.opened_at is None,
+        snapshot.hold_until is None,
+        snapshot.hold_reason,
+        snapshot.hold_owner,
     )
 
 
@@ -86,6 +92,8 @@ def relative_times(update: Update) -> list[float]:
     moments = [deadline for _, deadline in after.leases]
     if after.opened_at is not None:
         moments.append(after.opened_at)
+    if after.hold_until is not None:
+        moments.append(after.hold_until)
     return [moment - update.now for moment in moments]
 
 
@@ -107,7 +115,11 @@ def apply(
         return store.release(name, CONFIG, permit)
     if kind == "reset":
         return store.reset(name, CONFIG)
-    target = CircuitState.OPEN if kind == "force_open" else CircuitState.CLOSED
+    target = CircuitState.OPEN if kind in ("force_open", "hold_open") else CircuitState.CLOSED
+    if kind.startswith("hold"):
+        return store.force(
+            name, CONFIG, target, for_=HOLD_FOR, reason=f"drill {index}", owner="ops@host"
+        )
     return store.force(name, CONFIG, target)
 
 
@@ -168,3 +180,41 @@ def test_the_redis_script_mirrors_the_pure_functions(
         check_mirror(store, MemoryStore(clock), clock, steps)
     finally:
         store.close()
+
+
+EXPIRING_HOLD: list[Step] = [
+    ("hold_open", 3, 0.5, NO_OUTAGE),
+    ("admit", -1, 0.5, NO_OUTAGE),
+    ("advance", -1, 1.0, NO_OUTAGE),
+    ("admit", -1, 0.5, NO_OUTAGE),
+    ("advance", -1, 1.0, NO_OUTAGE),
+    ("admit", -1, 0.5, NO_OUTAGE),
+    ("hold_closed", 4, 0.5, NO_OUTAGE),
+    ("failure", 0, 0.5, NO_OUTAGE),
+    ("failure", 0, 0.5, NO_OUTAGE),
+    ("advance", -1, 2.5, NO_OUTAGE),
+    ("failure", 0, 0.5, NO_OUTAGE),
+]
+
+
+def test_the_state_file_ends_an_expired_hold_like_the_pure_functions(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with SqliteStore(tmp_path / "mirror.db", clock=clock) as store:
+        check_mirror(store, MemoryStore(clock), clock, EXPIRING_HOLD)
+        after = store.load_all()[0].snapshot
+    assert (after.state, after.forced, after.failure_count) == (CircuitState.CLOSED, False, 1)
+
+
+@pytest.mark.slow
+def test_the_redis_script_ends_an_expired_hold_like_the_pure_functions(
+    mirror_redis: RedisServer,
+) -> None:
+    clock = FakeClock()
+    start = RedisStore(mirror_redis.url).clock_now()
+    store = RedisStore(mirror_redis.url, time_offset=lambda: clock.wall() - start)
+    try:
+        check_mirror(store, MemoryStore(clock), clock, EXPIRING_HOLD)
+        after = store.load_all()[-1].snapshot
+    finally:
+        store.close()
+    assert (after.state, after.forced, after.failure_count) == (CircuitState.CLOSED, False, 1)

@@ -422,3 +422,23 @@ def test_an_open_and_a_reset_made_elsewhere_are_seen_within_the_view_max_age(
         if worker.is_alive():
             worker.kill()
         store.close()
+
+
+def test_a_hold_made_by_one_process_is_seen_by_another_and_ends_for_all_at_its_expiry(
+    shared: Shared,
+) -> None:
+    results = SPAWN.Queue()
+    run_all(store_workers.hold_open, [(shared.location, shared.prefix, 60.0, "drill", results)])
+    assert results.get(timeout=30) == "held"
+    run_all(store_workers.report_hold, [(shared.location, shared.prefix, results)])
+    outcome, state, reason, owner = results.get(timeout=30)
+    assert (outcome, state, reason) == ("rejected", "open", "drill")
+    assert "@" in owner
+    # A store whose clock is past the expiry: its first operation ends the hold, for everyone.
+    later = shared.store(seconds_ago=-61)
+    try:
+        assert later.admit("held", BreakerConfig()).after.forced is False
+    finally:
+        later.close()
+    run_all(store_workers.report_hold, [(shared.location, shared.prefix, results)])
+    assert results.get(timeout=30) == ("admitted", "closed", None, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cbctl.cli import events as events
 from cbctl.cli import forget as forget
+from cbctl.cli import hold as hold
 from cbctl.cli import probe as probe
 from cbctl.cli import proxy as proxy
 from cbctl.cli import reset as reset

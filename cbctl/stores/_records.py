@@ -20,7 +20,8 @@ __all__ = ["decoded", "load_all_checked"]
 
 _T = TypeVar("_T")
 _COUNTS = ("failure_count", "success_count", "generation", "trials_admitted")
-_TIMES = ("opened_at", "changed_at", "last_failure_at")
+_TIMES = ("opened_at", "changed_at", "last_failure_at", "hold_until")
+_TEXTS = ("last_error", "hold_reason", "hold_owner")
 
 
 def _check(snapshot: Snapshot) -> None:
@@ -35,8 +36,12 @@ def _check(snapshot: Snapshot) -> None:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or not math.isfinite(value):
             raise ValueError(f"{name} is {value!r}, not a time")
-    if snapshot.last_error is not None and not isinstance(snapshot.last_error, str):
-        raise ValueError(f"last_error is {snapshot.last_error!r}, not text")
+    for name in _TEXTS:
+        value = getattr(snapshot, name)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} is {value!r}, not text")
+    if snapshot.hold_until is not None and not snapshot.forced:
+        raise ValueError("hold_until is set on a circuit that is not held")
 
 
 def decoded(

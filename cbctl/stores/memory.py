@@ -75,7 +75,7 @@ class MemoryStore:
                         before.state,
                         after.state,
                         after.failure_count,
-                        error_of(after),
+                        error_of(after, before, now),
                         process_source(),
                     )
                 )
@@ -140,8 +140,21 @@ class MemoryStore:
     def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
         return self._apply(name, config, lambda s, c, now: (machine.reset(s, now), None))
 
-    def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update:
-        return self._apply(name, config, lambda s, c, now: (machine.force(s, state, now), None))
+    def force(
+        self,
+        name: str,
+        config: BreakerConfig,
+        state: CircuitState,
+        *,
+        for_: float | None = None,
+        reason: str | None = None,
+        owner: str | None = None,
+    ) -> Update:
+        def hold(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
+            until = None if for_ is None else now + for_
+            return machine.force(s, state, now, until=until, reason=reason, owner=owner), None
+
+        return self._apply(name, config, hold)
 
     # Async callers: a dict under a short lock does no I/O, so these run on the loop directly.
 

@@ -51,10 +51,12 @@ takes, with '' (read as absent) in between."""
 #       (empty: the stored settings), permit generation ('' = none; for 'reconcile': the
 #       generation the breaker last saw), permit lease ('0' = not a trial), error text
 #       (failure, reconcile) or target state (force), then for 'failure' the write's op id, for
-#       'reconcile' the failures, the seconds left open ('' = not open) and the op ids.
+#       'reconcile' the failures, the seconds left open ('' = not open) and the op ids, for
+#       'force' the hold's seconds ('' = until reset), reason and owner.
 #       ARGV[20] and ARGV[21] (after '' padding): the source of a transition (pid@host) and the
 #       journal's length; KEYS: circuit, journal stream, journal id counter.
-# Reply: {now, permit generation or '', permit lease, changed, before[11], after[11] if changed,
+# Every operation but 'load' first ends a hold whose expiry has come, like 'reset' (state.expire).
+# Reply: {now, permit generation or '', permit lease, changed, before[14], after[14] if changed,
 #         journal id if the state changed}.
 # A missing circuit replies {now} to 'load'. Leases are "id:deadline" pairs (state.encode_leases).
 _SCRIPT: Final = r"""
@@ -90,7 +92,7 @@ local function leases_of(text)
   return out
 end
 
-local NAMES = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le',
+local NAMES = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le', 'hu', 'hr', 'ho',
                'ft', 'to', 'st', 'hm'}
 local raw = redis.call('HMGET', key, unpack(NAMES))
 local exists = raw[1] ~= false
@@ -109,7 +111,7 @@ end
 if op == 'load' then
   if not exists then return {str(now)} end
   local out = {str(now)}
-  for i = 1, 15 do out[i + 1] = raw[i] or '' end
+  for i = 1, 18 do out[i + 1] = raw[i] or '' end
   return out
 end
 
@@ -117,8 +119,11 @@ local b
 if exists then
   b = {s = raw[1], fc = tonumber(raw[2]), sc = tonumber(raw[3]), g = tonumber(raw[4]),
        ls = leases_of(raw[5]), ta = tonumber(raw[6]), oa = num(raw[7]), ca = num(raw[8]),
-       f = raw[9] == '1', lf = num(raw[10]), le = raw[11] or ''}
+       f = raw[9] == '1', lf = num(raw[10]), le = raw[11] or '', hu = num(raw[12]),
+       hr = raw[13] or '', ho = raw[14] or ''}
   if b.le == '' then b.le = nil end
+  if b.hr == '' then b.hr = nil end
+  if b.ho == '' then b.ho = nil end
 else
   b = {s = 'closed', fc = 0, sc = 0, g = 0, ls = {}, ta = 0, ca = now, f = false}
 end
@@ -126,10 +131,20 @@ end
 local ft, to, st, hm
 if ARGV[3] ~= '' then
   ft, to, st, hm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-elseif exists and raw[12] then
-  ft, to, st, hm = tonumber(raw[12]), tonumber(raw[13]), tonumber(raw[14]), tonumber(raw[15])
+elseif exists and raw[15] then
+  ft, to, st, hm = tonumber(raw[15]), tonumber(raw[16]), tonumber(raw[17]), tonumber(raw[18])
 else
   ft, to, st, hm = 5, 30.0, 2, 1
+end
+
+local stored = b
+if b.f and b.hu ~= nil and now >= b.hu then
+  -- the hold has expired: it ends like a reset, then the operation runs (state.expire)
+  local e = {}
+  for k, v in pairs(b) do e[k] = v end
+  e.s = 'closed'; e.g = b.g + 1; e.ca = now; e.ls = {}; e.ta = 0
+  e.fc = 0; e.sc = 0; e.oa = nil; e.f = false; e.hu = nil; e.hr = nil; e.ho = nil
+  b = e
 end
 
 local a = {}
@@ -261,19 +276,25 @@ elseif op == 'reconcile' then
     end
   end
 elseif op == 'reset' then
-  enter('closed'); a.fc = 0; a.sc = 0; a.oa = nil; a.f = false
+  enter('closed'); a.fc = 0; a.sc = 0; a.oa = nil; a.f = false; a.hu = nil; a.hr = nil
+  a.ho = nil
 elseif op == 'force' then
   enter(ARGV[9]); a.fc = 0; a.sc = 0; a.f = true
   if ARGV[9] == 'open' then a.oa = now else a.oa = nil end
+  a.hu = nil
+  if ARGV[10] ~= '' then a.hu = now + tonumber(ARGV[10]) end
+  a.hr = ARGV[11]; a.ho = ARGV[12]
+  if a.hr == '' then a.hr = nil end
+  if a.ho == '' then a.ho = nil end
 else
   return redis.error_reply('cbctl: unknown operation ' .. op)
 end
 
-local FIELDS = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le'}
+local FIELDS = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le', 'hu', 'hr', 'ho'}
 local out = {str(now), str(permit_g), str(permit_lease), '0'}
 local changed = not exists or ops ~= nil
 for i, k in ipairs(FIELDS) do
-  local before, after = str(b[k]), str(a[k])
+  local before, after = str(stored[k]), str(a[k])
   out[4 + i] = before
   if before ~= after then changed = true end
 end
@@ -282,12 +303,12 @@ if changed then
   local args = {}
   for i, k in ipairs(FIELDS) do
     local value = str(a[k])
-    out[15 + i] = value
+    out[18 + i] = value
     args[#args + 1] = k
     args[#args + 1] = value
   end
   for i, v in ipairs({ft, to, st, hm}) do
-    args[#args + 1] = NAMES[11 + i]
+    args[#args + 1] = NAMES[14 + i]
     args[#args + 1] = str(v)
   end
   if ops ~= nil then
@@ -299,13 +320,22 @@ if changed then
 end
 -- The transition journal (KEYS[2] a capped stream, KEYS[3] the id counter): one entry when the
 -- state changed, in this same atomic call.
-if out[4] == '1' and b.s ~= a.s then
+if out[4] == '1' and stored.s ~= a.s then
   local summary = ''
-  if a.s == 'open' and not a.f then summary = str(a.le) end
+  if a.f then
+    summary = 'held'
+    if a.hr ~= nil then summary = 'held: ' .. a.hr end
+    if a.ho ~= nil then summary = summary .. ' (by ' .. a.ho .. ')' end
+  elseif stored.f then
+    if stored.hu ~= nil and now >= stored.hu then summary = 'hold expired'
+    else summary = 'hold lifted' end
+  elseif a.s == 'open' then
+    summary = str(a.le)
+  end
   local id = redis.call('INCR', KEYS[3])
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[21], '*', 'id', id, 'at', str(now), 'p', b.s,
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[21], '*', 'id', id, 'at', str(now), 'p', stored.s,
              's', a.s, 'fc', str(a.fc), 'le', summary, 'src', ARGV[20])
-  out[27] = str(id)
+  out[33] = str(id)
 end
 return out
 """
@@ -316,7 +346,7 @@ def _number(text: str) -> float | None:
 
 
 def _snapshot(fields: Sequence[str]) -> Snapshot:
-    """A snapshot from the script's 11 strings (the hash fields s, fc, ..., le)."""
+    """A snapshot from the script's 14 strings (the hash fields s, fc, ..., le, hu, hr, ho)."""
     return Snapshot(
         state=_STATES[fields[0]],
         failure_count=int(fields[1]),
@@ -329,6 +359,9 @@ def _snapshot(fields: Sequence[str]) -> Snapshot:
         forced=fields[8] == "1",
         last_failure_at=_number(fields[9]),
         last_error=fields[10] or None,
+        hold_until=_number(fields[11]),
+        hold_reason=fields[12] or None,
+        hold_owner=fields[13] or None,
     )
 
 
@@ -344,8 +377,8 @@ def _config(fields: Sequence[str]) -> BreakerConfig:
 
 
 def _loaded(reply: Sequence[str]) -> tuple[Snapshot, BreakerConfig]:
-    """The snapshot and settings of a 'load' reply ({now, 15 fields})."""
-    return _snapshot(reply[1:12]), _config(reply[12:16])
+    """The snapshot and settings of a 'load' reply ({now, 18 fields})."""
+    return _snapshot(reply[1:15]), _config(reply[15:19])
 
 
 def _event(name: str, fields: dict[str, str]) -> TransitionEvent | None:
@@ -557,13 +590,13 @@ class RedisStore:
 
     def _update(self, name: str, reply: list[str]) -> Update:
         def decode() -> tuple[Snapshot, BreakerConfig]:
-            return _snapshot(reply[4:15]), BreakerConfig()
+            return _snapshot(reply[4:18]), BreakerConfig()
 
         before, _ = decoded(f"Redis at {self._shown}", name, decode)
         after = before
         if reply[3] == "1":
             after, _ = decoded(
-                f"Redis at {self._shown}", name, lambda: (_snapshot(reply[15:26]), BreakerConfig())
+                f"Redis at {self._shown}", name, lambda: (_snapshot(reply[18:32]), BreakerConfig())
             )
         now = float(reply[0])
         permit = Permit(int(reply[1]), int(reply[2])) if reply[1] else None
@@ -712,10 +745,23 @@ class RedisStore:
     def reset(self, name: str, config: BreakerConfig | None = None) -> Update:
         return self._update(name, self._run("reset", name, config))
 
-    def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update:
+    def force(
+        self,
+        name: str,
+        config: BreakerConfig,
+        state: CircuitState,
+        *,
+        for_: float | None = None,
+        reason: str | None = None,
+        owner: str | None = None,
+    ) -> Update:
         if state is CircuitState.HALF_OPEN:
             raise ValueError("a circuit can be forced open or closed, not half-open")
-        return self._update(name, self._run("force", name, config, None, state.value))
+        hold = "" if for_ is None else repr(float(for_))
+        return self._update(
+            name,
+            self._run("force", name, config, None, state.value, hold, reason or "", owner or ""),
+        )
 
     def forget(self, name: str) -> bool:
         """Delete the circuit's key (`cbctl forget`); True if there was one."""

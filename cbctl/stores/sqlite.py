@@ -60,10 +60,11 @@ APPLICATION_ID: Final = 1667392372
 header. _SCHEMA spells both numbers out: PRAGMA takes no parameters, and no SQL is built from
 strings here."""
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """`PRAGMA user_version` this code reads and writes; a larger one is a newer cbctl's file.
-Version 1 (one shared trial count and deadline instead of a lease per trial) is migrated in
-place when the file is opened for writing."""
+Older versions are migrated in place when the file is opened for writing: 1 (one shared trial
+count and deadline instead of a lease per trial) to 2, and 2 (holds without expiry, reason or
+owner) to 3."""
 
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _HEADER_USER_VERSION: Final = slice(60, 64)
@@ -84,15 +85,18 @@ _SCHEMA: Final = (
         forced INTEGER NOT NULL,
         last_failure_at REAL,
         last_error TEXT,
+        hold_until REAL,
+        hold_reason TEXT,
+        hold_owner TEXT,
         failure_threshold INTEGER NOT NULL,
         timeout REAL NOT NULL,
         success_threshold INTEGER NOT NULL,
         half_open_max_calls INTEGER NOT NULL,
         revision INTEGER NOT NULL
     ) WITHOUT ROWID""",
-    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '2')",
+    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '3')",
     "PRAGMA application_id = 1667392372",
-    "PRAGMA user_version = 2",
+    "PRAGMA user_version = 3",
 )
 
 _MIGRATE_FROM_1: Final = (
@@ -105,6 +109,13 @@ _MIGRATED_FROM_1: Final = (
     "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
     "PRAGMA user_version = 2",
 )
+_MIGRATE_FROM_2: Final = (
+    "ALTER TABLE circuits ADD COLUMN hold_until REAL",
+    "ALTER TABLE circuits ADD COLUMN hold_reason TEXT",
+    "ALTER TABLE circuits ADD COLUMN hold_owner TEXT",
+    "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
+    "PRAGMA user_version = 3",
+)
 _V1_TRIALS: Final = "SELECT name, trials, trial_deadline FROM circuits WHERE trials > 0"
 _SET_LEASES: Final = "UPDATE circuits SET leases = ?, trials_admitted = ? WHERE name = ?"
 
@@ -116,16 +127,19 @@ _IDENTIFY: Final = """SELECT
 _SELECT_REVISION: Final = "SELECT revision FROM circuits WHERE name = ?"
 _SELECT_ONE: Final = """SELECT state, failure_count, success_count, generation, leases,
     trials_admitted, opened_at, changed_at, forced, last_failure_at, last_error,
-    failure_threshold, timeout, success_threshold, half_open_max_calls, revision
+    failure_threshold, timeout, success_threshold, half_open_max_calls, revision,
+    hold_until, hold_reason, hold_owner
     FROM circuits WHERE name = ?"""
 _SELECT_ALL: Final = """SELECT name, state, failure_count, success_count, generation, leases,
     trials_admitted, opened_at, changed_at, forced, last_failure_at, last_error,
-    failure_threshold, timeout, success_threshold, half_open_max_calls
+    failure_threshold, timeout, success_threshold, half_open_max_calls, NULL,
+    hold_until, hold_reason, hold_owner
     FROM circuits ORDER BY name"""
 _UPSERT: Final = """INSERT OR REPLACE INTO circuits (name, state, failure_count, success_count,
     generation, leases, trials_admitted, opened_at, changed_at, forced, last_failure_at,
-    last_error, failure_threshold, timeout, success_threshold, half_open_max_calls, revision)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    last_error, failure_threshold, timeout, success_threshold, half_open_max_calls,
+    hold_until, hold_reason, hold_owner, revision)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 _DELETE: Final = "DELETE FROM circuits WHERE name = ?"
 _JOURNAL_SCHEMA: Final = (
@@ -180,6 +194,9 @@ def _decode(row: Sequence[Any]) -> tuple[Snapshot, BreakerConfig]:
         forced=bool(row[8]),
         last_failure_at=row[9],
         last_error=row[10],
+        hold_until=row[16],
+        hold_reason=row[17],
+        hold_owner=row[18],
     )
     config = BreakerConfig(
         failure_threshold=row[11],
@@ -208,6 +225,9 @@ def _encode(name: str, snapshot: Snapshot, config: BreakerConfig) -> tuple[objec
         config.timeout,
         config.success_threshold,
         config.half_open_max_calls,
+        snapshot.hold_until,
+        snapshot.hold_reason,
+        snapshot.hold_owner,
     )
 
 
@@ -340,8 +360,11 @@ class SqliteStore:
             if version is None:
                 for statement in _SCHEMA:
                     connection.execute(statement)
-            elif version == 1:
-                _migrate_from_1(connection)
+            else:
+                if version == 1:
+                    _migrate_from_1(connection)
+                for statement in _MIGRATE_FROM_2:
+                    connection.execute(statement)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -361,7 +384,7 @@ class SqliteStore:
                 f"{version}; this cbctl reads {SCHEMA_VERSION}); left untouched"
             )
         marker = connection.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
-        if version not in (1, SCHEMA_VERSION) or marker is None or marker[0] != "cbctl":
+        if version not in (1, 2, SCHEMA_VERSION) or marker is None or marker[0] != "cbctl":
             raise _foreign(self._path, "a damaged or unknown version of the state schema")
         return int(version)
 
@@ -560,9 +583,19 @@ class SqliteStore:
 
         return self._apply(name, config, to_closed, optimistic=False)
 
-    def force(self, name: str, config: BreakerConfig, state: CircuitState) -> Update:
+    def force(
+        self,
+        name: str,
+        config: BreakerConfig,
+        state: CircuitState,
+        *,
+        for_: float | None = None,
+        reason: str | None = None,
+        owner: str | None = None,
+    ) -> Update:
         def hold(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
-            return machine.force(s, state, now), None
+            until = None if for_ is None else now + for_
+            return machine.force(s, state, now, until=until, reason=reason, owner=owner), None
 
         return self._apply(name, config, hold, optimistic=False)
 
@@ -648,7 +681,7 @@ def _journal(
             before.state.value,
             after.state.value,
             after.failure_count,
-            error_of(after),
+            error_of(after, before, now),
             process_source(),
         ),
     ).lastrowid
