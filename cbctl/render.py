@@ -159,15 +159,13 @@ def _half_open(stats: Mapping[str, Any]) -> str:
 
 def _retry(stats: Mapping[str, Any], elapsed: float) -> str:
     """Seconds until an open circuit admits a trial, counted down since the data was read;
-    `trial due` once that time has come (the next call is let through)."""
+    `trial due` once that time has come (the next call is let through). A hold shows the
+    time until it expires, or `held` when only a reset ends it."""
     if stats.get("state") != "open":
         return "-"
     retry = stats.get("retry_after")
     if stats.get("forced"):
-        if not isinstance(retry, int | float):
-            return "held"
-        return format_age(retry - elapsed)
-    retry = stats.get("retry_after")
+        return format_age(retry - elapsed) if isinstance(retry, int | float) else "held"
     if not isinstance(retry, int | float):
         return "-"
     left = retry - elapsed
