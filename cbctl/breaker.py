@@ -917,8 +917,10 @@ class CircuitBreaker:
 
     @property
     def state(self) -> CircuitState:
-        """The state now (an OPEN circuit past its timeout turns HALF_OPEN on the next call)."""
-        return self._current()[0].state
+        """The state now (an OPEN circuit past its timeout turns HALF_OPEN on the next call; a
+        hold past its expiry shows as the CLOSED it becomes on the next call)."""
+        snapshot, now, _ = self._current()
+        return machine.expire(snapshot, now).state
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -69,6 +69,7 @@ class Model:
     success_count: int = 0
     opened_at: float | None = None
     forced: bool = False
+    hold_until: float | None = None
     now: float = 0.0
     last_failure_at: float | None = None
     successes: int = 0
@@ -82,13 +83,33 @@ class Model:
             self.journal.append((self.state, state))
         self.state = state
 
+    def expired(self) -> bool:
+        return self.forced and self.hold_until is not None and self.now >= self.hold_until
+
+    def settle(self) -> None:
+        """An expired hold ends like a reset before anything else happens."""
+        if self.expired():
+            self.reset()
+
+    def view(self) -> Model:
+        """What stats show now: an expired hold already ended (without a journal record yet)."""
+        shown = replace(self, journal=list(self.journal))
+        shown.settle()
+        return shown
+
     def would_admit(self) -> bool:
+        if self.expired():
+            return True
         if self.state != "open":
             return True
         assert self.opened_at is not None
         return not self.forced and self.now >= self.opened_at + self.timeout
 
     def retry_after(self) -> float | None:
+        if self.expired():
+            return None
+        if self.state == "open" and self.hold_until is not None:
+            return self.hold_until - self.now
         if self.state != "open" or self.forced:
             return None
         assert self.opened_at is not None
@@ -100,6 +121,7 @@ class Model:
 
     def call(self, outcome: str) -> bool:
         """Apply one call; True when the protected function runs."""
+        self.settle()
         if not self.would_admit():
             self.rejections += 1
             return False
@@ -130,10 +152,12 @@ class Model:
     def reset(self) -> None:
         self._to("closed")
         self.failure_count, self.success_count = 0, 0
-        self.opened_at, self.forced = None, False
+        self.opened_at, self.forced, self.hold_until = None, False, None
 
-    def force(self, state: str) -> None:
+    def force(self, state: str, until: float | None = None) -> None:
+        """A new hold replaces everything (an expired one too), so one record at most."""
         self._to(state)
+        self.hold_until = until
         self.failure_count, self.success_count = 0, 0
         self.opened_at = self.now if state == "open" else None
         self.forced = True
@@ -221,10 +245,22 @@ class BreakerMachine(RuleBasedStateMachine):
             self.breaker.force_closed()
             self.model.force("closed")
 
+    @rule(
+        state=st.sampled_from(["open", "closed"]),
+        quarters=st.integers(1, 40),
+    )
+    def hold_for_a_while(self, state: str, quarters: int) -> None:
+        if state == "open":
+            self.breaker.force_open(for_=quarters / 4, reason="drill")
+        else:
+            self.breaker.force_closed(for_=quarters / 4, reason="drill")
+        self.model.force(state, self.model.now + quarters / 4)
+
     @invariant()
     def agrees_with_the_model(self) -> None:
         stats = self.breaker.stats
-        model = self.model
+        model = self.model.view()
+        assert stats["hold_reason"] == ("drill" if model.hold_until is not None else None)
         assert self.breaker.state.value == model.state
         assert stats["state"] == model.state
         assert stats["failure_count"] == model.failure_count
@@ -241,7 +277,8 @@ class BreakerMachine(RuleBasedStateMachine):
         assert stats["calls"] == model.successes + model.failures + model.rejections
         assert self.breaker.allows_call() == model.would_admit()
         events = self.breaker.events()
-        assert [(e.previous.value, e.state.value) for e in events] == model.journal[-200:]
+        journal = self.model.journal
+        assert [(e.previous.value, e.state.value) for e in events] == journal[-200:]
         assert [e.id for e in events] == sorted({e.id for e in events})
 
 
