@@ -473,39 +473,38 @@ class RedisStore:
     def _scrub(self, error: BaseException) -> str:
         return scrub(f"{type(error).__name__}: {error}".strip(), self._secrets)
 
-    def _guarded(self, action: Callable[[], Any]) -> Any:
-        """Run one network action; any failure to get an answer is StoreUnavailableError."""
+    def _fail_fast(self) -> None:
+        """Raise without touching the network while the last failure is recent."""
         if self._failed_until and time.monotonic() < self._failed_until:
             raise StoreUnavailableError(
                 f"Redis at {self._shown} is unavailable: {self._failure} (retrying soon)"
             )
+
+    def _unavailable(self, error: BaseException) -> StoreUnavailableError:
+        """Note a failure to get an answer (fail fast from now on) and say why, scrubbed."""
+        self._failed_until = time.monotonic() + self._retry_interval
+        self._failure = self._scrub(error)
+        return StoreUnavailableError(f"Redis at {self._shown} is unavailable: {self._failure}")
+
+    def _guarded(self, action: Callable[[], Any]) -> Any:
+        """Run one network action; any failure to get an answer is StoreUnavailableError."""
+        self._fail_fast()
         try:
             result = action()
         except self._errors as error:
-            self._failed_until = time.monotonic() + self._retry_interval
-            self._failure = self._scrub(error)
-            raise StoreUnavailableError(
-                f"Redis at {self._shown} is unavailable: {self._failure}"
-            ) from error
+            raise self._unavailable(error) from error
         self._failed_until = 0.0
         return result
 
     async def _aguarded(self, action: Callable[[], Awaitable[Any]]) -> Any:
         """`_guarded` for the event loop; the whole exchange is bounded by `socket_timeout`,
         so a black-holed or stopped Redis costs an async caller at most that, never a hang."""
-        if self._failed_until and time.monotonic() < self._failed_until:
-            raise StoreUnavailableError(
-                f"Redis at {self._shown} is unavailable: {self._failure} (retrying soon)"
-            )
+        self._fail_fast()
         try:
             async with asyncio.timeout(self._socket_timeout):
                 result = await action()
         except self._errors as error:
-            self._failed_until = time.monotonic() + self._retry_interval
-            self._failure = self._scrub(error)
-            raise StoreUnavailableError(
-                f"Redis at {self._shown} is unavailable: {self._failure}"
-            ) from error
+            raise self._unavailable(error) from error
         self._failed_until = 0.0
         return result
 
