@@ -34,7 +34,7 @@ import secrets
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -354,8 +354,7 @@ class SqliteStore:
         was, never half made."""
         if self._schema_version(connection) == SCHEMA_VERSION:
             return
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(connection):
             version = self._schema_version(connection)
             if version is None:
                 for statement in _SCHEMA:
@@ -365,11 +364,6 @@ class SqliteStore:
                     _migrate_from_1(connection)
                 for statement in _MIGRATE_FROM_2:
                     connection.execute(statement)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
 
     def _schema_version(self, connection: sqlite3.Connection) -> int | None:
         """The file's schema version, None for an empty database; StateError for a foreign one."""
@@ -456,26 +450,22 @@ class SqliteStore:
         config: BreakerConfig | None,
         change: Change,
     ) -> Update:
-        connection.execute("BEGIN IMMEDIATE")
         try:
-            now = self._clock.wall()
-            revision, before, known = self._read(connection, name)
-            if before is None:
-                before = Snapshot(changed_at=now)
-            settings = config or known or BreakerConfig()
-            after, permit = change(before, settings, now)
-            written = None
-            if revision is None or after != before:
-                written = secrets.randbits(62) if revision is None else revision + 1
-                connection.execute(_UPSERT, (*_encode(name, after, settings), written))
-            if after.state is not before.state:
-                _journal(connection, name, before, after, now)
-            connection.execute("COMMIT")
+            with _immediate(connection):
+                now = self._clock.wall()
+                revision, before, known = self._read(connection, name)
+                if before is None:
+                    before = Snapshot(changed_at=now)
+                settings = config or known or BreakerConfig()
+                after, permit = change(before, settings, now)
+                written = None
+                if revision is None or after != before:
+                    written = secrets.randbits(62) if revision is None else revision + 1
+                    connection.execute(_UPSERT, (*_encode(name, after, settings), written))
+                if after.state is not before.state:
+                    _journal(connection, name, before, after, now)
         except BaseException:
             self._decoded.pop(name, None)
-            if connection.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    connection.execute("ROLLBACK")
             raise
         if written is not None:
             self._decoded[name] = (written, after, settings)
@@ -654,19 +644,28 @@ def _migrate_from_1(connection: sqlite3.Connection) -> None:
         connection.execute(statement)
 
 
+@contextlib.contextmanager
+def _immediate(connection: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (`BEGIN IMMEDIATE` takes the file's write lock at once), committed
+    when the block ends, rolled back on any exception, which is then raised as it was."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+        raise
+
+
 def _ensure_journal(connection: sqlite3.Connection) -> None:
     """Create the journal table where it is missing (checked first: no write lock when present)."""
     if connection.execute(_HAS_JOURNAL).fetchone()[0]:
         return
-    connection.execute("BEGIN IMMEDIATE")
-    try:
+    with _immediate(connection):
         for statement in _JOURNAL_SCHEMA:
             connection.execute(statement)
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
 
 
 def _journal(
