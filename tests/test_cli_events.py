@@ -97,6 +97,17 @@ def test_events_of_a_circuit_the_state_does_not_have_is_exit_2_listing_the_known
     assert code == 0, "a known circuit with no transitions yet is not an error"
 
 
+@pytest.mark.parametrize("interval", ["nan", "inf", "1e308", "0", "-1", "soon"])
+def test_events_follow_with_an_interval_out_of_range_is_one_line_exit_2(
+    state: str, interval: str
+) -> None:
+    code, out, err = run("--state", state, "events", "--follow", "--interval", interval)
+    assert code == 2
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("cbctl: --interval must be")
+
+
 def test_events_from_a_services_health_endpoint() -> None:
     registry = CircuitBreakerRegistry(default_config={"failure_threshold": 1})
     trip(registry, "qdrant")

@@ -35,9 +35,12 @@ def events(
         ),
     ] = None,
     interval: Annotated[
-        float,
-        typer.Option(min=0.05, metavar="SECONDS", help="Seconds between polls with --follow."),
-    ] = 0.5,
+        str,
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds between polls with --follow (0.05 <= SECONDS <= 86400).",
+        ),
+    ] = "0.5",
 ) -> None:
     """Show recent circuit transitions, oldest first (the last 200 per circuit are kept).
 
@@ -50,10 +53,13 @@ def events(
       cbctl events postgresql
       cbctl events --follow --url http://127.0.0.1:8000/cbctl --json
     """
-    from cbctl.errors import DependencyError, StoreUnavailableError, UnknownCircuitError
+    from cbctl.errors import DependencyError, StoreUnavailableError, UnknownCircuitError, UsageError
     from cbctl.feed import fetch_events, store_events
     from cbctl.fleet import fetch_health, read_store
+    from cbctl.limits import seconds
     from cbctl.render import event_line, is_plain, make_console
+
+    pause = seconds(interval, "--interval", minimum=0.05, error=UsageError, text=True)
 
     console = make_console()
     plain = is_plain(console)
@@ -83,7 +89,7 @@ def events(
         show(listed)
         unreachable = False
         while follow:
-            time.sleep(interval)
+            time.sleep(pause)
             try:
                 batch, cursor = read(cursor)
             except (DependencyError, StoreUnavailableError) as error:
