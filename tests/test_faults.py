@@ -268,6 +268,8 @@ def test_bad_construction_or_use_raises_usage_error(
         (lambda proxy: proxy.set_latency(float("nan")), "latency_ms"),
         (lambda proxy: proxy.set_flapping(period=0), "flapping period"),
         (lambda proxy: proxy.set_flapping(period=-0.5), "flapping period"),
+        (lambda proxy: proxy.set_flapping(period=1e308), "flapping period must be at most"),
+        (lambda proxy: proxy.set_latency(1e308), "latency_ms must be at most"),
         (lambda proxy: proxy.set_mode("sideways"), "unknown fault mode 'sideways'"),
     ],
 )

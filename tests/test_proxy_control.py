@@ -96,6 +96,7 @@ def test_fault_latency_with_jitter_and_flapping_take_their_values(running: Runni
         (["down", "3"], "only latency and flapping take a value"),
         (["up", "--jitter", "5"], "--jitter goes with the latency mode"),
         (["latency", "nan"], "latency_ms must be a finite number >= 0"),
+        (["latency", "1e308"], "latency_ms must be at most 8.64e+07"),
     ],
 )
 def test_a_malformed_fault_is_one_line_exit_2_and_changes_nothing(
