@@ -203,6 +203,9 @@ def test_forget_stale_removes_only_circuits_unchanged_for_that_long(tmp_path: Pa
     code, _, err = run("--state", str(path), "forget", "--stale", "soon")
     assert code == 2
     assert "--stale must be a duration" in err
+    code, _, err = run("--state", str(path), "forget", "--stale", "99999999999999999999d")
+    assert code == 2
+    assert err.strip() == "cbctl: --stale must be at most 3650d, got '99999999999999999999d'"
 
 
 # -- tables people can read --------------------------------------------------------------------

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from cbctl.cli.app import globals_of
+from cbctl.errors import UsageError
 from cbctl.state import CircuitStore
 
 if TYPE_CHECKING:
@@ -82,3 +84,19 @@ def complete_circuits(ctx: typer.Context, incomplete: str) -> list[str]:
             store.close()
     found += [name for name in complete_dependencies(ctx, "") if name not in found]
     return [name for name in found if name.startswith(incomplete)]
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str, *, most_days: int) -> float:
+    """`90`, `90s`, `15m`, `2h`, `7d` -> seconds, at most `most_days` days; a UsageError naming
+    the option otherwise (the one reading of DURATION for `forget --stale` and holds' `--for`)."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    if found is None or float(found[1]) <= 0:
+        raise UsageError(f"{option} must be a duration such as 90s, 15m, 2h or 7d, got {text!r}")
+    span = float(found[1]) * _UNIT[found[2]]
+    if span > most_days * 86400:
+        raise UsageError(f"{option} must be at most {most_days}d, got {text!r}")
+    return span

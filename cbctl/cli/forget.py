@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import typer
 
 from cbctl.cli.app import app
-from cbctl.cli.common import complete_circuits, open_state
+from cbctl.cli.common import complete_circuits, open_state, parse_duration
 from cbctl.errors import UsageError
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, option: str = "--stale") -> float:
-    """`90`, `90s`, `15m`, `2h`, `7d` -> seconds; a UsageError naming the option otherwise."""
-    found = _DURATION.fullmatch(text.strip().lower())
-    if found is None or float(found[1]) <= 0:
-        raise UsageError(f"{option} must be a duration such as 90s, 15m, 2h or 7d, got {text!r}")
-    return float(found[1]) * _UNIT[found[2]]
 
 
 @app.command()
@@ -40,7 +28,7 @@ def forget(
         typer.Option(
             metavar="DURATION",
             help="Instead of names: every circuit unchanged and without failures for this long "
-            "(90s, 15m, 2h, 7d); circuits held by force-open/closed are kept.",
+            "(90s, 15m, 2h, 7d; at most 3650d); circuits held by force-open/closed are kept.",
             show_default=False,
         ),
     ] = None,
@@ -59,7 +47,7 @@ def forget(
 
     if bool(names) == (stale is not None):
         raise UsageError("give circuit NAMEs or --stale DURATION (not both)")
-    age = None if stale is None else parse_duration(stale)
+    age = None if stale is None else parse_duration(stale, "--stale", most_days=3650)
     store = open_state(ctx, create=False)
     try:
         gone, source = forget_in_store(store, names or [], stale=age), store.url

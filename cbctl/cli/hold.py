@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cbctl.cli.app import app, globals_of
-from cbctl.cli.common import complete_circuits, open_state
+from cbctl.cli.common import complete_circuits, open_state, parse_duration
 from cbctl.state import CircuitState
 
 _For = Annotated[
@@ -68,13 +68,10 @@ def force_closed(ctx: typer.Context, name: _Name, for_: _For, reason: _Reason) -
 
 def _hold(ctx: typer.Context, name: str, state: CircuitState, text: str, why: str) -> None:
     from cbctl.breaker import hold_owner
-    from cbctl.cli.forget import parse_duration
     from cbctl.errors import UsageError
     from cbctl.state import MAX_HOLD_SECONDS, MAX_REASON
 
-    span = parse_duration(text, "--for")
-    if span > MAX_HOLD_SECONDS:
-        raise UsageError(f"--for must be at most 30d, got {text!r}")
+    span = parse_duration(text, "--for", most_days=int(MAX_HOLD_SECONDS // 86400))
     reason = why.strip()
     if not reason:
         raise UsageError("--reason must say why the circuit is held, got an empty text")
