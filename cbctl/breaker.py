@@ -17,6 +17,7 @@ import itertools
 import logging
 import math
 import os
+import random
 import secrets
 import socket
 import threading
@@ -58,6 +59,8 @@ __all__ = [
     "Exclusion",
     "StateChange",
     "circuit_stats",
+    "policy_stats",
+    "requested_delay",
 ]
 
 logger = logging.getLogger("cbctl.breaker")
@@ -174,6 +177,9 @@ class CircuitBreaker:
         timeout: float = 30.0,
         success_threshold: int = 2,
         half_open_max_calls: int = 1,
+        backoff_factor: float = 1.0,
+        max_timeout: float | None = None,
+        jitter: float = 0.0,
         exclude: Iterable[Exclusion] = (),
         clock: Clock | None = None,
         store: CircuitStore | None = None,
@@ -193,6 +199,9 @@ class CircuitBreaker:
             timeout=timeout,
             success_threshold=success_threshold,
             half_open_max_calls=half_open_max_calls,
+            backoff_factor=backoff_factor,
+            max_timeout=max_timeout,
+            jitter=jitter,
         )
         types: list[type[BaseException]] = []
         predicates: list[Callable[[BaseException], bool]] = []
@@ -541,15 +550,18 @@ class CircuitBreaker:
             return
         next(self._failures)
         error = _describe(exc)
+        delay, draw = requested_delay(exc), self._draw()
         op = None
         if self._store is not None:
             op = f"{_op_token}-{next(_op_ids)}"
             update = self._store_op(
-                lambda store: store.record_failure(self.name, self._config, permit, error, op)
+                lambda store: store.record_failure(
+                    self.name, self._config, permit, error, op, delay, draw
+                )
             )
             if update is not None:
                 return
-        self._fail_locally(permit, error, op)
+        self._fail_locally(permit, error, op, delay, draw)
 
     async def _asettle_error(self, permit: Permit | None, exc: BaseException) -> None:
         if not self._is_failure(exc):
@@ -557,18 +569,32 @@ class CircuitBreaker:
             return
         next(self._failures)
         error = _describe(exc)
+        delay, draw = requested_delay(exc), self._draw()
         op = None
         if self._store is not None:
             op = f"{_op_token}-{next(_op_ids)}"
-            if await self._astore_op("record_failure", permit, error, op) is not None:
+            if await self._astore_op("record_failure", permit, error, op, delay, draw) is not None:
                 return
-        self._fail_locally(permit, error, op)
+        self._fail_locally(permit, error, op, delay, draw)
 
-    def _fail_locally(self, permit: Permit | None, error: str, op: str | None) -> None:
+    def _draw(self) -> float:
+        """The jitter's random number for a failure that may open the circuit (0: no jitter)."""
+        return random.random() if self._config.jitter else 0.0  # noqa: S311 - not a secret
+
+    def _fail_locally(
+        self, permit: Permit | None, error: str, op: str | None, delay: float | None, draw: float
+    ) -> None:
         with self._lock:
             before = self._snapshot
             after = machine.record_failure(
-                before, self._config, permit, self._clock.monotonic(), self._clock.wall(), error
+                before,
+                self._config,
+                permit,
+                self._clock.monotonic(),
+                self._clock.wall(),
+                error,
+                delay=delay,
+                draw=draw,
             )
             self._install(after)
             self._note_local(before, after, op)
@@ -739,7 +765,8 @@ class CircuitBreaker:
             open_for = None
             opened_at = snapshot.opened_at
             if snapshot.state is _OPEN and not snapshot.forced and opened_at is not None:
-                open_for = opened_at + self._config.timeout - self._clock.monotonic()
+                span = machine.open_span(snapshot, self._config)
+                open_for = opened_at + span - self._clock.monotonic()
             outage = Outage(
                 log.known_generation, log.failures, open_for, snapshot.last_error, tuple(log.ops)
             )
@@ -1004,10 +1031,19 @@ def circuit_stats(
         "success_threshold": config.success_threshold,
         "timeout": config.timeout,
         "half_open_max_calls": config.half_open_max_calls,
+        **policy_stats(snapshot, config),
         **counted,
         "store": store,
         "degraded": degraded,
     }
+
+
+def policy_stats(snapshot: Snapshot, config: BreakerConfig) -> dict[str, Any]:
+    """The stats keys of the optional policies, each present only when its policy is on:
+    `open_duration` (seconds an OPEN lasts now: the backed-off one, `timeout` when closed)."""
+    if not config.backs_off:
+        return {}
+    return {"open_duration": machine.open_span(snapshot, config)}
 
 
 async def _on_store(store: CircuitStore, method: str, *args: Any) -> Update:
@@ -1027,7 +1063,17 @@ def _open_until(snapshot: Snapshot, config: BreakerConfig) -> float | None:
         return None
     if snapshot.forced:
         return math.inf if snapshot.hold_until is None else snapshot.hold_until
-    return snapshot.opened_at + config.timeout
+    return snapshot.opened_at + machine.open_span(snapshot, config)
+
+
+def requested_delay(exc: BaseException) -> float | None:
+    """The open duration a failure asks for: its `retry_after` attribute when that is a positive
+    finite number of seconds (the httpx transport's failed answers carry an HTTP Retry-After so,
+    as does an inner breaker's `CircuitBreakerError`); honoured up to `max_timeout`."""
+    value = getattr(exc, "retry_after", None)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
 
 
 def hold_owner() -> str:

@@ -24,6 +24,15 @@ and an owner. Every operation first ends an expired hold exactly as `reset` does
 counters cleared, new generation), then does its own work; so the first operation at or after
 the expiry, by any process, ends the hold for all of them. Readers that only show the state
 apply `expire` too, so a hold never shows past its expiry.
+
+Open-duration backoff (`backoff_factor`, `max_timeout`, `jitter`; off by default): an OPEN lasts
+`open_duration` seconds instead of `timeout`. Tripping from CLOSED starts at `timeout`; each
+half-open trial that fails multiplies the nominal duration (`backoff`) by the factor, up to
+`max_timeout`; `jitter` shortens each open by a fraction `jitter x draw` of it, where `draw` in
+[0, 1) is given by the caller (a random number in production, chosen in tests), so the stores and
+the pure functions agree. A failure may carry `delay`, the seconds the dependency asked for (an
+HTTP Retry-After): the open then lasts at least that long, never past `max_timeout`. A close,
+reset or hold forgets the backoff.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ __all__ = [
     "hold_stats",
     "hold_terms",
     "live_leases",
+    "open_span",
     "rebase",
     "reconcile",
     "record_failure",
@@ -118,6 +128,12 @@ def hold_stats(snapshot: Snapshot, until: str | None) -> dict[str, Any]:
     }
 
 
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be a whole number, got {value!r}")
@@ -127,12 +143,19 @@ def _positive_int(name: str, value: object) -> None:
 
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
-    """Breaker settings; the defaults are the original specification's 5 / 30 s / 2."""
+    """Breaker settings; the defaults are the original specification's 5 / 30 s / 2.
+
+    Open-duration backoff is off unless `backoff_factor` > 1, `max_timeout` or `jitter` is set;
+    without `max_timeout` the backoff stops at 10 x `timeout`.
+    """
 
     failure_threshold: int = 5
     timeout: float = 30.0
     success_threshold: int = 2
     half_open_max_calls: int = 1
+    backoff_factor: float = 1.0
+    max_timeout: float | None = None
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         _positive_int("failure_threshold", self.failure_threshold)
@@ -144,6 +167,34 @@ class BreakerConfig:
         if not math.isfinite(timeout) or timeout <= 0:
             raise ConfigError(f"timeout must be a positive number of seconds, got {timeout}")
         object.__setattr__(self, "timeout", float(timeout))
+        factor = _number("backoff_factor", self.backoff_factor)
+        if factor < 1:
+            raise ConfigError(f"backoff_factor must be at least 1, got {factor:g}")
+        object.__setattr__(self, "backoff_factor", factor)
+        jitter = _number("jitter", self.jitter)
+        if not 0 <= jitter < 1:
+            raise ConfigError(f"jitter must be at least 0 and below 1, got {jitter:g}")
+        object.__setattr__(self, "jitter", jitter)
+        if self.max_timeout is not None:
+            cap = _number("max_timeout", self.max_timeout)
+            if cap < self.timeout or cap > MAX_HOLD_SECONDS:
+                raise ConfigError(
+                    f"max_timeout must be at least timeout ({self.timeout:g}) and at most "
+                    f"{MAX_HOLD_SECONDS:.0f} seconds, got {cap:g}"
+                )
+            object.__setattr__(self, "max_timeout", cap)
+
+    @property
+    def backs_off(self) -> bool:
+        """Whether the open-duration policy is on (an OPEN may last other than `timeout`)."""
+        return self.backoff_factor > 1 or self.jitter > 0 or self.max_timeout is not None
+
+    @property
+    def open_cap(self) -> float:
+        """The longest an OPEN lasts: `max_timeout`, else 10 x timeout with a backoff factor."""
+        if self.max_timeout is not None:
+            return self.max_timeout
+        return self.timeout * 10 if self.backoff_factor > 1 else self.timeout
 
     @classmethod
     def from_mapping(
@@ -176,6 +227,8 @@ class Snapshot:
     the next admission drops it, but no longer holds a place); `trials_admitted` numbers them.
     A hold by force may end at `hold_until` (keeper's time base; None: held until reset) and
     carries who made it and why (`hold_owner`, `hold_reason`; shown to people, sanitised there).
+    With backoff on, `open_duration` is how long the present (or last) OPEN lasts and `backoff`
+    its nominal length before jitter and a requested delay; both None: `timeout`, no backoff.
     """
 
     state: CircuitState = CLOSED
@@ -192,6 +245,8 @@ class Snapshot:
     hold_until: float | None = None
     hold_reason: str | None = None
     hold_owner: str | None = None
+    backoff: float | None = None
+    open_duration: float | None = None
 
 
 INITIAL: Final = Snapshot()
@@ -320,7 +375,25 @@ def retry_after(snapshot: Snapshot, config: BreakerConfig, now: float) -> float 
         return max(0.0, min(deadline for _, deadline in live) - now)
     if snapshot.state is not OPEN or snapshot.forced or snapshot.opened_at is None:
         return None
-    return max(0.0, snapshot.opened_at + config.timeout - now)
+    return max(0.0, snapshot.opened_at + open_span(snapshot, config) - now)
+
+
+def open_span(snapshot: Snapshot, config: BreakerConfig) -> float:
+    """Seconds the circuit's present (or last) OPEN lasts: `timeout` unless backoff is on."""
+    return config.timeout if snapshot.open_duration is None else snapshot.open_duration
+
+
+def _opening(
+    config: BreakerConfig, nominal: float, draw: float, delay: float | None
+) -> dict[str, float | None]:
+    """The backoff fields of a circuit that opens now for `nominal` seconds before jitter and a
+    requested `delay` (no fields of its own when backoff is off)."""
+    if not config.backs_off:
+        return {"backoff": None, "open_duration": None}
+    span = nominal * (1.0 - config.jitter * draw)
+    if delay is not None and delay > span:
+        span = min(delay, config.open_cap)
+    return {"backoff": nominal, "open_duration": span}
 
 
 def admit(snapshot: Snapshot, config: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
@@ -379,7 +452,16 @@ def record_success(
     if snapshot.state is HALF_OPEN and permit is not None:
         successes = snapshot.success_count + 1
         if successes >= config.success_threshold:
-            return _enter(snapshot, CLOSED, now, failure_count=0, success_count=0, opened_at=None)
+            return _enter(
+                snapshot,
+                CLOSED,
+                now,
+                failure_count=0,
+                success_count=0,
+                opened_at=None,
+                backoff=None,
+                open_duration=None,
+            )
         return replace(snapshot, success_count=successes, leases=_without(snapshot, permit))
     return snapshot
 
@@ -391,12 +473,17 @@ def record_failure(
     now: float,
     wall: float,
     error: str,
+    *,
+    delay: float | None = None,
+    draw: float = 0.0,
 ) -> Snapshot:
     """A protected call failed: count it, and open the circuit when the threshold is reached.
 
     The failure is remembered as the last failure even when it is stale (its generation has
     passed): it is still a fact about the dependency. A half-open trial that fails after its
-    lease ended still re-opens the circuit (fail-safe).
+    lease ended still re-opens the circuit (fail-safe), for the backed-off duration. `delay`
+    (seconds the dependency asked for) and `draw` (in [0, 1), the jitter's random number) matter
+    only when this failure opens the circuit and backoff is on.
     """
     snapshot = expire(snapshot, now)
     noted = replace(snapshot, last_failure_at=wall, last_error=error)
@@ -405,11 +492,27 @@ def record_failure(
     if snapshot.state is CLOSED:
         failures = snapshot.failure_count + 1
         if failures >= config.failure_threshold and not snapshot.forced:
-            return _enter(noted, OPEN, now, failure_count=failures, success_count=0, opened_at=now)
+            return _enter(
+                noted,
+                OPEN,
+                now,
+                failure_count=failures,
+                success_count=0,
+                opened_at=now,
+                **_opening(config, config.timeout, draw, delay),
+            )
         return replace(noted, failure_count=failures)
     if snapshot.state is HALF_OPEN:
+        nominal = config.timeout if snapshot.backoff is None else snapshot.backoff
+        nominal = min(config.open_cap, nominal * config.backoff_factor)
         return _enter(
-            noted, OPEN, now, failure_count=snapshot.failure_count, success_count=0, opened_at=now
+            noted,
+            OPEN,
+            now,
+            failure_count=snapshot.failure_count,
+            success_count=0,
+            opened_at=now,
+            **_opening(config, nominal, draw, delay),
         )
     return noted
 
@@ -434,6 +537,8 @@ def _cleared(snapshot: Snapshot, now: float) -> Snapshot:
         hold_until=None,
         hold_reason=None,
         hold_owner=None,
+        backoff=None,
+        open_duration=None,
     )
 
 
@@ -475,6 +580,8 @@ def force(
         hold_until=until,
         hold_reason=reason,
         hold_owner=owner,
+        backoff=None,
+        open_duration=None,
     )
 
 
@@ -488,7 +595,8 @@ def reconcile(
     on meanwhile (its generation is not the one the breaker last saw: a reset, a close, or
     another process's write-back won). Otherwise a CLOSED circuit takes the failures (opening at
     its threshold), an OPEN the breaker holds is written back with the time it has left, and an
-    OPEN circuit keeps the later of the two deadlines.
+    OPEN circuit keeps the later of the two deadlines. With backoff on, the time left is bounded
+    by `max_timeout` and a written-back OPEN starts its backoff afresh.
     """
     snapshot = expire(snapshot, now)
     if snapshot.forced or (
@@ -496,14 +604,21 @@ def reconcile(
     ):
         return snapshot
     failures = max(0, outage.failures - applied)
+    backs_off = config.backs_off
     open_for = outage.open_for
-    if open_for is not None and not 0 < open_for <= config.timeout:
-        open_for = None if open_for <= 0 else config.timeout
-    opened_at = None if open_for is None else now - (config.timeout - open_for)
+    if open_for is not None and not 0 < open_for <= config.open_cap:
+        open_for = None if open_for <= 0 else config.open_cap
+    span = open_for if open_for is not None and backs_off else config.timeout
+    opened_at = None if open_for is None else now - (span - open_for)
     if snapshot.state is OPEN:
         held = snapshot.opened_at
-        if opened_at is not None and held is not None and opened_at > held:
-            return replace(snapshot, opened_at=opened_at)
+        if open_for is None or opened_at is None or held is None:
+            return snapshot
+        if snapshot.open_duration is None and not backs_off:
+            return replace(snapshot, opened_at=opened_at) if opened_at > held else snapshot
+        until = now + open_for
+        if until > held + open_span(snapshot, config):
+            return replace(snapshot, open_duration=until - held)
         return snapshot
     if snapshot.state is not CLOSED or (failures == 0 and opened_at is None):
         return snapshot
@@ -514,7 +629,10 @@ def reconcile(
     if opened_at is None and count >= config.failure_threshold:
         opened_at = now
     if opened_at is not None:
-        return _enter(noted, OPEN, now, failure_count=count, success_count=0, opened_at=opened_at)
+        backoff = {"backoff": config.timeout, "open_duration": span} if backs_off else {}
+        return _enter(
+            noted, OPEN, now, failure_count=count, success_count=0, opened_at=opened_at, **backoff
+        )
     return replace(noted, failure_count=count)
 
 
@@ -550,8 +668,11 @@ class CircuitStore(Protocol):
         permit: Permit | None,
         error: str,
         op: str | None = None,
+        delay: float | None = None,
+        draw: float = 0.0,
     ) -> Update:
-        """`op` names this write, so that a later `reconcile` can tell whether it arrived."""
+        """`op` names this write, so that a later `reconcile` can tell whether it arrived;
+        `delay` and `draw` are `state.record_failure`'s (a requested open duration, jitter)."""
         ...
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update: ...

@@ -45,7 +45,15 @@ def test_a_whole_number_timeout_becomes_float_seconds_in_json() -> None:
     config = BreakerConfig(timeout=3)
     assert type(config.timeout) is float
     assert json.dumps(config.as_dict()) == json.dumps(
-        {"failure_threshold": 5, "timeout": 3.0, "success_threshold": 2, "half_open_max_calls": 1}
+        {
+            "failure_threshold": 5,
+            "timeout": 3.0,
+            "success_threshold": 2,
+            "half_open_max_calls": 1,
+            "backoff_factor": 1.0,
+            "max_timeout": None,
+            "jitter": 0.0,
+        }
     )
 
 

@@ -6,7 +6,10 @@ functions of cbctl.state under a lock: the reference) and to the store under tes
 answer must be the same: the permit, and the snapshot after (times compared where the time bases
 agree). Time moves in steps of 0.5 s against a timeout of 2.25 s (and a write-back leaves 0.75 s
 or 1.25 s open), so no decision sits on a boundary that the few real milliseconds of a Redis
-round trip could tip. Outcomes report with any permit seen so far, so stale permits (an earlier
+round trip could tip. With open-duration backoff on (BACKOFF: factor 1.5, cap 6.9 s, jitter
+0.3), failures carry jitter draws and requested delays chosen so that no open duration ends on
+the grid either (3.375, 5.0625, 6.9 s, shortened by 0, 15 or 27 %; delays 3.1 s or the cap).
+Outcomes report with any permit seen so far, so stale permits (an earlier
 generation, an expired or already ended lease) are drawn as often as current ones. A timed hold
 lasts 1.75 s, off the 0.5 s grid, so its expiry is never a boundary either.
 """
@@ -31,6 +34,19 @@ from tests.servers import RedisServer
 CONFIG = BreakerConfig(
     failure_threshold=2, timeout=2.25, success_threshold=2, half_open_max_calls=2
 )
+BACKOFF = BreakerConfig(
+    failure_threshold=2,
+    timeout=2.25,
+    success_threshold=2,
+    half_open_max_calls=2,
+    backoff_factor=1.5,
+    max_timeout=6.9,
+    jitter=0.3,
+)
+DRAWS = {0.5: 0.0, 1.0: 0.5, 2.5: 0.9}
+"""A failure's jitter draw, by the (otherwise unused) step length it was drawn with."""
+DELAYS = (None, None, 3.1, 20.0)
+"""A failure's requested delay, by its (otherwise unused) outage's failure count."""
 _circuits = itertools.count()
 Step = tuple[str, int, float, tuple[str, int, float | None]]
 
@@ -46,7 +62,7 @@ HOLD_FOR = 1.75
 outage = st.tuples(
     st.sampled_from(["current", "stale", "unknown"]),
     st.integers(0, 3),
-    st.sampled_from([None, None, 0.75, 1.25, 5.0, -1.0]),
+    st.sampled_from([None, None, 0.75, 1.25, 5.2, -1.0]),
 )
 # An outcome reports with the latest permit (-1) most of the time, or with any older one.
 operation = st.tuples(
@@ -83,6 +99,8 @@ def discrete(snapshot: Snapshot) -> tuple[object, ...]:
         snapshot.hold_until is None,
         snapshot.hold_reason,
         snapshot.hold_owner,
+        snapshot.backoff,
+        snapshot.open_duration is None,
     )
 
 
@@ -98,33 +116,45 @@ def relative_times(update: Update) -> list[float]:
 
 
 def apply(
-    store: CircuitStore, name: str, step: Step, permits: list[Permit | None], generation: int
+    store: CircuitStore,
+    name: str,
+    step: Step,
+    permits: list[Permit | None],
+    generation: int,
+    config: BreakerConfig = CONFIG,
 ) -> Update:
-    kind, index, _, (seen, failures, open_for) = step
+    kind, index, length, (seen, failures, open_for) = step
     permit = permits[index % len(permits)]
     if kind == "reconcile":
         known = {"current": generation, "stale": generation - 1, "unknown": None}[seen]
-        return store.reconcile(name, CONFIG, Outage(known, failures, open_for, "lost", ("x1",)))
+        return store.reconcile(name, config, Outage(known, failures, open_for, "lost", ("x1",)))
     if kind == "admit":
-        return store.admit(name, CONFIG)
+        return store.admit(name, config)
     if kind == "success":
-        return store.record_success(name, CONFIG, permit)
+        return store.record_success(name, config, permit)
     if kind == "failure":
-        return store.record_failure(name, CONFIG, permit, f"error {index}")
+        delay = DELAYS[failures]
+        return store.record_failure(
+            name, config, permit, f"error {index}", None, delay, DRAWS[length]
+        )
     if kind == "release":
-        return store.release(name, CONFIG, permit)
+        return store.release(name, config, permit)
     if kind == "reset":
-        return store.reset(name, CONFIG)
+        return store.reset(name, config)
     target = CircuitState.OPEN if kind in ("force_open", "hold_open") else CircuitState.CLOSED
     if kind.startswith("hold"):
         return store.force(
-            name, CONFIG, target, for_=HOLD_FOR, reason=f"drill {index}", owner="ops@host"
+            name, config, target, for_=HOLD_FOR, reason=f"drill {index}", owner="ops@host"
         )
-    return store.force(name, CONFIG, target)
+    return store.force(name, config, target)
 
 
 def check_mirror(
-    store: CircuitStore, reference: MemoryStore, clock: FakeClock, steps: list[Step]
+    store: CircuitStore,
+    reference: MemoryStore,
+    clock: FakeClock,
+    steps: list[Step],
+    config: BreakerConfig = CONFIG,
 ) -> set[CircuitState]:
     """Apply `steps` to both stores, compare every answer; return the states visited."""
     name = f"mirror-{next(_circuits)}"
@@ -135,11 +165,15 @@ def check_mirror(
         if step[0] == "advance":
             clock.advance(step[2])
             continue
-        expected: Update = apply(reference, name, step, permits, generation)
-        actual: Update = apply(store, name, step, permits, generation)
+        expected: Update = apply(reference, name, step, permits, generation, config)
+        actual: Update = apply(store, name, step, permits, generation, config)
         assert actual.permit == expected.permit, step
         assert discrete(actual.after) == discrete(expected.after), step
         assert relative_times(actual) == pytest.approx(relative_times(expected), abs=0.2), step
+        # exact but for a written-back deadline, a difference of times (real ms apart in Redis)
+        assert actual.after.open_duration == pytest.approx(
+            expected.after.open_duration, abs=0.02
+        ), step
         if step[0] == "admit" and expected.permit is not None:
             permits.append(expected.permit)
         visited.add(expected.after.state)
@@ -156,30 +190,38 @@ def mirror_redis() -> Iterator[RedisServer]:
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(steps=operations)
-def test_the_state_file_mirrors_the_pure_functions(tmp_path: Path, steps: list[Step]) -> None:
+@given(steps=operations, config=st.sampled_from([CONFIG, BACKOFF]))
+def test_the_state_file_mirrors_the_pure_functions(
+    tmp_path: Path, steps: list[Step], config: BreakerConfig
+) -> None:
     clock = FakeClock()
-    with SqliteStore(tmp_path / "mirror.db", clock=clock) as store:
-        check_mirror(store, MemoryStore(clock), clock, steps)
+    with SqliteStore(tmp_path / f"mirror-{next(_circuits)}.db", clock=clock) as store:
+        check_mirror(store, MemoryStore(clock), clock, steps, config)
         circuits = store.load_all()
-    assert all(c.config == CONFIG for c in circuits)
+    assert all(c.config == config for c in circuits)
 
 
 @pytest.mark.slow
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(steps=operations)
+@given(steps=operations, config=st.sampled_from([CONFIG, BACKOFF]))
 def test_the_redis_script_mirrors_the_pure_functions(
-    mirror_redis: RedisServer, steps: list[Step]
+    mirror_redis: RedisServer, steps: list[Step], config: BreakerConfig
 ) -> None:
     clock = FakeClock()
     start = RedisStore(mirror_redis.url).clock_now()
-    store = RedisStore(mirror_redis.url, time_offset=lambda: clock.wall() - start)
+    store = RedisStore(
+        mirror_redis.url,
+        prefix=f"run{next(_circuits)}:",
+        time_offset=lambda: clock.wall() - start,
+    )
     try:
-        check_mirror(store, MemoryStore(clock), clock, steps)
+        check_mirror(store, MemoryStore(clock), clock, steps, config)
+        circuits = store.load_all()
     finally:
         store.close()
+    assert all(c.config == config for c in circuits)
 
 
 EXPIRING_HOLD: list[Step] = [

@@ -22,6 +22,7 @@ _T = TypeVar("_T")
 _COUNTS = ("failure_count", "success_count", "generation", "trials_admitted")
 _TIMES = ("opened_at", "changed_at", "last_failure_at", "hold_until")
 _TEXTS = ("last_error", "hold_reason", "hold_owner")
+_SPANS = ("backoff", "open_duration")
 
 
 def _check(snapshot: Snapshot) -> None:
@@ -36,6 +37,13 @@ def _check(snapshot: Snapshot) -> None:
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or not math.isfinite(value):
             raise ValueError(f"{name} is {value!r}, not a time")
+    for name in _SPANS:
+        value = getattr(snapshot, name)
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} is {value!r}, not a duration")
     for name in _TEXTS:
         value = getattr(snapshot, name)
         if value is not None and not isinstance(value, str):

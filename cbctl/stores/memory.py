@@ -118,14 +118,18 @@ class MemoryStore:
         permit: Permit | None,
         error: str,
         op: str | None = None,
+        delay: float | None = None,
+        draw: float = 0.0,
     ) -> Update:
         """`op` is not kept: a write here either happens or raises, never half-way."""
         wall = self._clock.wall()
-        return self._apply(
-            name,
-            config,
-            lambda s, c, now: (machine.record_failure(s, c, permit, now, wall, error), permit),
-        )
+
+        def fail(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
+            return machine.record_failure(s, c, permit, now, wall, error, delay=delay, draw=draw), (
+                permit
+            )
+
+        return self._apply(name, config, fail)
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
         return self._apply(
@@ -173,8 +177,10 @@ class MemoryStore:
         permit: Permit | None,
         error: str,
         op: str | None = None,
+        delay: float | None = None,
+        draw: float = 0.0,
     ) -> Update:
-        return self.record_failure(name, config, permit, error, op)
+        return self.record_failure(name, config, permit, error, op, delay, draw)
 
     async def arelease(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
         return self.release(name, config, permit)

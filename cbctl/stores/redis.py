@@ -43,21 +43,26 @@ __all__ = ["RedisStore"]
 
 _STATES: Final = {state.value: state for state in CircuitState}
 _NO_CONFIG: Final = ("", "", "", "")
+_POLICY_ARG: Final = 12
+"""The ARGV slots (0-based in `_args`'s tuple) of backoff_factor, max_timeout and jitter."""
 _SOURCE_ARG: Final = 20
 """The ARGV slot of the journal's source (the length follows): past every argument an operation
 takes, with '' (read as absent) in between."""
 
 # ARGV: op, time offset, failure_threshold, timeout, success_threshold, half_open_max_calls
-#       (empty: the stored settings), permit generation ('' = none; for 'reconcile': the
+#       (empty: the stored settings; then ARGV[13..15] hold backoff_factor, max_timeout ('' =
+#       none) and jitter), permit generation ('' = none; for 'reconcile': the
 #       generation the breaker last saw), permit lease ('0' = not a trial), error text
-#       (failure, reconcile) or target state (force), then for 'failure' the write's op id, for
+#       (failure, reconcile) or target state (force), then for 'failure' the write's op id, the
+#       requested open duration ('' = none) and the jitter's draw, for
 #       'reconcile' the failures, the seconds left open ('' = not open) and the op ids, for
 #       'force' the hold's seconds ('' = until reset), reason and owner.
 #       ARGV[20] and ARGV[21] (after '' padding): the source of a transition (pid@host) and the
 #       journal's length; KEYS: circuit, journal stream, journal id counter.
 # Every operation but 'load' first ends a hold whose expiry has come, like 'reset' (state.expire).
-# Reply: {now, permit generation or '', permit lease, changed, before[14], after[14] if changed,
-#         journal id if the state changed}.
+# Reply: {now, permit generation or '', permit lease, changed, before[16], after[16] if changed,
+#         journal id if the state changed}; a snapshot's fields are FIELDS' (backoff and open
+#         duration last). A 'load' reply is {now, 23 fields}: NAMES'.
 # A missing circuit replies {now} to 'load'. Leases are "id:deadline" pairs (state.encode_leases).
 _SCRIPT: Final = r"""
 if redis.replicate_commands then redis.replicate_commands() end
@@ -93,7 +98,7 @@ local function leases_of(text)
 end
 
 local NAMES = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le', 'hu', 'hr', 'ho',
-               'ft', 'to', 'st', 'hm'}
+               'ft', 'to', 'st', 'hm', 'bo', 'od', 'bf', 'mt', 'ji'}
 local raw = redis.call('HMGET', key, unpack(NAMES))
 local exists = raw[1] ~= false
 local legacy = exists and raw[5] == false
@@ -111,7 +116,7 @@ end
 if op == 'load' then
   if not exists then return {str(now)} end
   local out = {str(now)}
-  for i = 1, 18 do out[i + 1] = raw[i] or '' end
+  for i = 1, 23 do out[i + 1] = raw[i] or '' end
   return out
 end
 
@@ -120,7 +125,7 @@ if exists then
   b = {s = raw[1], fc = tonumber(raw[2]), sc = tonumber(raw[3]), g = tonumber(raw[4]),
        ls = leases_of(raw[5]), ta = tonumber(raw[6]), oa = num(raw[7]), ca = num(raw[8]),
        f = raw[9] == '1', lf = num(raw[10]), le = raw[11] or '', hu = num(raw[12]),
-       hr = raw[13] or '', ho = raw[14] or ''}
+       hr = raw[13] or '', ho = raw[14] or '', bo = num(raw[19]), od = num(raw[20])}
   if b.le == '' then b.le = nil end
   if b.hr == '' then b.hr = nil end
   if b.ho == '' then b.ho = nil end
@@ -128,13 +133,25 @@ else
   b = {s = 'closed', fc = 0, sc = 0, g = 0, ls = {}, ta = 0, ca = now, f = false}
 end
 
-local ft, to, st, hm
+local ft, to, st, hm, bf, mt, ji
 if ARGV[3] ~= '' then
   ft, to, st, hm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+  bf, mt, ji = tonumber(ARGV[13]) or 1, num(ARGV[14]), tonumber(ARGV[15]) or 0
 elseif exists and raw[15] then
   ft, to, st, hm = tonumber(raw[15]), tonumber(raw[16]), tonumber(raw[17]), tonumber(raw[18])
+  bf, mt, ji = tonumber(raw[21]) or 1, num(raw[22]), tonumber(raw[23]) or 0
 else
-  ft, to, st, hm = 5, 30.0, 2, 1
+  ft, to, st, hm, bf, mt, ji = 5, 30.0, 2, 1, 1, nil, 0
+end
+-- open-duration backoff (state._opening, BreakerConfig.backs_off / open_cap)
+local backs_off = bf > 1 or ji > 0 or mt ~= nil
+local cap = mt
+if cap == nil then
+  if bf > 1 then cap = to * 10 else cap = to end
+end
+local function span_of(x)
+  if x.od ~= nil then return x.od end
+  return to
 end
 
 local stored = b
@@ -144,6 +161,7 @@ if b.f and b.hu ~= nil and now >= b.hu then
   for k, v in pairs(b) do e[k] = v end
   e.s = 'closed'; e.g = b.g + 1; e.ca = now; e.ls = {}; e.ta = 0
   e.fc = 0; e.sc = 0; e.oa = nil; e.f = false; e.hu = nil; e.hr = nil; e.ho = nil
+  e.bo = nil; e.od = nil
   b = e
 end
 
@@ -151,6 +169,12 @@ local a = {}
 for k, v in pairs(b) do a[k] = v end
 local function enter(state)
   a.s = state; a.g = b.g + 1; a.ca = now; a.ls = {}; a.ta = 0
+end
+local function opening(nominal, draw, delay)
+  if not backs_off then a.bo = nil; a.od = nil; return end
+  local span = nominal * (1.0 - ji * draw)
+  if delay ~= nil and delay > span then span = math.min(delay, cap) end
+  a.bo = nominal; a.od = span
 end
 local pg = num(ARGV[7])
 local plm = tonumber(ARGV[8]) or 0
@@ -187,7 +211,7 @@ if op == 'admit' then
   if b.s == 'closed' then
     permit_g = b.g
   elseif b.s == 'open' then
-    local waiting = b.oa ~= nil and math.max(0, b.oa + to - now) > 0
+    local waiting = b.oa ~= nil and math.max(0, b.oa + span_of(b) - now) > 0
     if not (b.f or waiting) then
       enter('half_open'); a.sc = 0; a.ls = {{1, now + to}}; a.ta = 1
       permit_g, permit_lease = a.g, 1
@@ -209,7 +233,7 @@ elseif op == 'success' then
     elseif b.s == 'half_open' then
       local successes = b.sc + 1
       if successes >= st then
-        enter('closed'); a.fc = 0; a.sc = 0; a.oa = nil
+        enter('closed'); a.fc = 0; a.sc = 0; a.oa = nil; a.bo = nil; a.od = nil
       else
         a.sc = successes; a.ls = without()
       end
@@ -218,16 +242,20 @@ elseif op == 'success' then
 elseif op == 'failure' then
   permit_g, permit_lease = pg, plm
   a.lf = now; a.le = ARGV[9]
+  local delay, draw = num(ARGV[11]), tonumber(ARGV[12]) or 0
   if current(true) then
     if b.s == 'closed' then
       local failures = b.fc + 1
       if failures >= ft and not b.f then
         enter('open'); a.fc = failures; a.sc = 0; a.oa = now
+        opening(to, draw, delay)
       else
         a.fc = failures
       end
     elseif b.s == 'half_open' then
       enter('open'); a.sc = 0; a.oa = now
+      local nominal = b.bo or to
+      opening(math.min(cap, nominal * bf), draw, delay)
     end
   end
   if ARGV[10] ~= nil and ARGV[10] ~= '' then
@@ -257,19 +285,28 @@ elseif op == 'reconcile' then
     end
     local failures = math.max(0, tonumber(ARGV[10]) - applied)
     local open_for = num(ARGV[11])
-    if open_for ~= nil and not (open_for > 0 and open_for <= to) then
-      if open_for <= 0 then open_for = nil else open_for = to end
+    if open_for ~= nil and not (open_for > 0 and open_for <= cap) then
+      if open_for <= 0 then open_for = nil else open_for = cap end
     end
+    local span = to
+    if open_for ~= nil and backs_off then span = open_for end
     local opened_at = nil
-    if open_for ~= nil then opened_at = now - (to - open_for) end
+    if open_for ~= nil then opened_at = now - (span - open_for) end
     if b.s == 'open' then
-      if opened_at ~= nil and b.oa ~= nil and opened_at > b.oa then a.oa = opened_at end
+      if opened_at ~= nil and b.oa ~= nil then
+        if b.od == nil and not backs_off then
+          if opened_at > b.oa then a.oa = opened_at end
+        elseif now + open_for > b.oa + span_of(b) then
+          a.od = now + open_for - b.oa
+        end
+      end
     elseif b.s == 'closed' and (failures > 0 or opened_at ~= nil) then
       if failures > 0 then a.lf = now; a.le = ARGV[9] end
       local count = b.fc + failures
       if opened_at == nil and count >= ft then opened_at = now end
       if opened_at ~= nil then
         enter('open'); a.fc = count; a.sc = 0; a.oa = opened_at
+        if backs_off then a.bo = to; a.od = span end
       else
         a.fc = count
       end
@@ -277,9 +314,9 @@ elseif op == 'reconcile' then
   end
 elseif op == 'reset' then
   enter('closed'); a.fc = 0; a.sc = 0; a.oa = nil; a.f = false; a.hu = nil; a.hr = nil
-  a.ho = nil
+  a.ho = nil; a.bo = nil; a.od = nil
 elseif op == 'force' then
-  enter(ARGV[9]); a.fc = 0; a.sc = 0; a.f = true
+  enter(ARGV[9]); a.fc = 0; a.sc = 0; a.f = true; a.bo = nil; a.od = nil
   if ARGV[9] == 'open' then a.oa = now else a.oa = nil end
   a.hu = nil
   if ARGV[10] ~= '' then a.hu = now + tonumber(ARGV[10]) end
@@ -290,7 +327,8 @@ else
   return redis.error_reply('cbctl: unknown operation ' .. op)
 end
 
-local FIELDS = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le', 'hu', 'hr', 'ho'}
+local FIELDS = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le', 'hu', 'hr', 'ho',
+                'bo', 'od'}
 local out = {str(now), str(permit_g), str(permit_lease), '0'}
 local changed = not exists or ops ~= nil
 for i, k in ipairs(FIELDS) do
@@ -303,13 +341,17 @@ if changed then
   local args = {}
   for i, k in ipairs(FIELDS) do
     local value = str(a[k])
-    out[18 + i] = value
+    out[20 + i] = value
     args[#args + 1] = k
     args[#args + 1] = value
   end
   for i, v in ipairs({ft, to, st, hm}) do
     args[#args + 1] = NAMES[14 + i]
     args[#args + 1] = str(v)
+  end
+  for _, pair in ipairs({{'bf', str(bf)}, {'mt', str(mt)}, {'ji', str(ji)}}) do
+    args[#args + 1] = pair[1]
+    args[#args + 1] = pair[2]
   end
   if ops ~= nil then
     args[#args + 1] = 'op'
@@ -335,7 +377,7 @@ if out[4] == '1' and stored.s ~= a.s then
   local id = redis.call('INCR', KEYS[3])
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[21], '*', 'id', id, 'at', str(now), 'p', stored.s,
              's', a.s, 'fc', str(a.fc), 'le', summary, 'src', ARGV[20])
-  out[33] = str(id)
+  out[37] = str(id)
 end
 return out
 """
@@ -346,7 +388,7 @@ def _number(text: str) -> float | None:
 
 
 def _snapshot(fields: Sequence[str]) -> Snapshot:
-    """A snapshot from the script's 14 strings (the hash fields s, fc, ..., le, hu, hr, ho)."""
+    """A snapshot from the script's 16 strings (the hash fields s, fc, ..., hu, hr, ho, bo, od)."""
     return Snapshot(
         state=_STATES[fields[0]],
         failure_count=int(fields[1]),
@@ -362,10 +404,13 @@ def _snapshot(fields: Sequence[str]) -> Snapshot:
         hold_until=_number(fields[11]),
         hold_reason=fields[12] or None,
         hold_owner=fields[13] or None,
+        backoff=_number(fields[14]),
+        open_duration=_number(fields[15]),
     )
 
 
 def _config(fields: Sequence[str]) -> BreakerConfig:
+    """Settings from the hash fields ft, to, st, hm, bf, mt, ji ('' where never written)."""
     if not fields[0]:
         return BreakerConfig()
     return BreakerConfig(
@@ -373,12 +418,20 @@ def _config(fields: Sequence[str]) -> BreakerConfig:
         timeout=float(fields[1]),
         success_threshold=int(fields[2]),
         half_open_max_calls=int(fields[3]),
+        backoff_factor=float(fields[4] or 1),
+        max_timeout=_number(fields[5]),
+        jitter=float(fields[6] or 0),
     )
 
 
 def _loaded(reply: Sequence[str]) -> tuple[Snapshot, BreakerConfig]:
-    """The snapshot and settings of a 'load' reply ({now, 18 fields})."""
-    return _snapshot(reply[1:15]), _config(reply[15:19])
+    """The snapshot and settings of a 'load' reply ({now, 23 fields}: NAMES)."""
+    return _snapshot([*reply[1:15], *reply[19:21]]), _config([*reply[15:19], *reply[21:24]])
+
+
+def _failure_args(error: str, op: str | None, delay: float | None, draw: float) -> tuple[str, ...]:
+    """A 'failure' operation's ARGV[9..12]: error text, op id, requested delay, jitter draw."""
+    return error, op or "", "" if delay is None else repr(float(delay)), repr(float(draw))
 
 
 def _event(name: str, fields: dict[str, str]) -> TransitionEvent | None:
@@ -580,8 +633,15 @@ class RedisStore:
             "0" if permit is None else str(permit.lease),
             *(extra or ("",)),
         )
-        padding = ("",) * (_SOURCE_ARG - 1 - len(args))
-        return (*args, *padding, process_source(), str(JOURNAL_LIMIT))
+        padded = [*args, *("",) * (_SOURCE_ARG - 1 - len(args))]
+        if config is not None:
+            cap = config.max_timeout
+            padded[_POLICY_ARG : _POLICY_ARG + 3] = (
+                repr(config.backoff_factor),
+                "" if cap is None else repr(cap),
+                repr(config.jitter),
+            )
+        return (*padded, process_source(), str(JOURNAL_LIMIT))
 
     def _keys(self, name: str) -> list[str]:
         """The script's keys for circuit `name`: its hash, its journal, the event-id counter."""
@@ -589,13 +649,13 @@ class RedisStore:
 
     def _update(self, name: str, reply: list[str]) -> Update:
         def decode() -> tuple[Snapshot, BreakerConfig]:
-            return _snapshot(reply[4:18]), BreakerConfig()
+            return _snapshot(reply[4:20]), BreakerConfig()
 
         before, _ = decoded(f"Redis at {self._shown}", name, decode)
         after = before
         if reply[3] == "1":
             after, _ = decoded(
-                f"Redis at {self._shown}", name, lambda: (_snapshot(reply[18:32]), BreakerConfig())
+                f"Redis at {self._shown}", name, lambda: (_snapshot(reply[20:36]), BreakerConfig())
             )
         now = float(reply[0])
         permit = Permit(int(reply[1]), int(reply[2])) if reply[1] else None
@@ -671,10 +731,13 @@ class RedisStore:
         permit: Permit | None,
         error: str,
         op: str | None = None,
+        delay: float | None = None,
+        draw: float = 0.0,
     ) -> Update:
         """`op` is remembered with the last 64 failure writes of the circuit, so that `reconcile`
         can tell a write that timed out here but reached the server from one that did not."""
-        return self._update(name, self._run("failure", name, config, permit, error, op or ""))
+        extra = _failure_args(error, op, delay, draw)
+        return self._update(name, self._run("failure", name, config, permit, *extra))
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
         return self._update(name, self._run("release", name, config, permit))
@@ -712,9 +775,11 @@ class RedisStore:
         permit: Permit | None,
         error: str,
         op: str | None = None,
+        delay: float | None = None,
+        draw: float = 0.0,
     ) -> Update:
-        reply = await self._arun("failure", name, config, permit, error, op or "")
-        return self._update(name, reply)
+        extra = _failure_args(error, op, delay, draw)
+        return self._update(name, await self._arun("failure", name, config, permit, *extra))
 
     async def arelease(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
         return self._update(name, await self._arun("release", name, config, permit))

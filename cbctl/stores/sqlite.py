@@ -60,11 +60,11 @@ APPLICATION_ID: Final = 1667392372
 header. _SCHEMA spells both numbers out: PRAGMA takes no parameters, and no SQL is built from
 strings here."""
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """`PRAGMA user_version` this code reads and writes; a larger one is a newer cbctl's file.
 Older versions are migrated in place when the file is opened for writing: 1 (one shared trial
-count and deadline instead of a lease per trial) to 2, and 2 (holds without expiry, reason or
-owner) to 3."""
+count and deadline instead of a lease per trial) to 2, 2 (holds without expiry, reason or
+owner) to 3, and 3 (no open-duration backoff) to 4."""
 
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _HEADER_USER_VERSION: Final = slice(60, 64)
@@ -92,11 +92,16 @@ _SCHEMA: Final = (
         timeout REAL NOT NULL,
         success_threshold INTEGER NOT NULL,
         half_open_max_calls INTEGER NOT NULL,
-        revision INTEGER NOT NULL
+        revision INTEGER NOT NULL,
+        backoff REAL,
+        open_duration REAL,
+        backoff_factor REAL NOT NULL DEFAULT 1.0,
+        max_timeout REAL,
+        jitter REAL NOT NULL DEFAULT 0.0
     ) WITHOUT ROWID""",
-    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '3')",
+    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '4')",
     "PRAGMA application_id = 1667392372",
-    "PRAGMA user_version = 3",
+    "PRAGMA user_version = 4",
 )
 
 _MIGRATE_FROM_1: Final = (
@@ -116,6 +121,15 @@ _MIGRATE_FROM_2: Final = (
     "UPDATE meta SET value = '3' WHERE key = 'schema_version'",
     "PRAGMA user_version = 3",
 )
+_MIGRATE_FROM_3: Final = (
+    "ALTER TABLE circuits ADD COLUMN backoff REAL",
+    "ALTER TABLE circuits ADD COLUMN open_duration REAL",
+    "ALTER TABLE circuits ADD COLUMN backoff_factor REAL NOT NULL DEFAULT 1.0",
+    "ALTER TABLE circuits ADD COLUMN max_timeout REAL",
+    "ALTER TABLE circuits ADD COLUMN jitter REAL NOT NULL DEFAULT 0.0",
+    "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
+    "PRAGMA user_version = 4",
+)
 _V1_TRIALS: Final = "SELECT name, trials, trial_deadline FROM circuits WHERE trials > 0"
 _SET_LEASES: Final = "UPDATE circuits SET leases = ?, trials_admitted = ? WHERE name = ?"
 
@@ -128,18 +142,21 @@ _SELECT_REVISION: Final = "SELECT revision FROM circuits WHERE name = ?"
 _SELECT_ONE: Final = """SELECT state, failure_count, success_count, generation, leases,
     trials_admitted, opened_at, changed_at, forced, last_failure_at, last_error,
     failure_threshold, timeout, success_threshold, half_open_max_calls, revision,
-    hold_until, hold_reason, hold_owner
+    hold_until, hold_reason, hold_owner, backoff, open_duration, backoff_factor, max_timeout,
+    jitter
     FROM circuits WHERE name = ?"""
 _SELECT_ALL: Final = """SELECT name, state, failure_count, success_count, generation, leases,
     trials_admitted, opened_at, changed_at, forced, last_failure_at, last_error,
     failure_threshold, timeout, success_threshold, half_open_max_calls, NULL,
-    hold_until, hold_reason, hold_owner
+    hold_until, hold_reason, hold_owner, backoff, open_duration, backoff_factor, max_timeout,
+    jitter
     FROM circuits ORDER BY name"""
 _UPSERT: Final = """INSERT OR REPLACE INTO circuits (name, state, failure_count, success_count,
     generation, leases, trials_admitted, opened_at, changed_at, forced, last_failure_at,
     last_error, failure_threshold, timeout, success_threshold, half_open_max_calls,
-    hold_until, hold_reason, hold_owner, revision)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    hold_until, hold_reason, hold_owner, backoff, open_duration, backoff_factor, max_timeout,
+    jitter, revision)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 _DELETE: Final = "DELETE FROM circuits WHERE name = ?"
 _JOURNAL_SCHEMA: Final = (
@@ -197,12 +214,17 @@ def _decode(row: Sequence[Any]) -> tuple[Snapshot, BreakerConfig]:
         hold_until=row[16],
         hold_reason=row[17],
         hold_owner=row[18],
+        backoff=row[19],
+        open_duration=row[20],
     )
     config = BreakerConfig(
         failure_threshold=row[11],
         timeout=row[12],
         success_threshold=row[13],
         half_open_max_calls=row[14],
+        backoff_factor=row[21],
+        max_timeout=row[22],
+        jitter=row[23],
     )
     return snapshot, config
 
@@ -228,6 +250,11 @@ def _encode(name: str, snapshot: Snapshot, config: BreakerConfig) -> tuple[objec
         snapshot.hold_until,
         snapshot.hold_reason,
         snapshot.hold_owner,
+        snapshot.backoff,
+        snapshot.open_duration,
+        config.backoff_factor,
+        config.max_timeout,
+        config.jitter,
     )
 
 
@@ -362,7 +389,10 @@ class SqliteStore:
             else:
                 if version == 1:
                     _migrate_from_1(connection)
-                for statement in _MIGRATE_FROM_2:
+                if version in (1, 2):
+                    for statement in _MIGRATE_FROM_2:
+                        connection.execute(statement)
+                for statement in _MIGRATE_FROM_3:
                     connection.execute(statement)
 
     def _schema_version(self, connection: sqlite3.Connection) -> int | None:
@@ -378,7 +408,7 @@ class SqliteStore:
                 f"{version}; this cbctl reads {SCHEMA_VERSION}); left untouched"
             )
         marker = connection.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
-        if version not in (1, 2, SCHEMA_VERSION) or marker is None or marker[0] != "cbctl":
+        if version not in (1, 2, 3, SCHEMA_VERSION) or marker is None or marker[0] != "cbctl":
             raise _foreign(self._path, "a damaged or unknown version of the state schema")
         return int(version)
 
@@ -547,11 +577,14 @@ class SqliteStore:
         permit: Permit | None,
         error: str,
         op: str | None = None,
+        delay: float | None = None,
+        draw: float = 0.0,
     ) -> Update:
         """`op` is not kept: a write here commits or raises, it is never applied unseen."""
 
         def fail(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
-            return machine.record_failure(s, c, permit, now, now, error), permit
+            failed = machine.record_failure(s, c, permit, now, now, error, delay=delay, draw=draw)
+            return failed, permit
 
         return self._apply(name, config, fail, optimistic=False)
 
