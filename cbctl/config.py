@@ -70,8 +70,11 @@ UrlSource = Literal["builtin", "file", "env", "flag"]
 
 _BREAKER_INT_KEYS: Final = ("failure_threshold", "success_threshold", "half_open_max_calls")
 _SECONDS_KEYS: Final = ("timeout", "call_timeout")
+_POLICY_KEYS: Final = ("backoff_factor", "max_timeout", "jitter")
 _FAILURE_KEYS: Final = ("failure_errors", "neutral_errors", "failure_statuses")
-_DEFAULTS_KEYS: Final = frozenset({*_BREAKER_INT_KEYS, *_SECONDS_KEYS, *_FAILURE_KEYS})
+_DEFAULTS_KEYS: Final = frozenset(
+    {*_BREAKER_INT_KEYS, *_SECONDS_KEYS, *_POLICY_KEYS, *_FAILURE_KEYS}
+)
 _COMMON_DEPENDENCY_KEYS: Final = frozenset({"kind", "url", *_DEFAULTS_KEYS})
 _KIND_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {"qdrant": frozenset({"api_key"}), "http": frozenset({"expected_status"})}
@@ -368,7 +371,7 @@ def _origins(
     own = f"dependencies.{dependency.name}"
     found = {
         key: f"{own}.{key}" if key in table else f"defaults.{key}" if key in defaults else "default"
-        for key in (*_BREAKER_INT_KEYS, *_SECONDS_KEYS)
+        for key in (*_BREAKER_INT_KEYS, *_SECONDS_KEYS, *_POLICY_KEYS)
     }
     found["kind"] = f"{own}.kind" if "kind" in table else "built-in"
     found["url"] = f"{own}.url" if "url" in table else "built-in"
@@ -469,10 +472,25 @@ def _breaker(
             settings[key] = _check_positive_int(table[key], f"{origin}: {prefix}{key}")
     if "timeout" in table:
         settings["timeout"] = _check_seconds(table["timeout"], f"{origin}: {prefix}timeout")
+    if "max_timeout" in table:
+        where = f"{origin}: {prefix}max_timeout"
+        settings["max_timeout"] = _check_seconds(table["max_timeout"], where)
+    for key in ("backoff_factor", "jitter"):
+        if key in table:
+            settings[key] = _check_number(table[key], f"{origin}: {prefix}{key}")
     try:
         return replace(base, **settings)
     except ConfigError as error:
-        raise ConfigError(f"{origin}: {prefix.rstrip('.')}: {error}") from error
+        text = str(error)
+        if text.partition(" ")[0] in settings:  # "jitter must be ...": one key's problem
+            raise ConfigError(f"{origin}: {prefix}{text}") from error
+        raise ConfigError(f"{origin}: {prefix.rstrip('.')}: {text}") from error
+
+
+def _check_number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number, got {limits.describe(value)}")
+    return float(value)
 
 
 def _check_positive_int(value: Any, where: str) -> int:

@@ -20,12 +20,17 @@ a `CircuitBreakerError` and an `httpx.TransportError`, so code that already hand
 errors handles a rejection too. Cancellation is neutral and frees a half-open trial.
 
 The outcome is decided when the response headers arrive; an error while the caller reads the
-body later is the caller's to handle.
+body later is the caller's to handle. A failed answer's `Retry-After` (seconds or an HTTP date)
+is the failure's requested delay: with open-duration backoff on (`max_timeout`), the circuit
+opening on it stays open that long, never past `max_timeout`.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterable
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, ClassVar
 
 import httpx
@@ -37,7 +42,14 @@ if TYPE_CHECKING:
     from cbctl.breaker import CircuitBreaker
     from cbctl.registry import CircuitBreakerRegistry
 
-__all__ = ["AsyncBreakerTransport", "BreakerTransport", "Circuit", "CircuitOpen", "host_of"]
+__all__ = [
+    "AsyncBreakerTransport",
+    "BreakerTransport",
+    "Circuit",
+    "CircuitOpen",
+    "host_of",
+    "retry_after_seconds",
+]
 
 Circuit = str | Callable[[httpx.Request], str] | None
 """Which circuit a request belongs to: a fixed name, a function of the request, or None (its
@@ -61,12 +73,30 @@ def host_of(request: httpx.Request) -> str:
     return url.host if url.port is None else f"{url.host}:{url.port}"
 
 
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """A `Retry-After` header's delay in seconds from `now` (wall clock): a number of seconds or
+    an HTTP date; None when absent, unreadable or not in the future."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(text).timestamp() - now
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
 class _FailedAnswer(Exception):
-    """Carries an answer whose status counts as a failure out of the breaker's call."""
+    """Carries an answer whose status counts as a failure out of the breaker's call, and its
+    `Retry-After` as `retry_after`: the open duration the breaker is asked for."""
 
     def __init__(self, response: httpx.Response) -> None:
         super().__init__(response.status_code)
         self.response = response
+        self.retry_after = retry_after_seconds(response.headers.get("retry-after"), time.time())
 
 
 class _Breakers:
