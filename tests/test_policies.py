@@ -411,3 +411,54 @@ def test_retry_after_of_an_http_date_counts_from_now() -> None:
     assert retry_after_seconds("7", 0.0) == 7.0
     assert retry_after_seconds("", 0.0) is None
     assert retry_after_seconds(None, 0.0) is None
+
+
+# -- the state file: schema 3 -> 4 ----------------------------------------------------------------
+
+SCHEMA_3 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE circuits (
+        name TEXT PRIMARY KEY, state TEXT NOT NULL, failure_count INTEGER NOT NULL,
+        success_count INTEGER NOT NULL, generation INTEGER NOT NULL, leases TEXT NOT NULL,
+        trials_admitted INTEGER NOT NULL, opened_at REAL, changed_at REAL,
+        forced INTEGER NOT NULL, last_failure_at REAL, last_error TEXT,
+        hold_until REAL, hold_reason TEXT, hold_owner TEXT,
+        failure_threshold INTEGER NOT NULL, timeout REAL NOT NULL,
+        success_threshold INTEGER NOT NULL, half_open_max_calls INTEGER NOT NULL,
+        revision INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '3')",
+    "PRAGMA application_id = 1667392372",
+    "PRAGMA user_version = 3",
+)
+V3_ROW = """INSERT INTO circuits VALUES
+    (?, ?, 1, 0, 3, '', 0, ?, 900.0, 0, 950.0, 'down', NULL, NULL, NULL, 1, 30.0, 2, 1, 7)"""
+
+
+def test_a_schema_3_state_file_is_migrated_in_place_without_backoff(tmp_path: Path) -> None:
+    import sqlite3
+
+    from cbctl.stores.sqlite import SCHEMA_VERSION
+
+    path = tmp_path / "circuits.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for statement in SCHEMA_3:
+        old.execute(statement)
+    old.execute(V3_ROW, ("qdrant", "open", 9_990.0))
+    old.close()
+    clock = FakeClock(wall=10_000.0)
+    with SqliteStore(path, clock=clock) as store:
+        (circuit,) = store.load_all()
+        assert (circuit.snapshot.state, circuit.snapshot.open_duration) == (OPEN, None)
+        assert circuit.config == BreakerConfig(failure_threshold=1)
+        config = BreakerConfig(failure_threshold=1, backoff_factor=2.0)
+        assert store.admit("qdrant", config).permit is None  # 20 s of its 30 s left
+        clock.advance(20.0)
+        trial = store.admit("qdrant", config).permit
+        after = store.record_failure("qdrant", config, trial, "still down").after
+        assert (after.backoff, after.open_duration) == (60.0, 60.0)
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    row = check.execute("SELECT backoff_factor, max_timeout, jitter, backoff FROM circuits")
+    assert row.fetchone() == (2.0, None, 0.0, 60.0)
+    check.close()

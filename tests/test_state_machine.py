@@ -3,6 +3,8 @@ checks it step by step against a small reference model written here from the sem
 promises alone (it shares no code with cbctl.state). The same machine runs against a breaker
 whose state lives in a MemoryStore: the store path must behave exactly like the in-process one.
 A third machine ends half-open trials in any order against a model of one lease per trial.
+The breakers are drawn with and without open-duration backoff (factor, cap), and some failures
+ask for a delay (`retry_after`, as an HTTP Retry-After does).
 """
 
 from __future__ import annotations
@@ -44,10 +46,20 @@ class Throttled(Exception):
     """Excluded by a predicate."""
 
 
+OVERLOADED_DELAY = 12.25
+
+
+class Overloaded(Exception):
+    """A dependency failure that asks to be left alone for OVERLOADED_DELAY seconds."""
+
+    retry_after = OVERLOADED_DELAY
+
+
 # Failures and successes drive the transitions, so they are drawn more often than neutral ends.
 OUTCOMES = (
     ("success",) * 3
     + ("failure",) * 4
+    + ("overloaded",)
     + (
         "excluded_type",
         "excluded_predicate",
@@ -64,6 +76,10 @@ class Model:
     failure_threshold: int
     timeout: float
     success_threshold: int
+    backoff_factor: float = 1.0
+    max_timeout: float | None = None
+    nominal: float = 0.0  # the open duration before a requested delay; 0: timeout
+    span: float = 0.0  # how long the present (or last) open lasts; 0: timeout
     state: str = "closed"
     failure_count: int = 0
     success_count: int = 0
@@ -103,7 +119,7 @@ class Model:
         if self.state != "open":
             return True
         assert self.opened_at is not None
-        return not self.forced and self.now >= self.opened_at + self.timeout
+        return not self.forced and self.now >= self.opened_at + self.lasts()
 
     def retry_after(self) -> float | None:
         if self.expired():
@@ -113,11 +129,35 @@ class Model:
         if self.state != "open" or self.forced:
             return None
         assert self.opened_at is not None
-        return max(0.0, self.opened_at + self.timeout - self.now)
+        return max(0.0, self.opened_at + self.lasts() - self.now)
 
-    def open(self) -> None:
+    def backs_off(self) -> bool:
+        return self.backoff_factor > 1 or self.max_timeout is not None
+
+    def lasts(self) -> float:
+        """The open duration in force (what stats show as open_duration)."""
+        return self.span or self.timeout
+
+    def open(self, delay: float | None = None, *, again: bool = False) -> None:
+        """Open; `again` after a failed trial (the backoff grows), `delay` as requested."""
         self._to("open")
         self.opened_at, self.success_count = self.now, 0
+        if not self.backs_off():
+            return
+        cap = self.max_timeout
+        if cap is None:
+            cap = self.timeout * 10 if self.backoff_factor > 1 else self.timeout
+        self.nominal = (
+            min(cap, (self.nominal or self.timeout) * self.backoff_factor)
+            if again
+            else self.timeout
+        )
+        self.span = self.nominal
+        if delay is not None and delay > self.span:
+            self.span = min(delay, cap)
+
+    def forget_backoff(self) -> None:
+        self.nominal = self.span = 0.0
 
     def call(self, outcome: str) -> bool:
         """Apply one call; True when the protected function runs."""
@@ -138,24 +178,28 @@ class Model:
                     self._to("closed")
                     self.failure_count, self.success_count = 0, 0
                     self.opened_at = None
-        elif outcome == "failure":
+                    self.forget_backoff()
+        elif outcome in ("failure", "overloaded"):
             self.failures += 1
             self.last_failure_at = self.now
+            delay = OVERLOADED_DELAY if outcome == "overloaded" else None
             if self.state == "half_open":
-                self.open()
+                self.open(delay, again=True)
             else:
                 self.failure_count += 1
                 if self.failure_count >= self.failure_threshold and not self.forced:
-                    self.open()
+                    self.open(delay)
         return True
 
     def reset(self) -> None:
+        self.forget_backoff()
         self._to("closed")
         self.failure_count, self.success_count = 0, 0
         self.opened_at, self.forced, self.hold_until = None, False, None
 
     def force(self, state: str, until: float | None = None) -> None:
         """A new hold replaces everything (an expired one too), so one record at most."""
+        self.forget_backoff()
         self._to(state)
         self.hold_until = until
         self.failure_count, self.success_count = 0, 0
@@ -183,19 +227,33 @@ class BreakerMachine(RuleBasedStateMachine):
         failure_threshold=st.integers(1, 3),
         success_threshold=st.integers(1, 3),
         timeout_quarters=st.integers(1, 80),
+        backoff_factor=st.sampled_from([1.0, 1.0, 1.5, 2.0]),
+        cap_times=st.sampled_from([None, None, 1, 3]),
     )
-    def build(self, failure_threshold: int, success_threshold: int, timeout_quarters: int) -> None:
+    def build(
+        self,
+        failure_threshold: int,
+        success_threshold: int,
+        timeout_quarters: int,
+        backoff_factor: float,
+        cap_times: int | None,
+    ) -> None:
         timeout = timeout_quarters / 4  # quarters add exactly in both time bases
+        max_timeout = None if cap_times is None else timeout * cap_times
         self.breaker = CircuitBreaker(
             "dep",
             failure_threshold=failure_threshold,
             timeout=timeout,
             success_threshold=success_threshold,
+            backoff_factor=backoff_factor,
+            max_timeout=max_timeout,
             exclude=(NotFound, lambda exc: isinstance(exc, Throttled)),
             clock=self.clock,
             store=MemoryStore(self.clock) if self.use_store else None,
         )
-        self.model = Model(failure_threshold, timeout, success_threshold)
+        self.model = Model(
+            failure_threshold, timeout, success_threshold, backoff_factor, max_timeout
+        )
 
     @rule(
         calls=st.lists(
@@ -275,6 +333,10 @@ class BreakerMachine(RuleBasedStateMachine):
             model.rejections,
         )
         assert stats["calls"] == model.successes + model.failures + model.rejections
+        if model.backs_off():
+            assert stats["open_duration"] == model.lasts()
+        else:
+            assert "open_duration" not in stats
         assert self.breaker.allows_call() == model.would_admit()
         events = self.breaker.events()
         journal = self.model.journal
@@ -292,6 +354,8 @@ def invoke(breaker: CircuitBreaker, outcome: str, way: str) -> tuple[bool, BaseE
             return "ok"
         if outcome == "failure":
             raise Boom("down")
+        if outcome == "overloaded":
+            raise Overloaded("busy")
         if outcome == "excluded_type":
             raise NotFound("no row")
         if outcome == "excluded_predicate":
@@ -345,7 +409,7 @@ class MisremembersTheThreshold(BreakerMachine):
 
     @initialize(failure_threshold=st.integers(1, 4))
     def build_mismatched(self, failure_threshold: int) -> None:
-        self.build(failure_threshold, 1, 4)
+        self.build(failure_threshold, 1, 4, 1.0, None)
         self.model.failure_threshold += 1
 
 
