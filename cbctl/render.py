@@ -650,6 +650,15 @@ def flapping_table(report: FlappingReport, *, plain: bool = False) -> Renderable
         str(report.failures_without_breaker),
         str(report.successes_without_breaker),
     )
+    plain_pass = report.without_backoff
+    if plain_pass is not None:
+        table.add_row(
+            "breaker, no backoff",
+            str(plain_pass.reached_dependency),
+            str(plain_pass.rejected),
+            str(plain_pass.failures),
+            str(plain_pass.successes),
+        )
     caption = Text(f"{report.calls} calls per pass, one every {report.interval:g}s{flaps}")
     return Group(title, table, caption)
 

@@ -18,7 +18,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from cbctl.breaker import CircuitBreaker, StateChange
@@ -31,6 +31,7 @@ __all__ = [
     "Event",
     "FlappingReport",
     "Journal",
+    "PassCounts",
     "Target",
     "Transition",
     "run_flapping",
@@ -394,6 +395,24 @@ def _recovers(
 
 
 @dataclass(frozen=True, slots=True)
+class PassCounts:
+    """One pass of a flapping run: contacts the target measured, and how the calls ended."""
+
+    reached_dependency: int
+    rejected: int
+    failures: int
+    successes: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "reached_dependency": self.reached_dependency,
+            "rejected": self.rejected,
+            "failures": self.failures,
+            "successes": self.successes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class FlappingReport:
     """How much a breaker dampens a flapping dependency: the same calls with and without one.
 
@@ -416,6 +435,9 @@ class FlappingReport:
     successes_without_breaker: int = 0
     conditions: dict[str, float] = field(default_factory=dict)
     """What the target did, for the record (e.g. the proxy's flapping period)."""
+    without_backoff: PassCounts | None = None
+    """With backoff on in `settings`: the same calls through a breaker with the same settings
+    but a fixed open duration (`timeout`), so what backoff changes is measured in this run."""
 
     scenario: str = "flapping"
 
@@ -452,6 +474,11 @@ class FlappingReport:
                 "failures": self.failures_without_breaker,
                 "successes": self.successes_without_breaker,
             },
+            **(
+                {}
+                if self.without_backoff is None
+                else {"breaker_without_backoff": self.without_backoff.to_json()}
+            ),
         }
 
 
@@ -468,14 +495,21 @@ def run_flapping(
 ) -> FlappingReport:
     """Call a flapping target `calls` times with and then without a breaker; count what reached it.
 
-    `take_down` starts each pass (for a proxied target: flapping restarts, so both passes see
+    `take_down` starts each pass (for a proxied target: flapping restarts, so every pass sees
     the same sequence of phases); the target is brought back afterwards, even on interruption.
+    With backoff on in `settings`, a third pass runs the calls through a breaker without it.
     """
     clock = clock or SYSTEM_CLOCK
     breaker = CircuitBreaker(target.name, config=settings, clock=clock)
 
     def with_breaker() -> str:
         return _attempt(breaker, target)[0]
+
+    fixed = replace(settings, backoff_factor=1.0, max_timeout=None, jitter=0.0)
+    plain = CircuitBreaker(target.name, config=fixed, clock=clock)
+
+    def with_plain_breaker() -> str:
+        return _attempt(plain, target)[0]
 
     def without_breaker() -> str:
         try:
@@ -498,6 +532,15 @@ def run_flapping(
 
     reached_with, with_outcomes = one_pass(with_breaker)
     reached_without, without_outcomes = one_pass(without_breaker)
+    without_backoff = None
+    if settings.backs_off:
+        reached_plain, plain_outcomes = one_pass(with_plain_breaker)
+        without_backoff = PassCounts(
+            reached_plain,
+            plain_outcomes["rejected"],
+            plain_outcomes["failure"],
+            plain_outcomes["success"],
+        )
     rejected, failures_with = with_outcomes["rejected"], with_outcomes["failure"]
     failures_without = without_outcomes["failure"]
     return FlappingReport(
@@ -515,4 +558,5 @@ def run_flapping(
         conditions=dict(conditions or {}),
         successes_with_breaker=with_outcomes["success"],
         successes_without_breaker=without_outcomes["success"],
+        without_backoff=without_backoff,
     )

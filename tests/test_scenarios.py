@@ -201,3 +201,29 @@ def test_the_first_real_cause_of_the_failures_is_in_the_verdict() -> None:
     assert journal.checks[1].detail == (
         "opened after 5 failures (threshold 5); first failure: connection refused at fake://qdrant"
     )
+
+
+def test_flapping_with_backoff_measures_the_same_calls_without_it() -> None:
+    clock = FakeClock(monotonic=0.0)
+    target = FlappingTarget(clock, period=7.0)
+    settings = BreakerConfig(failure_threshold=2, timeout=1.0, backoff_factor=2.0, max_timeout=16)
+    report = run_flapping(
+        target, settings, calls=400, interval=0.25, clock=clock, sleep=clock.advance
+    )
+    plain = report.without_backoff
+    assert plain is not None
+    assert report.attempts_with_breaker < plain.reached_dependency < report.attempts_without_breaker
+    assert plain.rejected + plain.failures + plain.successes == report.calls
+    assert report.to_json()["breaker_without_backoff"]["reached_dependency"] == (
+        plain.reached_dependency
+    )
+
+
+def test_flapping_without_backoff_runs_two_passes() -> None:
+    clock = FakeClock(monotonic=0.0)
+    target = FlappingTarget(clock, period=10.0)
+    report = run_flapping(
+        target, BreakerConfig(timeout=5.0), calls=50, interval=0.5, clock=clock, sleep=clock.advance
+    )
+    assert report.without_backoff is None
+    assert "breaker_without_backoff" not in report.to_json()

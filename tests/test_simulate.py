@@ -666,3 +666,30 @@ def test_an_interrupted_stop_command_still_brings_the_dependency_back() -> None:
         run_outage(target, _Flaky(clock, period=1e9), BreakerConfig(), clock=clock)
     assert target.up
     assert target.brought_back == 1
+
+
+@pytest.mark.slow
+def test_flapping_with_backoff_reports_a_pass_without_it_in_the_same_run(
+    redis_server: RedisServer,
+) -> None:
+    code, report, err = journal_of(
+        "flapping", "redis", "--url", redis_server.url,
+        "--period", "0.2", "--calls", "30", "--interval", "0.03", "--timeout", "0.1",
+        "--backoff-factor", "2", "--max-timeout", "1.6",
+    )  # fmt: skip
+    assert code == 0, (report, err)
+    assert (report["settings"]["backoff_factor"], report["settings"]["max_timeout"]) == (2.0, 1.6)
+    plain = report["breaker_without_backoff"]
+    assert plain["rejected"] + plain["failures"] + plain["successes"] == report["calls"]
+    assert plain["reached_dependency"] > 0
+    assert (
+        report["with_breaker"]["reached_dependency"]
+        < report["without_breaker"]["reached_dependency"]
+    )
+
+
+def test_flapping_refuses_a_backoff_factor_below_one() -> None:
+    code, _, err = simulate("flapping", "--backoff-factor", "0.5")
+    assert code == 2
+    assert "backoff_factor must be at least 1" in err
+    assert "Traceback" not in err

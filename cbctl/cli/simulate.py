@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from cbctl.cli.app import app
 from cbctl.cli.common import complete_dependencies, load_dependency
-from cbctl.errors import UsageError
+from cbctl.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -216,17 +217,36 @@ def flapping(
     failure_threshold: FailureThreshold = None,
     timeout: RecoveryTimeout = None,
     success_threshold: SuccessThreshold = None,
+    backoff_factor: Annotated[
+        float | None,
+        typer.Option(
+            "--backoff-factor",
+            metavar="F",
+            help="Multiply the open duration by F after each failed trial (F >= 1) "
+            "[default: configured, 1: no backoff].",
+        ),
+    ] = None,
+    max_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--max-timeout",
+            metavar="SECONDS",
+            help="Longest backed-off open duration [default: configured, 10 x timeout].",
+        ),
+    ] = None,
     call_timeout: CallTimeout = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """A dependency that goes down and up in turn: does its breaker dampen the calls reaching it?
 
     The same calls run with a breaker, then without, through a proxy that flaps; exit 0 only if
-    fewer of them reached the dependency with the breaker.
+    fewer of them reached the dependency with the breaker. With backoff on (configured, or
+    --backoff-factor / --max-timeout), a third pass runs them through the breaker without it.
 
     \b
     Examples:
       cbctl simulate flapping --timeout 1
+      cbctl simulate flapping --timeout 0.2 --backoff-factor 2 --max-timeout 2
       cbctl simulate flapping redis --url redis://127.0.0.1:6380/0 --period 0.25 --json
     """
     from cbctl.limits import count, seconds
@@ -240,6 +260,16 @@ def flapping(
 
     dep = _dependency(ctx, name, url, call_timeout)
     settings = _settings(dep, failure_threshold, timeout, success_threshold)
+    backoff: dict[str, Any] = {}
+    if backoff_factor is not None:
+        backoff["backoff_factor"] = backoff_factor
+    if max_timeout is not None:
+        backoff["max_timeout"] = seconds(max_timeout, "--max-timeout", error=UsageError)
+    if backoff:
+        try:
+            settings = replace(settings, **backoff)
+        except ConfigError as error:
+            raise UsageError(f"--backoff-factor/--max-timeout: {error}") from error
     console = make_console(stderr=as_json)
     try:
         report = simulate_flapping(
