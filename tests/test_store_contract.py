@@ -467,3 +467,77 @@ def test_every_store_is_a_context_manager_that_closes_it_on_exit(
         use_and_fail()
     assert entered == [store]
     assert closed == ["closed"], "closed once, also when the block raises"
+
+
+# -- open-duration backoff ----------------------------------------------------------------------
+
+
+class Overloaded(Exception):
+    retry_after = 45.0
+
+
+def test_a_failed_trial_backs_off_for_every_process_and_a_close_resets_it(
+    backend: Backend,
+) -> None:
+    backoff = {
+        "failure_threshold": 1,
+        "success_threshold": 1,
+        "timeout": 10.0,
+        "backoff_factor": 3.0,
+        "max_timeout": 50.0,
+    }
+    one = backend.breaker(**backoff)
+    other = backend.breaker(store=backend.reopen(), **backoff)
+    with pytest.raises(Boom):
+        one.call(fail)
+    spans = [other.stats["open_duration"]]
+    for _ in range(3):
+        backend.clock.advance(spans[-1] - 1.0)
+        with pytest.raises(CircuitBreakerError) as rejected:
+            other.call(ok)
+        assert rejected.value.retry_after == pytest.approx(1.0, abs=0.05)
+        backend.clock.advance(1.0)
+        with pytest.raises(Boom):
+            one.call(fail)  # the trial fails: the other process sees the longer open
+        spans.append(other.stats["open_duration"])
+    assert spans == pytest.approx([10.0, 30.0, 50.0, 50.0])
+    backend.clock.advance(50.0)
+    assert other.call(ok) == "ok"  # the trial succeeds: closed, the backoff forgotten
+    with pytest.raises(Boom):
+        one.call(fail)
+    assert one.stats["open_duration"] == pytest.approx(10.0)
+    (stored,) = [c for c in backend.store.load_all() if c.name == "dep"]
+    assert (stored.config.backoff_factor, stored.config.max_timeout) == (3.0, 50.0)
+
+
+def test_a_requested_delay_holds_the_circuit_open_in_every_store(backend: Backend) -> None:
+    breaker = backend.breaker(failure_threshold=1, timeout=10.0, max_timeout=60.0)
+
+    def overloaded() -> str:
+        raise Overloaded
+
+    with pytest.raises(Overloaded):
+        breaker.call(overloaded)
+    other = backend.breaker(store=backend.reopen(), failure_threshold=1, max_timeout=60.0)
+    assert other.stats["open_duration"] == pytest.approx(45.0)
+    backend.clock.advance(44.0)
+    assert not other.allows_call()
+    backend.clock.advance(1.0)
+    assert other.allows_call()
+
+
+def test_an_async_failed_trial_backs_off_like_a_sync_one(backend: Backend) -> None:
+    breaker = backend.breaker(failure_threshold=1, timeout=10.0, backoff_factor=2.0)
+
+    async def aboom() -> None:
+        raise Boom
+
+    async def run() -> None:
+        with pytest.raises(Boom):
+            await breaker.call_async(aboom)
+        backend.clock.advance(10.0)
+        with pytest.raises(Boom):
+            await breaker.call_async(aboom)
+
+    asyncio.run(run())
+    assert breaker.stats["open_duration"] == pytest.approx(20.0)
