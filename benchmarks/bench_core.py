@@ -126,6 +126,7 @@ def closed_overheads(bench: Bench) -> tuple[Timing, list[Row]]:
     """CLOSED success path: the protected call's time minus the bare call's."""
     bare = bench.time("f()", f=noop)
     ours = CircuitBreaker("bench")
+    backed = CircuitBreaker("bench-backoff", backoff_factor=2.0, max_timeout=300.0, jitter=0.1)
     py = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
     cb = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=30, name="c")
     factory = purgatory_factory()
@@ -133,6 +134,7 @@ def closed_overheads(bench: Bench) -> tuple[Timing, list[Row]]:
         ("cbctl", "breaker.call(f)", "call(f)", {"call": ours.call}),
         ("cbctl", "@breaker decorator", "p()", {"p": ours(noop)}),
         ("cbctl", "with breaker: f()", "with b:\n    f()", {"b": ours}),
+        ("cbctl", "call(f), backoff on", "call(f)", {"call": backed.call}),
         ("pybreaker", "breaker.call(f)", "call(f)", {"call": py.call}),
         ("pybreaker", "@breaker decorator", "p()", {"p": py(noop)}),
         ("circuitbreaker", "breaker.call(f) [1]", "call(f)", {"call": cb.call}),
@@ -258,6 +260,12 @@ def memory() -> list[tuple[str, float]]:
     factory = SyncCircuitBreakerFactory()
     return [
         ("cbctl", bytes_each(lambda name: CircuitBreaker(name))),
+        (
+            "cbctl, backoff on",
+            bytes_each(
+                lambda name: CircuitBreaker(name, backoff_factor=2.0, max_timeout=300.0, jitter=0.1)
+            ),
+        ),
         ("pybreaker", bytes_each(lambda name: pybreaker.CircuitBreaker(name=name))),
         ("circuitbreaker", bytes_each(lambda name: circuitbreaker.CircuitBreaker(name=name))),
         ("purgatory", bytes_each(factory.get_breaker)),
@@ -372,6 +380,19 @@ def main() -> int:
         abs(slow_overhead) <= 0.05,
     )
     verdicts.check("memory <= 1 KB per breaker", f"{ours_bytes:.0f} B", ours_bytes <= 1024)
+    backed_bytes = footprint[1][1]
+    verdicts.check(
+        "  with backoff on: <= 2 KB per breaker (issue 11)",
+        f"{backed_bytes:.0f} B",
+        backed_bytes <= 2048,
+    )
+    ours_backoff = next(r for r in closed if r.api == "call(f), backoff on")
+    ratio = ours_backoff.timing.best / ours_call.timing.best
+    verdicts.check(
+        "CLOSED overhead with backoff on <= 1.6x the plain path (issue 11)",
+        f"{ratio:.2f}x",
+        ratio <= 1.6,
+    )
     print(
         f"\nfor reference: the fastest peer's refusal is {fastest_peer_reject.library}"
         f" {fastest_peer_reject.timing.best:.0f} ns"
