@@ -310,3 +310,21 @@ def test_watch_once_shows_an_html_site_as_an_unreachable_row(html_site: str) -> 
     assert code == 1  # every source unreachable
     assert "unreachable" in line_of(out, "-")
     assert "text/html, not cbctl health JSON" in out
+
+
+def test_status_json_carries_the_open_duration_of_a_circuit_that_backs_off(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "circuits.db")
+    with open_store(path) as store:
+        registry = CircuitBreakerRegistry(
+            default_config={"failure_threshold": 1, "backoff_factor": 2.0}, store=store
+        )
+        with pytest.raises(ConnectionError):
+            registry.get("llm").call(_refused)
+        registry.get("plain", backoff_factor=1.0).call(lambda: None)
+    code, out, _ = run("--state", path, "status", "--json")
+    assert code == 0
+    shown = {entry["name"]: entry for entry in json.loads(out)}
+    assert shown["llm"]["open_duration"] == 30.0
+    assert "open_duration" not in shown["plain"]

@@ -462,3 +462,15 @@ def test_a_schema_3_state_file_is_migrated_in_place_without_backoff(tmp_path: Pa
     row = check.execute("SELECT backoff_factor, max_timeout, jitter, backoff FROM circuits")
     assert row.fetchone() == (2.0, None, 0.0, 60.0)
     check.close()
+
+
+def test_backoff_settings_are_overrides_like_any_other() -> None:
+    registry = CircuitBreakerRegistry(
+        default_config={"backoff_factor": 2.0}, overrides={"llm": {"max_timeout": 90.0}}
+    )
+    assert registry.get("db").config.open_cap == 300.0
+    assert registry.get("llm").config.open_cap == 90.0
+    api = registry.get("api", jitter=0.5)
+    assert (api.config.backoff_factor, api.config.jitter) == (2.0, 0.5)
+    with pytest.raises(ConfigError, match="already exists"):
+        registry.get("api", jitter=0.1)

@@ -218,3 +218,24 @@ def test_a_circuit_written_before_per_trial_leases_keeps_its_trials(
     freed = store.release("dep", config, Permit(3, 1)).after
     assert [lease for lease, _ in freed.leases] == [2]
     assert redis_server.command("HEXISTS", store.key("dep"), "tr") == ":0"
+
+
+def test_a_circuit_written_before_backoff_reads_as_backoff_off_and_backs_off_when_asked(
+    redis_server: RedisServer, store: RedisStore
+) -> None:
+    now = store.clock_now()
+    redis_server.command(
+        "HSET", store.key("dep"), "s", "open", "fc", "1", "sc", "0", "g", "3", "ls", "",
+        "ta", "0", "oa", repr(now - 40), "ca", repr(now - 40), "f", "0",
+        "ft", "1", "to", "30", "st", "2", "hm", "1",
+    )  # fmt: skip
+    loaded = store.load("dep")
+    assert loaded is not None
+    assert loaded.config == BreakerConfig(failure_threshold=1)
+    assert (loaded.snapshot.backoff, loaded.snapshot.open_duration) == (None, None)
+    config = BreakerConfig(failure_threshold=1, backoff_factor=2.0)
+    trial = store.admit("dep", config).permit  # 40 s past its 30 s: a trial
+    assert trial is not None
+    after = store.record_failure("dep", config, trial, "still down").after
+    assert (after.backoff, after.open_duration) == (60.0, 60.0)
+    assert store.load_all()[0].config == config
