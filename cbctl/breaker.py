@@ -55,9 +55,11 @@ from cbctl.state import (
 __all__ = [
     "VIEW_MAX_AGE",
     "CallCounters",
+    "CallObserver",
     "CircuitBreaker",
     "Exclusion",
     "StateChange",
+    "checked_observer",
     "circuit_stats",
     "policy_stats",
     "requested_delay",
@@ -70,6 +72,11 @@ R = TypeVar("R")
 
 Exclusion = type[BaseException] | Callable[[BaseException], bool]
 """An exception type, or a predicate, whose errors are neutral: neither failure nor success."""
+
+CallObserver = Callable[[str, float, str], object]
+"""`observer(circuit, seconds, outcome)` after each call the breaker let through and timed;
+outcome is "success", "failure" or "neutral" (an excluded error). Rejected calls and
+cancellations are not timed."""
 
 _CLOSED: Final = CircuitState.CLOSED
 _OPEN: Final = CircuitState.OPEN
@@ -155,11 +162,13 @@ class CircuitBreaker:
         "_journal",
         "_listeners",
         "_lock",
+        "_observers",
         "_open_until",
         "_outage",
         "_reconciling",
         "_rejections",
         "_snapshot",
+        "_steady",
         "_store",
         "_stored",
         "_successes",
@@ -222,6 +231,8 @@ class CircuitBreaker:
         self._fallback = fallback
         self._lock = threading.Lock()
         self._snapshot = Snapshot(changed_at=self._clock.monotonic())
+        self._observers: tuple[CallObserver, ...] = ()
+        self._steady = store is None
         self._closed_fast = store is None
         self._open_until: float | None = None
         # Store-backed only: until this monotonic time, calls run on the store's last answer of
@@ -229,7 +240,7 @@ class CircuitBreaker:
         self._view_max_age = view_max_age
         self._view_until = 0.0
         # Permits of `with` blocks still open, per thread / asyncio task (innermost last).
-        self._entered: ContextVar[tuple[Permit | None, ...]] = ContextVar(
+        self._entered: ContextVar[tuple[tuple[Permit | None, float | None], ...]] = ContextVar(
             "cbctl_entered", default=()
         )
         self._degraded: str | None = None
@@ -293,12 +304,13 @@ class CircuitBreaker:
             if self._fallback is None:
                 raise
             return cast(R, self._fallback(rejection))
+        started = self._clock.monotonic() if self._observers else None
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            self._settle_error(permit, exc)
+            self._settle_error(permit, exc, self._since(started))
             raise
-        self._settle_success(permit)
+        self._settle_success(permit, self._since(started))
         return result
 
     async def call_async(
@@ -318,15 +330,16 @@ class CircuitBreaker:
                 if self._fallback is None:
                     raise
                 return cast(R, self._fallback(rejection))
+        started = self._clock.monotonic() if self._observers else None
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            await self._asettle_error(permit, exc)
+            await self._asettle_error(permit, exc, self._since(started))
             raise
-        if permit is None and not self._snapshot.failure_count:
+        if started is None and permit is None and not self._snapshot.failure_count:
             next(self._successes)
         else:
-            await self._asettle_success(permit)
+            await self._asettle_success(permit, self._since(started))
         return result
 
     @overload
@@ -375,7 +388,8 @@ class CircuitBreaker:
 
     def __enter__(self) -> CircuitBreaker:
         permit = self._admit()
-        self._entered.set((*self._entered.get(), permit))
+        started = self._clock.monotonic() if self._observers else None
+        self._entered.set((*self._entered.get(), (permit, started)))
         return self
 
     def __exit__(
@@ -384,15 +398,16 @@ class CircuitBreaker:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        permit = self._pop_permit()
+        permit, started = self._pop_permit()
         if exc is None:
-            self._settle_success(permit)
+            self._settle_success(permit, self._since(started))
         else:
-            self._settle_error(permit, exc)
+            self._settle_error(permit, exc, self._since(started))
 
     async def __aenter__(self) -> CircuitBreaker:
         permit = await self._aadmit()
-        self._entered.set((*self._entered.get(), permit))
+        started = self._clock.monotonic() if self._observers else None
+        self._entered.set((*self._entered.get(), (permit, started)))
         return self
 
     async def __aexit__(
@@ -401,13 +416,13 @@ class CircuitBreaker:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        permit = self._pop_permit()
+        permit, started = self._pop_permit()
         if exc is None:
-            await self._asettle_success(permit)
+            await self._asettle_success(permit, self._since(started))
         else:
-            await self._asettle_error(permit, exc)
+            await self._asettle_error(permit, exc, self._since(started))
 
-    def _pop_permit(self) -> Permit | None:
+    def _pop_permit(self) -> tuple[Permit | None, float | None]:
         entered = self._entered.get()
         if not entered:
             raise RuntimeError(f"circuit {self.name!r} exited without being entered")
@@ -441,7 +456,7 @@ class CircuitBreaker:
 
     def _admit(self) -> Permit | None:
         """A permit for one call, or CircuitBreakerError. None is a CLOSED fast-path permit."""
-        if self._closed_fast:
+        if self._steady:
             return None
         if self._store is not None:
             if self._on_view():
@@ -455,7 +470,7 @@ class CircuitBreaker:
 
     async def _aadmit(self) -> Permit | None:
         """`_admit` for async callers: the store operation is awaited, never run on the loop."""
-        if self._closed_fast:
+        if self._steady:
             return None
         if self._store is not None:
             if self._on_view():
@@ -511,8 +526,10 @@ class CircuitBreaker:
         next(self._rejections)
         raise CircuitBreakerError(self.name, machine.retry_after(snapshot, self._config, now))
 
-    def _settle_success(self, permit: Permit | None) -> None:
+    def _settle_success(self, permit: Permit | None, took: float | None = None) -> None:
         next(self._successes)
+        if took is not None:
+            self._observe(took, "success")
         if permit is None and not self._snapshot.failure_count:
             return  # a fast-path success with no failures to clear changes nothing
         if self._store is not None:
@@ -525,8 +542,10 @@ class CircuitBreaker:
                 return
         self._succeed_locally(permit)
 
-    async def _asettle_success(self, permit: Permit | None) -> None:
+    async def _asettle_success(self, permit: Permit | None, took: float | None = None) -> None:
         next(self._successes)
+        if took is not None:
+            self._observe(took, "success")
         if permit is None and not self._snapshot.failure_count:
             return
         if self._store is not None:
@@ -544,8 +563,13 @@ class CircuitBreaker:
             self._note_local(before, after)
         self._announce(before, after)
 
-    def _settle_error(self, permit: Permit | None, exc: BaseException) -> None:
-        if not self._is_failure(exc):
+    def _settle_error(
+        self, permit: Permit | None, exc: BaseException, took: float | None = None
+    ) -> None:
+        failed = self._is_failure(exc)
+        if took is not None and isinstance(exc, Exception):
+            self._observe(took, "failure" if failed else "neutral")
+        if not failed:
             self._release(permit)
             return
         next(self._failures)
@@ -563,8 +587,13 @@ class CircuitBreaker:
                 return
         self._fail_locally(permit, error, op, delay, draw)
 
-    async def _asettle_error(self, permit: Permit | None, exc: BaseException) -> None:
-        if not self._is_failure(exc):
+    async def _asettle_error(
+        self, permit: Permit | None, exc: BaseException, took: float | None = None
+    ) -> None:
+        failed = self._is_failure(exc)
+        if took is not None and isinstance(exc, Exception):
+            self._observe(took, "failure" if failed else "neutral")
+        if not failed:
             await self._arelease(permit)
             return
         next(self._failures)
@@ -635,7 +664,8 @@ class CircuitBreaker:
         in_process = self._store is None
         self._snapshot = snapshot
         self._open_until = _open_until(snapshot, self._config) if in_process else None
-        self._closed_fast = in_process and snapshot.state is _CLOSED and snapshot.hold_until is None
+        self._steady = in_process and snapshot.state is _CLOSED and snapshot.hold_until is None
+        self._closed_fast = self._steady and not self._observers
 
     # -- shared store ---------------------------------------------------------------------------
 
@@ -825,6 +855,34 @@ class CircuitBreaker:
         """Stop calling `listener`; compared by equality, since `obj.method` is new each time."""
         with self._lock:
             self._listeners = tuple(item for item in self._listeners if item != listener)
+
+    def add_call_observer(self, observer: CallObserver) -> None:
+        """Call `observer(circuit, seconds, outcome)` after each call this breaker times.
+
+        Opt-in: a breaker without observers never reads the clock around a call. Observers run in
+        the caller's thread right after the call and must be quick; one that raises is logged.
+        """
+        checked_observer(observer)
+        with self._lock:
+            self._observers = (*self._observers, observer)
+            self._install(self._snapshot)
+
+    def remove_call_observer(self, observer: CallObserver) -> None:
+        """Stop calling `observer` (compared by equality, like `remove_listener`)."""
+        with self._lock:
+            self._observers = tuple(item for item in self._observers if item != observer)
+            self._install(self._snapshot)
+
+    def _since(self, started: float | None) -> float | None:
+        """Seconds since `started` (None when the call was not timed)."""
+        return None if started is None else self._clock.monotonic() - started
+
+    def _observe(self, took: float, outcome: str) -> None:
+        for observer in self._observers:
+            try:
+                observer(self.name, took, outcome)
+            except Exception:
+                logger.exception("circuit=%s call observer %r failed", self.name, observer)
 
     def _announce(self, before: Snapshot, after: Snapshot) -> None:
         """One log record and one listener call per transition; a failing listener is logged."""
@@ -1074,6 +1132,13 @@ def requested_delay(exc: BaseException) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) and value > 0 else None
+
+
+def checked_observer(observer: CallObserver) -> CallObserver:
+    """`observer`, or TypeError if it cannot be one: it is called, never awaited."""
+    if inspect.iscoroutinefunction(observer) or not callable(observer):
+        raise TypeError(f"a call observer must be a plain (sync) callable, not {observer!r}")
+    return observer
 
 
 def hold_owner() -> str:

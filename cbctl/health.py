@@ -6,7 +6,9 @@
 - `GET /health` always answers 200 (a dependency outage must not make the service look dead):
   `{"status": "ok"|"degraded", "circuits": {name: stats}}`. "degraded" means at least one
   circuit is not CLOSED, or a breaker has lost its shared store, or the store cannot be read.
-- `GET /metrics` is Prometheus text from a CollectorRegistry of this app's own.
+- `GET /metrics` is Prometheus text from a CollectorRegistry of this app's own, holding one
+  `cbctl.metrics.CircuitCollector` (made at the first scrape: call durations count from then;
+  register your own collector at start-up to time every call).
 - `GET /events?since=CURSOR` is the transition journal after the cursor (all kept when absent):
   `{"events": [{"id", "circuit", "at", "previous", "state", "failures", "error", "source"}...],
   "cursor": ...}`; pass `cursor` back as `since` to get only what is new (`&circuit=NAME` to
@@ -31,19 +33,19 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
-from cbctl.errors import StateError, UnknownCircuitError
+from cbctl.errors import StateError, UnknownCircuitError, UsageError
 from cbctl.fleet import load_store, reset_in_store, stored_stats, unreadable_stats
 from cbctl.journal import Journaled, TransitionEvent
 from cbctl.registry import CircuitBreakerRegistry
 from cbctl.state import CircuitState, CircuitStore
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import Collector, CollectorRegistry
+    from prometheus_client.registry import CollectorRegistry
 
 __all__ = ["HealthApp", "HttpResponse", "health_app"]
 
@@ -133,15 +135,22 @@ class HealthApp:
             logger.warning("circuit shown as unreadable: %s", reason)
         self._reported = self._reported | fresh
 
+    def registry(self) -> CircuitBreakerRegistry:
+        """The service's registry this app shows; UsageError when it shows a store."""
+        if not isinstance(self._source, CircuitBreakerRegistry):
+            raise UsageError("this health app shows a store, not a registry of breakers")
+        return self._source
+
     @property
     def serves_store(self) -> bool:
         """Whether the circuits come from a store (`cbctl serve`), not a service's registry."""
         return not isinstance(self._source, CircuitBreakerRegistry)
 
     def transitions(self, name: str, stats: Mapping[str, Any] | None = None) -> int | None:
-        """Transitions of a circuit, as TRANSITIONS_HELP says: a registry breaker's own count
-        since it was created (also those before the first scrape); a store's state changes as
-        recorded in the shared state (transitions, resets and holds each bump its generation)."""
+        """Transitions of a circuit, as cbctl.metrics.TRANSITIONS_HELP says: a registry
+        breaker's own count since it was created (also those before the first scrape); a store's
+        state changes as recorded in the shared state (transitions, resets and holds each bump
+        its generation)."""
         if not self.serves_store:
             counted = (stats or {}).get("transitions")
             return counted if isinstance(counted, int) else None
@@ -284,8 +293,10 @@ class HealthApp:
             if self._metrics is None:
                 from prometheus_client import CollectorRegistry
 
+                from cbctl.metrics import CircuitCollector
+
                 registry = CollectorRegistry(auto_describe=False)
-                registry.register(_collector(self))
+                registry.register(CircuitCollector(self))
                 self._metrics = registry
             return self._metrics
 
@@ -400,57 +411,3 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message.get("type") == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-
-
-TRANSITIONS_HELP: Mapping[bool, str] = {
-    False: "State transitions of this process's breaker since it was created",
-    True: "State changes recorded in the shared state (transitions, resets, holds) "
-    "since the circuit was first recorded",
-}
-"""HELP of cbctl_circuit_transitions_total, by whether the app serves a store."""
-
-
-def _collector(app: HealthApp) -> Collector:
-    """A Prometheus collector that reads the circuits afresh on every scrape."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-    class CircuitCollector:
-        def collect(self) -> Iterator[Metric]:
-            circuits, _ = app.circuits()
-            state = GaugeMetricFamily(
-                "cbctl_circuit_state",
-                "1 for the state the circuit is in, 0 for the others",
-                labels=["circuit", "state"],
-            )
-            failures = GaugeMetricFamily(
-                "cbctl_circuit_consecutive_failures",
-                "Consecutive failures counted towards the failure threshold",
-                labels=["circuit"],
-            )
-            calls = CounterMetricFamily(
-                "cbctl_circuit_calls",
-                "Calls through the breaker by outcome (success, failure, rejected)",
-                labels=["circuit", "outcome"],
-            )
-            transitions = CounterMetricFamily(
-                "cbctl_circuit_transitions",
-                TRANSITIONS_HELP[app.serves_store],
-                labels=["circuit"],
-            )
-            for name, stats in circuits.items():
-                for each in CircuitState:
-                    state.add_metric([name, each.value], float(stats.get("state") == each.value))
-                failures.add_metric([name], float(stats.get("failure_count") or 0))
-                for outcome, key in (
-                    ("success", "successes"),
-                    ("failure", "failures"),
-                    ("rejected", "rejections"),
-                ):
-                    if isinstance(stats.get(key), int):
-                        calls.add_metric([name, outcome], float(stats[key]))
-                count = app.transitions(name, stats)
-                if count is not None:
-                    transitions.add_metric([name], float(count))
-            yield from (state, failures, calls, transitions)
-
-    return CircuitCollector()

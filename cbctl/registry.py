@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Final
 
-from cbctl.breaker import CircuitBreaker
+from cbctl.breaker import CallObserver, CircuitBreaker, checked_observer
 from cbctl.clock import Clock
 from cbctl.errors import ConfigError, StoreUnavailableError, UnknownCircuitError
 from cbctl.failures import as_rules
@@ -87,6 +87,7 @@ class CircuitBreakerRegistry:
         self._clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}
         self._made_with: dict[str, dict[str, Any]] = {}
+        self._observers: tuple[CallObserver, ...] = ()
         self._lock = threading.Lock()
 
     @classmethod
@@ -139,6 +140,8 @@ class CircuitBreakerRegistry:
                 breaker = CircuitBreaker(
                     name, config=config, clock=self._clock, store=self._store, **arguments
                 )
+                for observer in self._observers:
+                    breaker.add_call_observer(observer)
                 self._breakers[name] = breaker
                 self._made_with[name] = arguments
             elif breaker.config != config:
@@ -184,6 +187,21 @@ class CircuitBreakerRegistry:
             except StoreUnavailableError:
                 pass
         return select((event for breaker in breakers for event in breaker.events()), since)
+
+    def add_call_observer(self, observer: CallObserver) -> None:
+        """`breaker.add_call_observer(observer)` for every breaker, and those made later."""
+        with self._lock:
+            self._observers = (*self._observers, checked_observer(observer))
+            breakers = list(self._breakers.values())
+        for breaker in breakers:
+            breaker.add_call_observer(observer)
+
+    def remove_call_observer(self, observer: CallObserver) -> None:
+        with self._lock:
+            self._observers = tuple(item for item in self._observers if item != observer)
+            breakers = list(self._breakers.values())
+        for breaker in breakers:
+            breaker.remove_call_observer(observer)
 
     def reset(self, name: str) -> None:
         """Reset one circuit; an unknown name raises UnknownCircuitError listing the known ones."""

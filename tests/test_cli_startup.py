@@ -17,10 +17,12 @@ from cbctl.cli import serve
 NOT_AT_START_UP = (
     "cbctl.fleet",
     "cbctl.health",
+    "cbctl.metrics",
     "cbctl.scenarios",
     "cbctl.serving",
     "http.server",
     "httpx",
+    "prometheus_client",
     "psycopg",
     "qdrant_client",
     "redis",
