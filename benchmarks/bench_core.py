@@ -151,7 +151,26 @@ def closed_overheads(bench: Bench) -> tuple[Timing, list[Row]]:
         Row(library, api, bench.time(stmt, f=noop, **namespace).minus(bare))
         for library, api, stmt, namespace in cases
     ]
+    timed = timed_breaker()
+    rows.insert(
+        3,
+        Row(
+            "cbctl",
+            "call(f), timed [2]",
+            bench.time("call(f)", f=noop, call=timed.call).minus(bare),
+        ),
+    )
     return bare, rows
+
+
+def timed_breaker() -> CircuitBreaker:
+    """A breaker whose calls a cbctl.metrics.CircuitCollector times (the opt-in observer)."""
+    from cbctl import CircuitBreakerRegistry
+    from cbctl.metrics import CircuitCollector
+
+    registry = CircuitBreakerRegistry()
+    CircuitCollector(registry)
+    return registry.get("bench-timed")
 
 
 def open_costs(bench: Bench) -> tuple[list[Row], list[Row]]:
@@ -318,6 +337,8 @@ def main() -> int:
     table("CLOSED success: overhead over the bare call, ns/call", closed, ours_call.timing.best)
     print("  [1] circuitbreaker's call() never checks the state (only its decorator refuses);")
     print("      it is kept in, so 'the fastest peer' below is the strictest comparison.")
+    print("  [2] with a cbctl.metrics.CircuitCollector timing the calls (two clock reads and a")
+    print("      histogram update per call); the rows above have no observer and read no clock.")
 
     rejections, checks = open_costs(bench)
     table("OPEN: refusal, raise + catch, ns/call", rejections)

@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, ParamSpec, TypeVar, cast, overload
+from typing import Any, Final, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock, iso_utc
@@ -112,6 +112,13 @@ def _counted(counter: itertools.count[int]) -> int:
     return int(text[6:-1])
 
 
+class _Timed(NamedTuple):
+    """The permit of a `with` block whose duration call observers want, and when it began."""
+
+    permit: Permit | None
+    started: float
+
+
 class _OutageLog:
     """What a breaker counted on its own since its store stopped answering (kept under its lock).
 
@@ -154,6 +161,7 @@ class CircuitBreaker:
         "_config",
         "_degraded",
         "_entered",
+        "_ever_timed",
         "_exclude_predicates",
         "_exclude_types",
         "_failure_rules",
@@ -232,6 +240,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._snapshot = Snapshot(changed_at=self._clock.monotonic())
         self._observers: tuple[CallObserver, ...] = ()
+        self._ever_timed = False  # whether a `with` block may hold a _Timed permit
         self._steady = store is None
         self._closed_fast = store is None
         self._open_until: float | None = None
@@ -239,10 +248,9 @@ class CircuitBreaker:
         # "CLOSED, no failures" without a round trip (0.0: ask the store).
         self._view_max_age = view_max_age
         self._view_until = 0.0
-        # Permits of `with` blocks still open, per thread / asyncio task (innermost last).
-        self._entered: ContextVar[tuple[tuple[Permit | None, float | None], ...]] = ContextVar(
-            "cbctl_entered", default=()
-        )
+        # The permit of each `with` block still open, per thread / asyncio task (innermost last);
+        # a `_Timed` one when call observers want the block's duration.
+        self._entered: ContextVar[tuple[Any, ...]] = ContextVar("cbctl_entered", default=())
         self._degraded: str | None = None
         self._outage: _OutageLog | None = None
         self._reconciling = threading.Lock() if store is not None else None
@@ -308,9 +316,9 @@ class CircuitBreaker:
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            self._settle_error(permit, exc, self._since(started))
+            self._settle_error(permit, exc, started)
             raise
-        self._settle_success(permit, self._since(started))
+        self._settle_success(permit, started)
         return result
 
     async def call_async(
@@ -334,12 +342,12 @@ class CircuitBreaker:
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            await self._asettle_error(permit, exc, self._since(started))
+            await self._asettle_error(permit, exc, started)
             raise
         if started is None and permit is None and not self._snapshot.failure_count:
             next(self._successes)
         else:
-            await self._asettle_success(permit, self._since(started))
+            await self._asettle_success(permit, started)
         return result
 
     @overload
@@ -388,8 +396,8 @@ class CircuitBreaker:
 
     def __enter__(self) -> CircuitBreaker:
         permit = self._admit()
-        started = self._clock.monotonic() if self._observers else None
-        self._entered.set((*self._entered.get(), (permit, started)))
+        entry = _Timed(permit, self._clock.monotonic()) if self._observers else permit
+        self._entered.set((*self._entered.get(), entry))
         return self
 
     def __exit__(
@@ -398,16 +406,19 @@ class CircuitBreaker:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        permit, started = self._pop_permit()
+        permit = self._pop_permit()
+        started = None
+        if self._ever_timed and permit.__class__ is _Timed:
+            permit, started = permit
         if exc is None:
-            self._settle_success(permit, self._since(started))
+            self._settle_success(permit, started)
         else:
-            self._settle_error(permit, exc, self._since(started))
+            self._settle_error(permit, exc, started)
 
     async def __aenter__(self) -> CircuitBreaker:
         permit = await self._aadmit()
-        started = self._clock.monotonic() if self._observers else None
-        self._entered.set((*self._entered.get(), (permit, started)))
+        entry = _Timed(permit, self._clock.monotonic()) if self._observers else permit
+        self._entered.set((*self._entered.get(), entry))
         return self
 
     async def __aexit__(
@@ -416,13 +427,17 @@ class CircuitBreaker:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        permit, started = self._pop_permit()
+        permit = self._pop_permit()
+        started = None
+        if self._ever_timed and permit.__class__ is _Timed:
+            permit, started = permit
         if exc is None:
-            await self._asettle_success(permit, self._since(started))
+            await self._asettle_success(permit, started)
         else:
-            await self._asettle_error(permit, exc, self._since(started))
+            await self._asettle_error(permit, exc, started)
 
-    def _pop_permit(self) -> tuple[Permit | None, float | None]:
+    def _pop_permit(self) -> Any:
+        """The innermost open block's permit: Permit | None, or a _Timed one."""
         entered = self._entered.get()
         if not entered:
             raise RuntimeError(f"circuit {self.name!r} exited without being entered")
@@ -526,10 +541,10 @@ class CircuitBreaker:
         next(self._rejections)
         raise CircuitBreakerError(self.name, machine.retry_after(snapshot, self._config, now))
 
-    def _settle_success(self, permit: Permit | None, took: float | None = None) -> None:
+    def _settle_success(self, permit: Permit | None, started: float | None = None) -> None:
         next(self._successes)
-        if took is not None:
-            self._observe(took, "success")
+        if started is not None:
+            self._observe(self._clock.monotonic() - started, "success")
         if permit is None and not self._snapshot.failure_count:
             return  # a fast-path success with no failures to clear changes nothing
         if self._store is not None:
@@ -542,10 +557,10 @@ class CircuitBreaker:
                 return
         self._succeed_locally(permit)
 
-    async def _asettle_success(self, permit: Permit | None, took: float | None = None) -> None:
+    async def _asettle_success(self, permit: Permit | None, started: float | None = None) -> None:
         next(self._successes)
-        if took is not None:
-            self._observe(took, "success")
+        if started is not None:
+            self._observe(self._clock.monotonic() - started, "success")
         if permit is None and not self._snapshot.failure_count:
             return
         if self._store is not None:
@@ -564,8 +579,9 @@ class CircuitBreaker:
         self._announce(before, after)
 
     def _settle_error(
-        self, permit: Permit | None, exc: BaseException, took: float | None = None
+        self, permit: Permit | None, exc: BaseException, started: float | None = None
     ) -> None:
+        took = None if started is None else self._clock.monotonic() - started
         failed = self._is_failure(exc)
         if took is not None and isinstance(exc, Exception):
             self._observe(took, "failure" if failed else "neutral")
@@ -588,8 +604,9 @@ class CircuitBreaker:
         self._fail_locally(permit, error, op, delay, draw)
 
     async def _asettle_error(
-        self, permit: Permit | None, exc: BaseException, took: float | None = None
+        self, permit: Permit | None, exc: BaseException, started: float | None = None
     ) -> None:
+        took = None if started is None else self._clock.monotonic() - started
         failed = self._is_failure(exc)
         if took is not None and isinstance(exc, Exception):
             self._observe(took, "failure" if failed else "neutral")
@@ -865,6 +882,7 @@ class CircuitBreaker:
         checked_observer(observer)
         with self._lock:
             self._observers = (*self._observers, observer)
+            self._ever_timed = True
             self._install(self._snapshot)
 
     def remove_call_observer(self, observer: CallObserver) -> None:
@@ -872,10 +890,6 @@ class CircuitBreaker:
         with self._lock:
             self._observers = tuple(item for item in self._observers if item != observer)
             self._install(self._snapshot)
-
-    def _since(self, started: float | None) -> float | None:
-        """Seconds since `started` (None when the call was not timed)."""
-        return None if started is None else self._clock.monotonic() - started
 
     def _observe(self, took: float, outcome: str) -> None:
         for observer in self._observers:
