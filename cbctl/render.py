@@ -190,6 +190,20 @@ def _count(value: object) -> str:
     return str(value) if isinstance(value, int) else "-"
 
 
+def _rate(value: object) -> str:
+    """A rate from stats (0..1) as a percentage; "-" while unknown or not a rate."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        return "-"
+    return f"{value:.0%}" if value in (0, 1) or value >= 0.1 else f"{value:.1%}"
+
+
+def _open_time(value: object) -> str:
+    """The open duration in force: tenths of a second below a minute, else like format_age."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
+        return "-"
+    return f"{value:.1f}s" if value < 60 else format_age(value)
+
+
 def _summary(reports: Sequence[SourceReport]) -> str:
     states = Counter(str(stats.get("state")) for report in reports for stats in report.circuits)
     unreachable = sum(1 for report in reports if report.error is not None)
@@ -213,18 +227,29 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("state", "left"),
     ("for", "right"),
     ("failures", "right"),
+    ("fail%", "right"),
+    ("slow%", "right"),
     ("half-open", "right"),
     ("retry in", "right"),
+    ("open dur", "right"),
     ("calls", "right"),
     ("rejected", "right"),
     ("last failure", "left"),
 )
-_STATE, _FOR, _HALF_OPEN, _CALLS, _REJECTED, _LAST_FAILURE = 1, 2, 4, 6, 7, 8
-_GIVE_WAY = (_REJECTED, _CALLS, _HALF_OPEN, _FOR)
+_STATE, _FOR, _FAIL_RATE, _SLOW_RATE, _HALF_OPEN = 1, 2, 4, 5, 6
+_OPEN_TIME, _CALLS, _REJECTED, _LAST_FAILURE = 8, 9, 10, 11
+_GIVE_WAY = (_REJECTED, _CALLS, _HALF_OPEN, _FOR, _OPEN_TIME, _SLOW_RATE, _FAIL_RATE)
 """Columns dropped, in this order, when a terminal is too narrow for the error to be read;
-circuit, state, failures, retry and the error always stay."""
+circuit, state, failures, retry and the error always stay (the policy figures go last)."""
 _UNKNOWN_COUNTERS = (_CALLS, _REJECTED)
 """Columns left out when no row knows them (a store keeps state, not per-process counters)."""
+POLICY_COLUMNS: Mapping[int, str] = {
+    _FAIL_RATE: "failure_rate",
+    _SLOW_RATE: "slow_call_rate",
+    _OPEN_TIME: "open_duration",
+}
+"""Columns of the policies (issue 11), by the stats key that shows one is on: a column is there
+only when a row has its key (a rate is "-" while fewer than minimum_calls were seen)."""
 _GAP = "  "
 
 Row = tuple[str, list[str], str]
@@ -247,7 +272,7 @@ def _circuit_rows(reports: Sequence[SourceReport], now: float) -> list[Row]:
     for report in reports:
         source = visible(report.source)
         if report.error is not None:
-            cells = ["-", "unreachable", "-", "-", "-", "-", "-", "-", visible(report.error)]
+            cells = ["-", "unreachable", *["-"] * (len(COLUMNS) - 3), visible(report.error)]
             rows.append(("unreachable", cells, source))
             continue
         elapsed = now - report.fetched_at
@@ -259,8 +284,11 @@ def _circuit_rows(reports: Sequence[SourceReport], now: float) -> list[Row]:
                 _state_label(stats),
                 format_age(None if since is None else now - since),
                 _ratio(stats.get("failure_count"), stats.get("failure_threshold")),
+                _rate(stats.get("failure_rate")),
+                _rate(stats.get("slow_call_rate")),
                 _half_open(stats),
                 _retry(stats, elapsed),
+                _open_time(stats.get("open_duration")),
                 _count(stats.get("calls")),
                 _count(stats.get("rejections")),
                 _last_failure(stats, now),
@@ -286,9 +314,11 @@ class CircuitTable:
         plain: bool,
         source: str | None = None,
         holds: Sequence[str] = (),
+        policies: frozenset[int] = frozenset(),
     ) -> None:
         self.rows = rows
         self.holds = holds
+        self.policies = policies
         self.caption = caption
         self.plain = plain
         self.source = source
@@ -303,8 +333,11 @@ class CircuitTable:
         shown = [
             index
             for index in range(len(COLUMNS))
-            if index not in _UNKNOWN_COUNTERS
-            or any(cells[index] != "-" for _, cells, _ in self.rows)
+            if (index in POLICY_COLUMNS and index in self.policies)
+            or (index not in POLICY_COLUMNS and index not in _UNKNOWN_COUNTERS)
+            or (
+                index in _UNKNOWN_COUNTERS and any(cells[index] != "-" for _, cells, _ in self.rows)
+            )
         ]
         if available is None:
             return shown, [natural[index] for index in shown]
@@ -403,9 +436,13 @@ def circuit_table(
         kept = sorted(ranked[: max(1, max_rows)])
         caption += f"; {len(rows) - len(kept)} not shown (terminal too small; see cbctl status)"
         rows = [rows[i] for i in kept]
-    return CircuitTable(
-        rows, caption, plain, visible(reports[0].source) if len(reports) == 1 else None, holds
+    policies = frozenset(
+        index
+        for index, key in POLICY_COLUMNS.items()
+        if any(key in stats for report in reports for stats in report.circuits)
     )
+    source = visible(reports[0].source) if len(reports) == 1 else None
+    return CircuitTable(rows, caption, plain, source, holds, policies)
 
 
 def watch_header(

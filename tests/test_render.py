@@ -240,3 +240,89 @@ def test_on_a_narrow_terminal_optional_columns_give_way_before_the_error_is_cut(
     assert "calls" not in header
     assert header[:2] == ["circuit", "state"]
     assert {"failures", "retry", "last"} <= set(header)
+
+
+# -- policies (failure rate, slow-call rate, open duration) ------------------------------------
+
+POLICY_KEYS = {"failure_rate": 0.62, "slow_call_rate": 0.05, "open_duration": 120.0}
+POLICY_HEADERS = ("fail%", "slow%", "open dur")
+
+
+def policy_cells(line: str) -> list[str]:
+    """fail%, slow% and open dur of a row with every column (one word per cell)."""
+    cells = line.split()
+    return [cells[4], cells[5], cells[8]]
+
+
+def test_policy_figures_show_where_a_circuit_reports_them() -> None:
+    circuits = (
+        stats("qdrant", "open", retry_after=9.0, **POLICY_KEYS),
+        stats("redis", failure_rate=None, slow_call_rate=None),  # fewer than minimum_calls
+        stats("tcp"),  # its policies are off
+    )
+    output = render(circuit_table([SourceReport("s", circuits, NOW)], NOW, plain=True))
+    header = output.splitlines()[0]
+    assert all(name in header for name in POLICY_HEADERS)
+    assert policy_cells(line_of(output, "qdrant")) == ["62%", "5.0%", "2m00s"]
+    assert policy_cells(line_of(output, "redis")) == ["-", "-", "-"]
+    assert policy_cells(line_of(output, "tcp")) == ["-", "-", "-"]
+
+
+def test_without_policy_keys_the_table_has_no_policy_column() -> None:
+    output = render(circuit_table([SourceReport("s", (stats("qdrant"),), NOW)], NOW, plain=True))
+    assert output.splitlines()[0].split() == [
+        "circuit", "state", "for", "failures", "half-open", "retry", "in", "calls", "rejected",
+        "last", "failure",
+    ]  # fmt: skip
+
+
+def test_only_the_policies_in_force_get_a_column() -> None:
+    report = SourceReport("s", (stats("qdrant", "open", open_duration=4.5, retry_after=1.0),), NOW)
+    output = render(circuit_table([report], NOW, plain=True))
+    assert "open dur" in output.splitlines()[0]
+    assert "fail%" not in output
+    assert "slow%" not in output
+    assert "4.5s" in line_of(output, "qdrant").split()
+
+
+@pytest.mark.parametrize(
+    "bad", [float("nan"), float("inf"), -0.5, 1.5, True, "0.5", [0.5], {"rate": 1}]
+)
+def test_a_policy_figure_that_is_not_a_rate_or_duration_shows_as_unknown(bad: object) -> None:
+    duration = -1.5 if bad == 1.5 else bad  # 1.5 s is a fine duration, not a fine rate
+    report = SourceReport(
+        "s", (stats("x", failure_rate=bad, slow_call_rate=bad, open_duration=duration),), NOW
+    )
+    line = line_of(render(circuit_table([report], NOW, plain=True)), "x")
+    assert policy_cells(line) == ["-", "-", "-"]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_with_policies_at_80_and_120_columns_the_essentials_stay_readable(width: int) -> None:
+    failing = stats(
+        "postgresql", "open", failure_count=5, retry_after=9.0,
+        last_failure=ISO_NOW, last_error=LONG_ERROR, **POLICY_KEYS,
+    )  # fmt: skip
+    path = "/home/operator/.local/state/cbctl/circuits.db"
+    lines = _terminal(circuit_table([SourceReport(path, (failing,), NOW)], NOW), width)
+    assert max(len(line) for line in lines) <= width
+    (row,) = [line for line in lines if line.startswith("postgresql")]
+    cells = row.split()
+    assert cells[1:2] == ["open"]
+    assert {"5/5", "9.0s"} <= set(cells)
+    error_width = len(row) - row.index("0s ago:")
+    assert error_width >= (40 if width == 80 else 70)
+
+
+def test_at_120_columns_the_rates_stay_beside_a_usual_error() -> None:
+    refused = "ConnectionRefusedError: [Errno 111] Connection refused"
+    failing = stats(
+        "postgresql", "open", failure_count=5, retry_after=9.0,
+        last_failure=ISO_NOW, last_error=refused, **POLICY_KEYS,
+    )  # fmt: skip
+    lines = _terminal(circuit_table([SourceReport("/s.db", (failing,), NOW)], NOW), 120)
+    header = lines[0]
+    (row,) = [line for line in lines if line.startswith("postgresql")]
+    assert {"fail%", "slow%"} <= set(header.split())
+    assert {"62%", "5.0%"} <= set(row.split())
+    assert refused in row
