@@ -337,6 +337,8 @@ def fetch_health(
 
 _COUNT_KEYS = ("failure_count", "success_count", "failure_threshold", "success_threshold")
 _NUMBER_KEYS = ("retry_after", "timeout")
+_RATE_KEYS = ("failure_rate", "slow_call_rate")
+_DURATION_KEYS = ("open_duration",)
 _TEXT_KEYS = (
     "last_failure",
     "last_error",
@@ -369,6 +371,15 @@ def _checked(name: str, entry: object) -> dict[str, Any]:
         value = entry.get(key)
         if value is not None and not isinstance(value, str):
             problem = problem or f"{key} is {_cut(repr(value))}, not text"
+    for keys, low, high, kind in (
+        (_RATE_KEYS, 0.0, 1.0, "a rate from 0 to 1"),
+        (_DURATION_KEYS, 0.0, math.inf, "a number of seconds"),
+    ):
+        for key in keys:
+            value = entry.get(key)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is not None and not (number and math.isfinite(value) and low <= value <= high):
+                problem = problem or f"{key} is {_cut(repr(value))}, not {kind}"
     if problem is not None:
         return unreadable_stats(name, problem, "")
     return {**entry, "name": name}

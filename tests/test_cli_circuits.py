@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -328,3 +329,27 @@ def test_status_json_carries_the_open_duration_of_a_circuit_that_backs_off(
     shown = {entry["name"]: entry for entry in json.loads(out)}
     assert shown["llm"]["open_duration"] == 30.0
     assert "open_duration" not in shown["plain"]
+
+
+@pytest.mark.slow
+def test_watch_and_health_show_the_policy_figures_a_service_reports() -> None:
+    from tests.test_metrics import PolicyRegistry
+
+    registry = PolicyRegistry({"qdrant": {"failure_rate": 0.62, "open_duration": 90.0}})
+    registry.get("qdrant")
+    registry.get("redis")
+    with running(health_app(registry, max_age=0)) as server:
+        code, out, _ = run("watch", "--once", "--url", server.url)
+        health = httpx.get(f"{server.url}/health").json()
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert code == 0
+    header = next(line for line in out.splitlines() if line.startswith("circuit"))
+    assert "fail%" in header
+    assert "open dur" in header
+    assert "slow%" not in header
+    assert {"62%", "1m30s"} <= set(line_of(out, "qdrant"))
+    assert health["circuits"]["qdrant"]["failure_rate"] == 0.62
+    assert "failure_rate" not in health["circuits"]["redis"]
+    assert 'cbctl_circuit_failure_rate{circuit="qdrant"} 0.62' in metrics
+    assert 'cbctl_circuit_open_duration_seconds{circuit="qdrant"} 90.0' in metrics
+    assert 'cbctl_circuit_failure_rate{circuit="redis"}' not in metrics

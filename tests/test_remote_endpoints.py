@@ -170,3 +170,29 @@ def test_a_foreign_circuit_from_an_endpoint_shows_as_unreadable(
     assert circuits["b"]["state"] == "unreadable"
     assert "'bogus' is not a circuit state" in circuits["b"]["error"]
     assert circuits["c"]["state"] == "open"
+
+
+def test_policy_figures_from_an_endpoint_are_kept_when_they_make_sense(
+    endpoint: Callable[[Behaviour], str],
+) -> None:
+    body = (
+        b'{"circuits": {'
+        b'"fine": {"state": "open", "failure_rate": 0.5, "slow_call_rate": null,'
+        b' "open_duration": 60},'
+        b'"rate": {"state": "closed", "failure_rate": 7},'
+        b'"slow": {"state": "closed", "slow_call_rate": "high"},'
+        b'"dur": {"state": "open", "open_duration": -1},'
+        b'"huge": {"state": "open", "open_duration": 1e999}}}'
+    )
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(_head(len(body)) + body)
+
+    circuits = {each["name"]: each for each in fetch_health(endpoint(answer))}
+    fine = circuits["fine"]
+    assert (fine["state"], fine["failure_rate"], fine["open_duration"]) == ("open", 0.5, 60)
+    assert fine["slow_call_rate"] is None
+    assert "failure_rate is 7, not a rate from 0 to 1" in circuits["rate"]["error"]
+    assert "slow_call_rate is 'high', not a rate" in circuits["slow"]["error"]
+    assert "open_duration is -1, not a number of seconds" in circuits["dur"]["error"]
+    assert circuits["huge"]["state"] == "unreadable"
