@@ -214,8 +214,18 @@ def iso(offset: float | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+TIMED_AS: dict[str, str] = {
+    "success": "success",
+    "failure": "failure",
+    "excluded_type": "neutral",
+    "excluded_predicate": "neutral",
+}
+"""What a call observer hears of each outcome (a cancellation or KeyboardInterrupt: nothing)."""
+
+
 class BreakerMachine(RuleBasedStateMachine):
     use_store: ClassVar[bool] = False
+    timed: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -254,6 +264,9 @@ class BreakerMachine(RuleBasedStateMachine):
         self.model = Model(
             failure_threshold, timeout, success_threshold, backoff_factor, max_timeout
         )
+        self.timings: list[tuple[str, float, str]] = []
+        if self.timed:
+            self.breaker.add_call_observer(lambda *timing: self.timings.append(timing))
 
     @rule(
         calls=st.lists(
@@ -265,8 +278,12 @@ class BreakerMachine(RuleBasedStateMachine):
         for outcome, way in calls:
             expected_retry_after = self.model.retry_after()
             expected_call = self.model.call(outcome)
+            timed_before = len(self.timings)
             called, raised = invoke(self.breaker, outcome, way)
             assert called == expected_call
+            if self.timed:
+                heard = TIMED_AS.get(outcome) if called else None
+                assert self.timings[timed_before:] == ([("dep", 0.0, heard)] if heard else [])
             if not expected_call:
                 assert isinstance(raised, CircuitBreakerError)
                 assert raised.name == "dep"
@@ -398,10 +415,24 @@ class StoreBreakerMachine(BreakerMachine):
     use_store = True
 
 
+class TimedBreakerMachine(BreakerMachine):
+    """Timing every call (a CircuitCollector's observer) changes no decision of the breaker."""
+
+    timed = True
+
+
+class TimedStoreBreakerMachine(StoreBreakerMachine):
+    timed = True
+
+
 TestInProcessBreakerAgreesWithTheModel = BreakerMachine.TestCase
 TestInProcessBreakerAgreesWithTheModel.settings = SETTINGS
 TestStoreBreakerAgreesWithTheModel = StoreBreakerMachine.TestCase
 TestStoreBreakerAgreesWithTheModel.settings = SETTINGS
+TestTimedBreakerAgreesWithTheModel = TimedBreakerMachine.TestCase
+TestTimedBreakerAgreesWithTheModel.settings = SETTINGS
+TestTimedStoreBreakerAgreesWithTheModel = TimedStoreBreakerMachine.TestCase
+TestTimedStoreBreakerAgreesWithTheModel.settings = SETTINGS
 
 
 class MisremembersTheThreshold(BreakerMachine):
