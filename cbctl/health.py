@@ -7,8 +7,8 @@
   `{"status": "ok"|"degraded", "circuits": {name: stats}}`. "degraded" means at least one
   circuit is not CLOSED, or a breaker has lost its shared store, or the store cannot be read.
 - `GET /metrics` is Prometheus text from a CollectorRegistry of this app's own, holding one
-  `cbctl.metrics.CircuitCollector` (made at the first scrape: call durations count from then;
-  register your own collector at start-up to time every call).
+  `cbctl.metrics.CircuitCollector` (made at the first scrape: call durations count from then,
+  unless `time_calls=False`; register your own collector at start-up to time every call).
 - `GET /events?since=CURSOR` is the transition journal after the cursor (all kept when absent):
   `{"events": [{"id", "circuit", "at", "previous", "state", "failures", "error", "source"}...],
   "cursor": ...}`; pass `cursor` back as `since` to get only what is new (`&circuit=NAME` to
@@ -87,9 +87,11 @@ class HealthApp:
         token: str | None = None,
         *,
         max_age: float = DEFAULT_MAX_AGE,
+        time_calls: bool = True,
     ) -> None:
         self._source = source
         self._max_age = max_age
+        self._time_calls = time_calls
         self._cached: tuple[float, HttpResponse] | None = None
         self._cache_lock = threading.Lock()
         self._token = token.encode() if token else None
@@ -296,7 +298,7 @@ class HealthApp:
                 from cbctl.metrics import CircuitCollector
 
                 registry = CollectorRegistry(auto_describe=False)
-                registry.register(CircuitCollector(self))
+                registry.register(CircuitCollector(self, time_calls=self._time_calls))
                 self._metrics = registry
             return self._metrics
 
@@ -346,14 +348,16 @@ def health_app(
     token: str | None = None,
     *,
     max_age: float = DEFAULT_MAX_AGE,
+    time_calls: bool = True,
 ) -> HealthApp:
     """The health endpoints of `source`; resets over HTTP only when `token` is given.
 
     `max_age` (seconds) lets concurrent /health requests share one computed answer, so a burst
     of requests costs at most one pass over the circuits per `max_age`; 0 computes every time.
-    A reset through the app is visible at once.
+    A reset through the app is visible at once. `time_calls=False` leaves the call-duration
+    histogram out of /metrics (and the breakers' calls untimed).
     """
-    return HealthApp(source, token, max_age=max_age)
+    return HealthApp(source, token, max_age=max_age, time_calls=time_calls)
 
 
 def _decodable(text: str) -> bool:

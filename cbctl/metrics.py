@@ -110,8 +110,9 @@ class CircuitCollector:
     """A prometheus_client collector of circuits: `registry.register(CircuitCollector(source))`.
 
     `source` is the service's CircuitBreakerRegistry (its breakers' call durations are timed
-    from now on, per process) or a CircuitStore (what the shared state records; no per-process
-    counters or durations). `buckets` are the call-duration upper bounds in seconds.
+    from now on, per process, unless `time_calls=False`) or a CircuitStore (what the shared
+    state records; no per-process counters or durations). `buckets` are the call-duration upper
+    bounds in seconds.
     """
 
     def __init__(
@@ -119,10 +120,11 @@ class CircuitCollector:
         source: CircuitBreakerRegistry | CircuitStore | HealthApp,
         *,
         buckets: Iterable[float] = DEFAULT_BUCKETS,
+        time_calls: bool = True,
     ) -> None:
         self._circuits = source if isinstance(source, HealthApp) else HealthApp(source, max_age=0)
         self._durations: _Durations | None = None
-        if not self._circuits.serves_store:
+        if time_calls and not self._circuits.serves_store:
             self._durations = _Durations(buckets)
             self._circuits.registry().add_call_observer(self._durations.observe)
 

@@ -363,3 +363,27 @@ def test_importing_cbctl_loads_no_prometheus_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "False"
+
+
+def test_without_call_timing_the_breakers_stay_on_their_untimed_path() -> None:
+    clock = CountingClock()
+    registry = CircuitBreakerRegistry(clock=clock)
+    app = health_app(registry, time_calls=False)
+    prometheus = collected_untimed(registry)
+    breaker = registry.get("qdrant")
+    app.respond("GET", "/metrics", {}, b"")
+    clock.reads = 0
+    breaker.call(lambda: None)
+    assert clock.reads == 0
+    names = {name for name, _ in scrape(prometheus)}
+    assert not any(name.startswith("cbctl_circuit_call_duration") for name in names)
+    assert (
+        value(scrape(prometheus), "cbctl_circuit_calls_total", circuit="qdrant", outcome="success")
+        == 1
+    )
+
+
+def collected_untimed(registry: CircuitBreakerRegistry) -> CollectorRegistry:
+    prometheus = CollectorRegistry()
+    prometheus.register(CircuitCollector(registry, time_calls=False))
+    return prometheus
