@@ -241,6 +241,8 @@ class CircuitBreaker:
         self._snapshot = Snapshot(changed_at=self._clock.monotonic())
         self._observers: tuple[CallObserver, ...] = ()
         self._ever_timed = False  # whether a `with` block may hold a _Timed permit
+        # _steady: in-process and CLOSED with no hold, so admission needs no lock; _closed_fast:
+        # that and no call observer, so call() needs neither lock nor clock (kept by _install).
         self._steady = store is None
         self._closed_fast = store is None
         self._open_until: float | None = None

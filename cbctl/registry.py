@@ -197,6 +197,7 @@ class CircuitBreakerRegistry:
             breaker.add_call_observer(observer)
 
     def remove_call_observer(self, observer: CallObserver) -> None:
+        """Stop timing calls for `observer`, in every breaker (the untimed path comes back)."""
         with self._lock:
             self._observers = tuple(item for item in self._observers if item != observer)
             breakers = list(self._breakers.values())
