@@ -217,6 +217,7 @@ def iso(offset: float | None) -> str | None:
 TIMED_AS: dict[str, str] = {
     "success": "success",
     "failure": "failure",
+    "overloaded": "failure",
     "excluded_type": "neutral",
     "excluded_predicate": "neutral",
 }
