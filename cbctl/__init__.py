@@ -9,6 +9,7 @@ from typing import Any
 from cbctl.breaker import CircuitBreaker, Exclusion, StateChange
 from cbctl.clock import Clock, FakeClock, SystemClock
 from cbctl.errors import (
+    CallTimeoutError,
     CbctlError,
     CircuitBreakerError,
     ConfigError,
@@ -38,6 +39,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BreakerConfig",
+    "CallTimeoutError",
     "CbctlError",
     "CircuitBreaker",
     "CircuitBreakerError",

@@ -10,6 +10,7 @@ Two paths keep it fast and correct:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import getpass
 import inspect
@@ -21,8 +22,9 @@ import random
 import secrets
 import socket
 import threading
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +33,7 @@ from typing import Any, Final, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock, iso_utc
-from cbctl.errors import CircuitBreakerError, StoreUnavailableError, UsageError
+from cbctl.errors import CallTimeoutError, CircuitBreakerError, StoreUnavailableError, UsageError
 from cbctl.failures import FailureRules, as_rules
 from cbctl.journal import (
     JOURNAL_LIMIT,
@@ -113,10 +115,13 @@ def _counted(counter: itertools.count[int]) -> int:
 
 
 class _Timed(NamedTuple):
-    """The permit of a `with` block whose duration call observers want, and when it began."""
+    """The permit of a `with` block that is timed, for call observers or a call_timeout: when it
+    began (sync; None when only an async deadline needs it) and the deadline that cancels it
+    (`async with` under a call_timeout)."""
 
     permit: Permit | None
-    started: float
+    started: float | None
+    deadline: asyncio.Timeout | None
 
 
 class _OutageLog:
@@ -197,6 +202,7 @@ class CircuitBreaker:
         backoff_factor: float = 1.0,
         max_timeout: float | None = None,
         jitter: float = 0.0,
+        call_timeout: float | None = None,
         exclude: Iterable[Exclusion] = (),
         clock: Clock | None = None,
         store: CircuitStore | None = None,
@@ -219,6 +225,7 @@ class CircuitBreaker:
             backoff_factor=backoff_factor,
             max_timeout=max_timeout,
             jitter=jitter,
+            call_timeout=call_timeout,
         )
         types: list[type[BaseException]] = []
         predicates: list[Callable[[BaseException], bool]] = []
@@ -236,22 +243,26 @@ class CircuitBreaker:
         self._clock = clock or SYSTEM_CLOCK
         self._store = store
         self._stored: Snapshot | None = None
+        if fallback is not None and not callable(fallback):
+            raise TypeError(f"fallback must be callable, not {fallback!r}")
         self._fallback = fallback
         self._lock = threading.Lock()
         self._snapshot = Snapshot(changed_at=self._clock.monotonic())
         self._observers: tuple[CallObserver, ...] = ()
-        self._ever_timed = False  # whether a `with` block may hold a _Timed permit
+        # whether a `with` block may hold a _Timed permit (an observer was added, or call_timeout)
+        self._ever_timed = self._config.call_timeout is not None
         # _steady: in-process and CLOSED with no hold, so admission needs no lock; _closed_fast:
-        # that and no call observer, so call() needs neither lock nor clock (kept by _install).
+        # that, no call observer and no call_timeout, so call() needs neither lock nor clock
+        # (kept by _install).
         self._steady = store is None
-        self._closed_fast = store is None
+        self._closed_fast = self._steady and self._config.call_timeout is None
         self._open_until: float | None = None
         # Store-backed only: until this monotonic time, calls run on the store's last answer of
         # "CLOSED, no failures" without a round trip (0.0: ask the store).
         self._view_max_age = view_max_age
         self._view_until = 0.0
         # The permit of each `with` block still open, per thread / asyncio task (innermost last);
-        # a `_Timed` one when call observers want the block's duration.
+        # a `_Timed` one when call observers want the block's duration or it has a call_timeout.
         self._entered: ContextVar[tuple[Any, ...]] = ContextVar("cbctl_entered", default=())
         self._degraded: str | None = None
         self._outage: _OutageLog | None = None
@@ -287,16 +298,26 @@ class CircuitBreaker:
     def success_threshold(self) -> int:
         return self._config.success_threshold
 
+    @property
+    def call_timeout(self) -> float | None:
+        return self._config.call_timeout
+
     # -- calling -----------------------------------------------------------------------------
 
     def call(self, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call `func` through the breaker; when open, raise CircuitBreakerError instead."""
+        """Call `func` through the breaker; when open, raise CircuitBreakerError instead.
+
+        For sync functions only: one that returns an awaitable (an `async def`) raises TypeError
+        and records nothing, since call() cannot await it; use `await call_async(...)`.
+        """
         if self._closed_fast:
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
                 self._settle_error(None, exc)
                 raise
+            if result is not None and result.__class__ not in _PLAIN and _awaitable(result):
+                self._refuse_awaitable(None, func, result)
             if self._snapshot.failure_count:
                 self._settle_success(None)
             else:
@@ -307,19 +328,22 @@ class CircuitBreaker:
             if rejection is not None:
                 if self._fallback is None:
                     raise rejection
-                return cast(R, self._fallback(rejection))
+                return cast(R, self._sync_fallback(rejection))
         try:
             permit = self._admit()
         except CircuitBreakerError as rejection:
             if self._fallback is None:
                 raise
-            return cast(R, self._fallback(rejection))
-        started = self._clock.monotonic() if self._observers else None
+            return cast(R, self._sync_fallback(rejection))
+        timed = self._observers or self._config.call_timeout is not None
+        started = self._clock.monotonic() if timed else None
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
             self._settle_error(permit, exc, started)
             raise
+        if result is not None and result.__class__ not in _PLAIN and _awaitable(result):
+            self._refuse_awaitable(permit, func, result)
         self._settle_success(permit, started)
         return result
 
@@ -331,7 +355,7 @@ class CircuitBreaker:
         Store operations never block the loop: Redis is spoken to with redis.asyncio, a store
         without async methods (the state file) runs in a worker thread.
         """
-        if self._closed_fast or (self._view_until and self._clock.monotonic() < self._view_until):
+        if self._steady or (self._view_until and self._clock.monotonic() < self._view_until):
             permit = None
         else:
             try:
@@ -339,10 +363,26 @@ class CircuitBreaker:
             except CircuitBreakerError as rejection:
                 if self._fallback is None:
                     raise
-                return cast(R, self._fallback(rejection))
+                answer = self._fallback(rejection)
+                if _awaitable(answer):
+                    answer = await answer
+                return cast(R, answer)
         started = self._clock.monotonic() if self._observers else None
         try:
-            result = await func(*args, **kwargs)
+            awaitable: Any = func(*args, **kwargs)
+        except BaseException as exc:  # a dependency's client may fail before its first await
+            await self._asettle_error(permit, exc, started)
+            raise
+        if awaitable.__class__ is not _COROUTINE and not inspect.isawaitable(awaitable):
+            await self._arelease(permit)
+            raise TypeError(
+                f"circuit {self.name!r}: call_async() needs an async function, but "
+                f"{_name_of(func)} returned {type(awaitable).__name__} (it ran; nothing was "
+                "recorded); use breaker.call() for a sync function"
+            )
+        limit = self._config.call_timeout
+        try:
+            result: R = await (awaitable if limit is None else self._within(awaitable, limit))
         except BaseException as exc:
             await self._asettle_error(permit, exc, started)
             raise
@@ -360,7 +400,7 @@ class CircuitBreaker:
 
     def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a function; an async function stays async, a sync one stays sync."""
-        if inspect.iscoroutinefunction(func):
+        if _is_async(func):
 
             @functools.wraps(func)
             async def async_protected(*args: P.args, **kwargs: P.kwargs) -> Any:
@@ -381,6 +421,8 @@ class CircuitBreaker:
                 except BaseException as exc:
                     self._settle_error(None, exc)
                     raise
+                if result is not None and result.__class__ not in _PLAIN and _awaitable(result):
+                    self._refuse_awaitable(None, func, result)
                 if self._snapshot.failure_count:
                     self._settle_success(None)
                 else:
@@ -391,15 +433,17 @@ class CircuitBreaker:
                 if rejection is not None:
                     if self._fallback is None:
                         raise rejection
-                    return self._fallback(rejection)
+                    return self._sync_fallback(rejection)
             return call(func, *args, **kwargs)
 
         return protected
 
     def __enter__(self) -> CircuitBreaker:
         permit = self._admit()
-        entry = _Timed(permit, self._clock.monotonic()) if self._observers else permit
-        self._entered.set((*self._entered.get(), entry))
+        if self._closed_fast or not (self._observers or self._config.call_timeout is not None):
+            self._entered.set((*self._entered.get(), permit))
+        else:
+            self._entered.set((*self._entered.get(), _Timed(permit, self._clock.monotonic(), None)))
         return self
 
     def __exit__(
@@ -411,7 +455,7 @@ class CircuitBreaker:
         permit = self._pop_permit()
         started = None
         if self._ever_timed and permit.__class__ is _Timed:
-            permit, started = permit
+            permit, started, _ = permit
         if exc is None:
             self._settle_success(permit, started)
         else:
@@ -419,7 +463,14 @@ class CircuitBreaker:
 
     async def __aenter__(self) -> CircuitBreaker:
         permit = await self._aadmit()
-        entry = _Timed(permit, self._clock.monotonic()) if self._observers else permit
+        limit = self._config.call_timeout
+        deadline = None
+        if limit is not None:
+            deadline = asyncio.timeout(limit)
+            await deadline.__aenter__()
+        started = self._clock.monotonic() if self._observers else None
+        timed = started is not None or deadline is not None
+        entry = _Timed(permit, started, deadline) if timed else permit
         self._entered.set((*self._entered.get(), entry))
         return self
 
@@ -430,9 +481,16 @@ class CircuitBreaker:
         traceback: TracebackType | None,
     ) -> None:
         permit = self._pop_permit()
-        started = None
+        started = deadline = None
         if self._ever_timed and permit.__class__ is _Timed:
-            permit, started = permit
+            permit, started, deadline = permit
+        if deadline is not None:
+            try:
+                await deadline.__aexit__(exc_type, exc, traceback)
+            except TimeoutError as expired:
+                error = self._timed_out()
+                await self._asettle_error(permit, error, started)
+                raise error from expired
         if exc is None:
             await self._asettle_success(permit, started)
         else:
@@ -446,13 +504,57 @@ class CircuitBreaker:
         self._entered.set(entered[:-1])
         return entered[-1]
 
+    # -- call forms and call_timeout --------------------------------------------------------
+
+    def _refuse_awaitable(self, permit: Permit | None, func: object, result: object) -> None:
+        """call() got an awaitable: it cannot await it, so nothing is recorded (a coroutine is
+        closed unstarted) and TypeError tells the caller which form to use."""
+        if result.__class__ is _COROUTINE:
+            cast(Coroutine[Any, Any, Any], result).close()
+        self._release(permit)
+        raise TypeError(
+            f"circuit {self.name!r}: call() cannot await {_name_of(func)}, which returned "
+            f"{type(result).__name__} (nothing was recorded); use "
+            "`await breaker.call_async(fn, ...)`, or decorate the async def"
+        )
+
+    def _sync_fallback(self, rejection: CircuitBreakerError) -> Any:
+        """The fallback's answer for a sync caller; an async fallback cannot be awaited here."""
+        assert self._fallback is not None
+        answer = self._fallback(rejection)
+        if answer.__class__ not in _PLAIN and _awaitable(answer):
+            if answer.__class__ is _COROUTINE:
+                answer.close()
+            raise TypeError(
+                f"circuit {self.name!r} is open and its fallback {_name_of(self._fallback)} is "
+                "async: a sync call() cannot await it; use `await breaker.call_async(...)`"
+            ) from rejection
+        return answer
+
+    async def _within(self, awaitable: Awaitable[R], limit: float) -> R:
+        """Await `awaitable` for at most `limit` seconds; past that it is cancelled and the call
+        fails with CallTimeoutError (a timeout of the caller's own stays a cancellation)."""
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                return await awaitable
+        except TimeoutError as expired:
+            if not deadline.expired():
+                raise  # the function's own TimeoutError, classified as any other error
+            raise self._timed_out() from expired
+
+    def _timed_out(self, took: float | None = None) -> CallTimeoutError:
+        limit = self._config.call_timeout
+        assert limit is not None
+        return CallTimeoutError(self.name, limit, took)
+
     def allows_call(self) -> bool:
         """Whether a call made now would be admitted, without raising and without taking a permit.
 
         For callers that must not pay for an exception; in HALF_OPEN the answer is advisory, since
         another caller may take the last trial place first.
         """
-        if self._closed_fast:
+        if self._steady:
             return True
         open_until = self._open_until
         if open_until is not None and self._clock.monotonic() < open_until:
@@ -544,9 +646,20 @@ class CircuitBreaker:
         raise CircuitBreakerError(self.name, machine.retry_after(snapshot, self._config, now))
 
     def _settle_success(self, permit: Permit | None, started: float | None = None) -> None:
-        next(self._successes)
-        if started is not None:
-            self._observe(self._clock.monotonic() - started, "success")
+        """Record a success, timed from `started` for call observers; a sync call that outlasted
+        call_timeout is a failure instead, and raises CallTimeoutError (its result is dropped)."""
+        if started is None:
+            next(self._successes)
+        else:
+            took = self._clock.monotonic() - started
+            limit = self._config.call_timeout
+            if limit is not None and took > limit:
+                error = self._timed_out(took)
+                self._observe(took, "failure")
+                self._settle_error(permit, error)
+                raise error
+            next(self._successes)
+            self._observe(took, "success")
         if permit is None and not self._snapshot.failure_count:
             return  # a fast-path success with no failures to clear changes nothing
         if self._store is not None:
@@ -668,9 +781,15 @@ class CircuitBreaker:
 
     def _is_failure(self, exc: BaseException) -> bool:
         """Only a non-excluded `Exception` that the kind's rules call a failure counts;
-        KeyboardInterrupt and cancellation are neutral. Runs only when a call raised."""
+        KeyboardInterrupt and cancellation are neutral, and so is another breaker's rejection
+        (a nested breaker: this call's dependency was not the one found down). This breaker's
+        own call_timeout always counts. Runs only when a call raised."""
         if not isinstance(exc, Exception):
             return False
+        if isinstance(exc, CircuitBreakerError):
+            return False
+        if exc.__class__ is CallTimeoutError and exc.name == self.name:
+            return True
         if self._exclude_types and isinstance(exc, self._exclude_types):
             return False
         if any(predicate(exc) for predicate in self._exclude_predicates):
@@ -684,7 +803,9 @@ class CircuitBreaker:
         self._snapshot = snapshot
         self._open_until = _open_until(snapshot, self._config) if in_process else None
         self._steady = in_process and snapshot.state is _CLOSED and snapshot.hold_until is None
-        self._closed_fast = self._steady and not self._observers
+        self._closed_fast = (
+            self._steady and not self._observers and self._config.call_timeout is None
+        )
 
     # -- shared store ---------------------------------------------------------------------------
 
@@ -866,7 +987,17 @@ class CircuitBreaker:
     # -- transitions and listeners -------------------------------------------------------------
 
     def add_listener(self, listener: Callable[[StateChange], object]) -> None:
-        """Call `listener(StateChange)` after every transition this breaker makes."""
+        """Call `listener(StateChange)` after every transition this breaker makes.
+
+        An async listener is awaited without holding up the transition: as a task on the event
+        loop running in the thread that made it, else on the loop that was running when the
+        listener was added (so add it from inside the service's loop); with neither, it is not
+        run and an error is logged. What it raises is logged.
+        """
+        if not callable(listener):
+            raise TypeError(f"a listener must be callable, not {listener!r}")
+        if _is_async(listener):
+            listener = _AsyncListener(listener, _running_loop())
         with self._lock:
             self._listeners = (*self._listeners, listener)
 
@@ -940,9 +1071,12 @@ class CircuitBreaker:
         event = StateChange(self.name, before.state, after.state, at, after.failure_count)
         for listener in self._listeners:
             try:
-                listener(event)
+                answer = listener(event)
             except Exception:
                 logger.exception("circuit=%s listener %r failed", self.name, listener)
+                continue
+            if answer is not None and _awaitable(answer):  # a sync def returning a coroutine
+                _start_listener(self.name, listener, answer, None)
 
     def events(self) -> list[TransitionEvent]:
         """The recent transitions of this circuit, oldest first (the last JOURNAL_LIMIT).
@@ -1045,6 +1179,77 @@ class CircuitBreaker:
         )
 
 
+class _AsyncListener:
+    """An async listener, with the event loop that was running when it was added (or None)."""
+
+    __slots__ = ("home", "listener")
+
+    def __init__(
+        self, listener: Callable[[StateChange], object], home: asyncio.AbstractEventLoop | None
+    ) -> None:
+        self.listener = listener
+        self.home = home
+
+    def __call__(self, event: StateChange) -> None:
+        _start_listener(event.name, self.listener, self.listener(event), self.home)
+
+    def __eq__(self, other: object) -> bool:  # remove_listener(fn) finds it
+        found = other.listener if isinstance(other, _AsyncListener) else other
+        return bool(self.listener == found)
+
+    def __hash__(self) -> int:
+        return hash(self.listener)
+
+    def __repr__(self) -> str:
+        return repr(self.listener)
+
+
+_LISTENER_RUNS: set[object] = set()
+"""Async listener runs in flight: the loop keeps only weak references to its tasks."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _start_listener(
+    circuit: str,
+    listener: object,
+    awaitable: Any,
+    home: asyncio.AbstractEventLoop | None,
+) -> None:
+    """Run an async listener's awaitable on this thread's loop, else on `home`, without waiting
+    for it; its exceptions are logged. With no loop to run it on, it is closed and logged."""
+
+    async def run() -> None:
+        try:
+            await awaitable
+        except Exception:
+            logger.exception("circuit=%s listener %r failed", circuit, listener)
+
+    loop = _running_loop()
+    if loop is not None:
+        started: asyncio.Task[None] | concurrent.futures.Future[None] = loop.create_task(run())
+    elif home is not None and home.is_running():
+        started = asyncio.run_coroutine_threadsafe(run(), home)
+    else:
+        if awaitable.__class__ is _COROUTINE:
+            awaitable.close()
+        logger.error(
+            "circuit=%s async listener %r not run: no event loop runs in this thread, nor in "
+            "the one it was added from (add it from inside the service's event loop)",
+            circuit,
+            listener,
+            extra={"circuit": circuit},
+        )
+        return
+    _LISTENER_RUNS.add(started)
+    started.add_done_callback(_LISTENER_RUNS.discard)
+
+
 @dataclass(frozen=True, slots=True)
 class CallCounters:
     """What one process counted of a circuit's calls (stores keep state, not these)."""
@@ -1142,8 +1347,9 @@ def _open_until(snapshot: Snapshot, config: BreakerConfig) -> float | None:
 
 def requested_delay(exc: BaseException) -> float | None:
     """The open duration a failure asks for: its `retry_after` attribute when that is a positive
-    finite number of seconds (the httpx transport's failed answers carry an HTTP Retry-After so,
-    as does an inner breaker's `CircuitBreakerError`); honoured up to `max_timeout`."""
+    finite number of seconds (the httpx transport's failed answers carry an HTTP Retry-After so;
+    an inner breaker's `CircuitBreakerError` has one too, but is neutral, never a failure);
+    honoured up to `max_timeout`."""
     value = getattr(exc, "retry_after", None)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -1155,6 +1361,36 @@ def checked_observer(observer: CallObserver) -> CallObserver:
     if inspect.iscoroutinefunction(observer) or not callable(observer):
         raise TypeError(f"a call observer must be a plain (sync) callable, not {observer!r}")
     return observer
+
+
+_COROUTINE: Final = types.CoroutineType
+_PLAIN: set[type] = {type(None), bool, int, float, str, bytes, tuple, list, dict}
+"""Classes whose instances are known not to be awaitable: call() checks each result's class
+against this set (one lookup), and looks further only for a class it has not seen."""
+_PLAIN_LIMIT: Final = 1024
+
+
+def _awaitable(value: object) -> bool:
+    """Whether `value` can be awaited; a class found not to be is remembered (not generators:
+    a generator-based coroutine is awaitable while a plain generator is not)."""
+    if inspect.isawaitable(value):
+        return True
+    cls = value.__class__
+    if cls is not types.GeneratorType and len(_PLAIN) < _PLAIN_LIMIT:
+        _PLAIN.add(cls)
+    return False
+
+
+def _is_async(func: object) -> bool:
+    """An `async def` (also behind functools.partial), or an object whose __call__ is one."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(type(func), "__call__", None)  # noqa: B004 - whether __call__ is async
+    )
+
+
+def _name_of(func: object) -> str:
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return f"{name}()" if isinstance(name, str) else repr(func)[:80]
 
 
 def hold_owner() -> str:

@@ -16,6 +16,7 @@ Hierarchy (exit code in brackets):
   + UnknownCircuitError [2] - a circuit name nobody knows
   + DependencyError [1] - the protected dependency failed
   |   + ProbeError [1] - a health probe's failure, with a machine-readable `reason`
+  |   + CallTimeoutError [1] - a call outlasted its breaker's `call_timeout`; also a TimeoutError
   + CircuitBreakerError [3] - rejected: the circuit is open, nothing was called
       + cbctl.httpx.CircuitOpen [3] - a rejected httpx request; also an httpx.TransportError
         (defined in cbctl.httpx, which may import httpx)
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 __all__ = [
+    "CallTimeoutError",
     "CbctlError",
     "CircuitBreakerError",
     "ClientErrorSummary",
@@ -109,6 +111,23 @@ class ProbeError(DependencyError):
     def __init__(self, message: str, reason: ProbeReason = "unhealthy") -> None:
         super().__init__(message)
         self.reason: ProbeReason = reason
+
+
+class CallTimeoutError(DependencyError, TimeoutError):
+    """The protected call took longer than its breaker's `call_timeout`: a failure of the call.
+
+    Async calls are cancelled at the deadline; a sync call cannot be interrupted, so it is judged
+    when it returns, and its result is dropped. Either way the work may have taken effect.
+    `took` is the measured duration (None when the call was cancelled at the deadline).
+    """
+
+    def __init__(self, name: str, call_timeout: float, took: float | None = None) -> None:
+        spent = "" if took is None else f" (took {took:.3f}s)"
+        super().__init__(f"circuit {name!r}: call exceeded call_timeout={call_timeout:g}s{spent}")
+        self.name = name
+        self.call_timeout = call_timeout
+        self.took = took
+        self.reason: ProbeReason = "timeout"
 
 
 class CircuitBreakerError(CbctlError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from cbctl.breaker import CallObserver, CircuitBreaker, checked_observer
@@ -95,11 +95,16 @@ class CircuitBreakerRegistry:
         cls, config: Config, *, store: CircuitStore | None = None, clock: Clock | None = None
     ) -> CircuitBreakerRegistry:
         """A registry for the dependencies of a `cbctl.toml`: each name gets its dependency's
-        breaker settings and its kind's failure rules (`kind=`, with the file's overrides)."""
+        breaker settings, its `call_timeout` and its kind's failure rules (`kind=`, with the
+        file's overrides); other names get `[defaults]`, with the default call_timeout."""
         return cls(
-            config.defaults,
+            replace(config.defaults, call_timeout=config.call_timeout),
             overrides={
-                dep.name: {**dep.breaker.as_dict(), "kind": dep.failures}
+                dep.name: {
+                    **dep.breaker.as_dict(),
+                    "call_timeout": dep.call_timeout,
+                    "kind": dep.failures,
+                }
                 for dep in config.dependencies.values()
             },
             store=store,

@@ -141,12 +141,23 @@ def _positive_int(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
+def _positive_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+    return float(value)
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     """Breaker settings; the defaults are the original specification's 5 / 30 s / 2.
 
     Open-duration backoff is off unless `backoff_factor` > 1, `max_timeout` or `jitter` is set;
     without `max_timeout` the backoff stops at 10 x `timeout`.
+
+    `call_timeout` (seconds, None: off) is how long one call may take before it counts as a
+    failure; it is the breaker's business only (stores neither keep nor need it).
     """
 
     failure_threshold: int = 5
@@ -156,17 +167,16 @@ class BreakerConfig:
     backoff_factor: float = 1.0
     max_timeout: float | None = None
     jitter: float = 0.0
+    call_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _positive_int("failure_threshold", self.failure_threshold)
         _positive_int("success_threshold", self.success_threshold)
         _positive_int("half_open_max_calls", self.half_open_max_calls)
-        timeout = self.timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-            raise ConfigError(f"timeout must be a number of seconds, got {timeout!r}")
-        if not math.isfinite(timeout) or timeout <= 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout}")
-        object.__setattr__(self, "timeout", float(timeout))
+        object.__setattr__(self, "timeout", _positive_seconds("timeout", self.timeout))
+        if self.call_timeout is not None:
+            seconds = _positive_seconds("call_timeout", self.call_timeout)
+            object.__setattr__(self, "call_timeout", seconds)
         factor = _number("backoff_factor", self.backoff_factor)
         if factor < 1:
             raise ConfigError(f"backoff_factor must be at least 1, got {factor:g}")

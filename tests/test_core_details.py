@@ -53,6 +53,7 @@ def test_a_whole_number_timeout_becomes_float_seconds_in_json() -> None:
             "backoff_factor": 1.0,
             "max_timeout": None,
             "jitter": 0.0,
+            "call_timeout": None,
         }
     )
 

@@ -51,8 +51,8 @@ def describe(config: Config) -> dict[str, Any]:
             "name": name,
             "kind": dep.kind,
             "url": dep.display_url,
-            "call_timeout": dep.call_timeout,
             **dep.breaker.as_dict(),
+            "call_timeout": dep.call_timeout,  # the probe's, and from_config breakers'
         }
         if dep.kind == "qdrant":
             entry["api_key"] = "***" if dep.api_key else None
