@@ -18,13 +18,21 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from cbctl.breaker import CircuitBreaker
-from cbctl.errors import CircuitBreakerError, DependencyError
+from cbctl.errors import CircuitBreakerError, DependencyError, StateError
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
-    from cbctl.state import CircuitStore
+    from cbctl.state import BreakerConfig, CircuitStore
 
-__all__ = ["EXIT_CODES", "ProbeAttempt", "breakers_for", "probe_once", "probe_round"]
+__all__ = [
+    "EXIT_CODES",
+    "ProbeAttempt",
+    "SettingsMismatch",
+    "breakers_for",
+    "probe_once",
+    "probe_round",
+    "settings_mismatch",
+]
 
 Outcome = Literal["success", "failure", "rejected"]
 
@@ -60,6 +68,38 @@ class ProbeAttempt:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsMismatch:
+    """A circuit that the store last used with other breaker settings than a probe's: most
+    likely a service's circuit of the same name, for a dependency at another address."""
+
+    circuit: str
+    stored: BreakerConfig
+    probe: BreakerConfig
+
+    @property
+    def differences(self) -> list[tuple[str, Any, Any]]:
+        """(setting, stored value, probe's value) for every setting that differs; all of
+        BreakerConfig's fields are compared, so a new setting is covered without a change here."""
+        stored, probe = self.stored.as_dict(), self.probe.as_dict()
+        return [(key, stored[key], probe[key]) for key in stored if stored[key] != probe[key]]
+
+
+def settings_mismatch(dep: Dependency, store: CircuitStore) -> SettingsMismatch | None:
+    """How `dep`'s circuit in `store` was last used with other breaker settings, if it was.
+
+    A store that is away or a record it cannot read is no mismatch: the probe then reports
+    the store itself, and nothing is recorded into the circuit.
+    """
+    try:
+        stored = store.load(dep.name)
+    except StateError:
+        return None
+    if stored is None or stored.config == dep.breaker:
+        return None
+    return SettingsMismatch(dep.name, stored.config, dep.breaker)
 
 
 def breakers_for(deps: Sequence[Dependency], store: CircuitStore) -> dict[str, CircuitBreaker]:

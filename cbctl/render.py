@@ -594,8 +594,14 @@ def _probe_detail(result: Mapping[str, Any]) -> str:
 
 
 def probe_line(result: Mapping[str, Any], plain: bool = False) -> Text:
-    """One attempt as a line: `redis  failure  2.00 s  open  failures 5/5  retry in 30.0s  …`."""
-    line = Text(f"{visible(result.get('dependency', '?'))}  ")
+    """One attempt as a line: `redis redis://localhost:6379/0  failure  2.00 s  open  …`.
+
+    The (redacted) url says which address was probed: a built-in default is easily not the
+    address of the service whose circuit has the same name."""
+    line = Text(visible(result.get("dependency", "?")))
+    if result.get("url"):
+        line.append(f" {visible(result['url'])}")
+    line.append("  ")
     line.append_text(_outcome_text(result, plain))
     line.append(f"  {format_latency(result.get('latency_ms'))}  ")
     line.append_text(state_text(result))
@@ -627,6 +633,7 @@ def probe_table(results: Iterable[Mapping[str, Any]], *, plain: bool = False) ->
         pad_edge=False,
     )
     table.add_column("dependency", no_wrap=True)
+    table.add_column("url", overflow="fold")
     table.add_column("outcome", no_wrap=True)
     table.add_column("latency", justify="right", no_wrap=True)
     table.add_column("state", no_wrap=True)
@@ -637,6 +644,7 @@ def probe_table(results: Iterable[Mapping[str, Any]], *, plain: bool = False) ->
     for result in results:
         table.add_row(
             _text(result.get("dependency", "?")),
+            _text(result.get("url", "")),
             _outcome_text(result, plain),
             format_latency(result.get("latency_ms")),
             state_text(result),

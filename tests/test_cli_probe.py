@@ -217,7 +217,7 @@ def test_a_refused_connection_is_exit_1_with_the_address(state: str, tmp_path: P
     assert code == 1
     assert err == ""
     line = out.strip()
-    assert line.startswith("cache  failure  ")
+    assert line.startswith(f"cache {url}  failure  "), "the address probed is shown"
     assert "closed  failures 1/5" in line
     assert line.endswith(f"connection refused at {url.removeprefix('tcp://')}")
 
@@ -300,6 +300,121 @@ def test_interval_separates_attempts_and_none_follows_the_last(
     assert code == 0
     assert [r["attempt"] for r in results] == [1, 2, 3]
     assert 0.6 <= elapsed < 0.6 + SLACK + 1
+
+
+# --- a circuit someone else uses: the probe names its address and keeps to its settings ------
+
+
+def _service_circuit(state: str, name: str, **settings: Any) -> None:
+    """What a service leaves in its state file: a circuit with its own settings, one failure."""
+    from cbctl import CircuitBreaker
+    from cbctl.stores import open_store
+
+    def failing() -> None:
+        raise OSError("the service's own dependency failed")
+
+    with open_store(state) as store:
+        with pytest.raises(OSError):
+            CircuitBreaker(name, store=store, **settings).call(failing)
+
+
+def _stored(state: str, name: str) -> tuple[int, dict[str, Any]]:
+    from cbctl.stores import open_store
+
+    with open_store(state, create=False) as store:
+        found = store.load(name)
+    assert found is not None
+    return found.snapshot.failure_count, found.config.as_dict()
+
+
+def test_a_probe_is_refused_a_circuit_last_used_with_other_settings_and_changes_nothing(
+    state: str, tmp_path: Path
+) -> None:
+    _service_circuit(state, "postgresql", failure_threshold=3, timeout=10.0)
+    before = _stored(state, "postgresql")
+    secret = "s3cr3t-pw"
+    url = f"postgresql://app:{secret}@127.0.0.1:{free_port()}/db"
+    config = write_config(tmp_path, f'[dependencies.postgresql]\nurl = "{url}"\n')
+    for extra in ((), ("--json",)):
+        code, out, err = run("--state", state, "--config", config, "probe", "postgresql", *extra)
+        assert_one_line_error(
+            code,
+            out,
+            err,
+            "'postgresql'",
+            "failure_threshold=3",
+            "failure_threshold=5",
+            "timeout=10.0",
+            "timeout=30.0",
+            "postgresql://app:***@127.0.0.1:",
+            "--use-stored-settings",
+        )
+        assert secret not in err
+        assert "success_threshold" not in err, "only the settings that differ are named"
+    assert _stored(state, "postgresql") == before, "nothing recorded, settings kept"
+
+
+def test_use_stored_settings_records_with_the_circuits_own_settings(
+    state: str, tmp_path: Path
+) -> None:
+    _service_circuit(state, "postgresql", failure_threshold=3, timeout=10.0)
+    url = closed_port_url("postgresql") + "/db"
+    config = write_config(tmp_path, f'[dependencies.postgresql]\nurl = "{url}"\n')
+    code, results, err = probe_json(state, config, "postgresql", "--use-stored-settings")
+    assert (code, err) == (1, "")
+    assert results[0]["url"] == url
+    assert (results[0]["failure_count"], results[0]["failure_threshold"]) == (2, 3)
+    failures, settings = _stored(state, "postgresql")
+    assert (failures, settings["failure_threshold"], settings["timeout"]) == (2, 3, 10.0)
+
+
+def test_a_circuit_last_used_with_the_same_settings_is_probed_as_before(
+    state: str, tmp_path: Path
+) -> None:
+    _service_circuit(state, "cache", failure_threshold=2)
+    url = closed_port_url("tcp")
+    config = write_config(
+        tmp_path, f'[dependencies.cache]\nkind = "tcp"\nurl = "{url}"\nfailure_threshold = 2\n'
+    )
+    code, results, err = probe_json(state, config, "cache")
+    assert (code, err) == (1, "")
+    assert (results[0]["state"], results[0]["failure_count"]) == ("open", 2)
+
+
+def test_the_refusal_comes_before_any_dependency_of_the_run_is_probed(
+    state: str, tmp_path: Path
+) -> None:
+    _service_circuit(state, "b", failure_threshold=3)
+    config = write_config(
+        tmp_path,
+        f'[dependencies.a]\nkind = "tcp"\nurl = "{closed_port_url("tcp")}"\n'
+        f'[dependencies.b]\nkind = "tcp"\nurl = "{closed_port_url("tcp")}"\n',
+    )
+    code, out, err = run("--state", state, "--config", config, "probe", "--all")
+    assert_one_line_error(code, out, err, "'b'")
+    assert "'a'" not in err
+    from cbctl.stores import open_store
+
+    with open_store(state, create=False) as store:
+        assert store.load("a") is None, "no circuit of the run was recorded into"
+
+
+def test_settings_mismatch_compares_every_breaker_setting() -> None:
+    """Every field of BreakerConfig is compared, including ones added later."""
+    from dataclasses import fields, replace
+
+    from cbctl.probing import SettingsMismatch
+    from cbctl.state import BreakerConfig
+
+    base = BreakerConfig()
+    for setting in fields(BreakerConfig):
+        value = getattr(base, setting.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        other = replace(base, **{setting.name: value + 1})
+        assert SettingsMismatch("x", base, other).differences == [
+            (setting.name, value, value + 1)
+        ]
 
 
 # --- real servers ----------------------------------------------------------------------------
@@ -455,10 +570,11 @@ def test_all_probes_every_dependency_in_one_table_and_exits_with_the_worst(
         code, out, _ = run("--state", state, "--config", config, "probe", "--all")
         assert code == 1, "worst of success and failure"
         rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip()}
-        assert out.splitlines()[0].split()[:3] == ["dependency", "outcome", "latency"]
+        assert out.splitlines()[0].split()[:4] == ["dependency", "url", "outcome", "latency"]
         assert sorted(rows) == ["llamacpp", "postgresql", "qdrant", "redis"]
-        assert [rows[name][1] for name in ("llamacpp", "qdrant", "redis")] == ["success"] * 3
-        assert rows["postgresql"][1:2] == ["failure"]
+        assert rows["qdrant"][1] == qdrant.url, "the address probed is shown"
+        assert [rows[name][2] for name in ("llamacpp", "qdrant", "redis")] == ["success"] * 3
+        assert rows["postgresql"][2:3] == ["failure"]
         code, results, _ = probe_json(state, config, "--all")
         assert code == 3, "a rejection is the worst outcome"
         outcomes = {r["dependency"]: r["outcome"] for r in results}

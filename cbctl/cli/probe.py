@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from cbctl.config import Dependency
     from cbctl.probing import ProbeAttempt
+    from cbctl.state import CircuitStore
 
 # --count, --interval and --call-timeout arrive as text and are checked by cbctl.limits (the
 # same ranges as cbctl.toml), so that a bad value is told in the option's own terms rather than
@@ -62,6 +63,38 @@ def _targets(ctx: typer.Context, names: Sequence[str], every: bool) -> list[Depe
     if not names:
         raise UsageError(f"which dependency? give a NAME ({', '.join(config.names)}) or --all")
     return [config.dependency(name) for name in dict.fromkeys(names)]
+
+
+def _settle_settings(
+    targets: Sequence[Dependency], store: CircuitStore, *, use_stored: bool
+) -> list[Dependency]:
+    """Refuse to record into a circuit last used with other breaker settings (a service's
+    circuit of the same name, perhaps for another address), unless `use_stored`: then probe
+    with the circuit's own settings, leaving them as they were."""
+    from dataclasses import replace
+
+    from cbctl.printable import visible
+    from cbctl.probing import settings_mismatch
+
+    chosen, refused = [], []
+    for dep in targets:
+        mismatch = settings_mismatch(dep, store)
+        if mismatch is None:
+            chosen.append(dep)
+        elif use_stored:
+            chosen.append(replace(dep, breaker=mismatch.stored))
+        else:
+            there = " ".join(f"{key}={value!r}" for key, value, _ in mismatch.differences)
+            here = " ".join(f"{key}={value!r}" for key, _, value in mismatch.differences)
+            refused.append(f"{dep.name!r} (there {there}; here {here}; probing {dep.display_url})")
+    if refused:
+        circuits = visible(" and ".join(refused))
+        raise UsageError(
+            f"not recording into circuit {circuits}: {visible(store.url)} last used it with other "
+            "breaker settings, perhaps a service's circuit for another address; check the "
+            "address, or add --use-stored-settings to probe with the circuit's settings"
+        )
+    return chosen
 
 
 def _show(console: Console | None, results: Sequence[ProbeAttempt], table: bool) -> None:
@@ -144,6 +177,14 @@ def probe(
             show_default=False,
         ),
     ] = None,
+    use_stored: Annotated[
+        bool,
+        typer.Option(
+            "--use-stored-settings",
+            help="Probe with the breaker settings a circuit was last used with (e.g. by a "
+            "service) where they differ from cbctl.toml's; without it, such a probe is refused.",
+        ),
+    ] = False,
     as_json: Annotated[
         bool,
         typer.Option("--json", help="One JSON object per attempt and dependency, one per line."),
@@ -155,11 +196,15 @@ def probe(
     circuit is open (the dependency was not contacted). With --count, the last attempt decides;
     with several NAMEs or --all, the worst of the last round (3 before 1 before 0).
 
+    A circuit that the state last used with other breaker settings (a service's circuit of the
+    same name, say) is not recorded into: exit 2, unless --use-stored-settings.
+
     \b
     Example:
       cbctl probe redis --count 5 --interval 2
       cbctl probe qdrant redis
       cbctl --state ./circuits.db probe --all --json
+      CBCTL_STATE=/srv/app/circuits.db cbctl probe postgresql --use-stored-settings
     """
     attempts = _count(count)
     pause = _seconds("--interval", interval, zero_ok=True)
@@ -178,10 +223,11 @@ def probe(
     from cbctl.probing import breakers_for, probe_round
 
     store = open_state(ctx)
-    breakers = breakers_for(targets, store)
     done = 0
     warned: set[str] = set()
     try:
+        targets = _settle_settings(targets, store, use_stored=use_stored)
+        breakers = breakers_for(targets, store)
         for number in range(1, attempts + 1):
             results = probe_round(targets, store, number, breakers=breakers)
             done = number
