@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CircuitReset",
     "FleetReader",
+    "SharedCircuit",
     "SourceReport",
+    "distinct_circuits",
     "fetch_health",
     "forget_in_store",
     "health_url",
@@ -82,6 +84,73 @@ class CircuitReset:
     name: str
     before: dict[str, Any]
     after: dict[str, Any]
+
+
+# -- one circuit seen by several sources ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SharedCircuit:
+    """A circuit as a fleet view counts it: its first report, and every source that showed it."""
+
+    stats: dict[str, Any]
+    sources: tuple[str, ...]
+
+
+def _machine(where: str) -> str:
+    """The host a source or store lives on; "" for this machine (a path, a loopback address)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if "://" not in where:
+        return ""
+    try:
+        host = (urlsplit(where).hostname or "").lower()
+    except ValueError:
+        return where
+    if host in ("", "localhost") or host.endswith(".localhost"):
+        return ""
+    try:
+        return "" if ipaddress.ip_address(host).is_loopback else host
+    except ValueError:
+        return host
+
+
+def _identity(stats: Mapping[str, Any], source: str) -> tuple[str, str, str] | None:
+    """Which circuit `stats` is, across the sources of one view; None when it is nobody else's.
+
+    The same circuit is the same name in the same store (`stats["store"]`): a Redis on another
+    host is that host's wherever it is reported from, while a state file or a loopback Redis is
+    the store of the machine that reports it (the source's host; this machine's for the local
+    state and for endpoints on loopback). An in-process (memory) circuit or an unreadable entry
+    belongs to its source alone.
+    """
+    store, name = stats.get("store"), stats.get("name")
+    if not isinstance(store, str) or not store or store.startswith("memory"):
+        return None
+    if stats.get("state") == UNREADABLE:
+        return None
+    host = _machine(store) or _machine(source)
+    return (str(name), store, host)
+
+
+def distinct_circuits(reports: Sequence[SourceReport]) -> list[SharedCircuit]:
+    """Every circuit of the reports once, in the order first seen: two services on one shared
+    store (and the store itself, when watched too) report the same circuit, counted once."""
+    seen: dict[tuple[str, str, str], int] = {}
+    found: list[SharedCircuit] = []
+    for report in reports:
+        for stats in report.circuits:
+            key = _identity(stats, report.source)
+            if key is not None and key in seen:
+                index = seen[key]
+                first = found[index]
+                found[index] = SharedCircuit(first.stats, (*first.sources, report.source))
+                continue
+            if key is not None:
+                seen[key] = len(found)
+            found.append(SharedCircuit(stats, (report.source,)))
+    return found
 
 
 # -- the shared state --------------------------------------------------------------------------

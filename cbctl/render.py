@@ -205,10 +205,17 @@ def _open_time(value: object) -> str:
 
 
 def _summary(reports: Sequence[SourceReport]) -> str:
-    states = Counter(str(stats.get("state")) for report in reports for stats in report.circuits)
+    """`3 circuits, 2 closed, 1 open`: a circuit that several sources show (services sharing
+    one store, `cbctl.fleet.distinct_circuits`) counts once, and the caption says so."""
+    from cbctl.fleet import distinct_circuits
+
+    circuits = distinct_circuits(reports)
+    states = Counter(str(each.stats.get("state")) for each in circuits)
     unreachable = sum(1 for report in reports if report.error is not None)
-    total = sum(states.values())
-    parts = [f"{total} circuit{'s' if total != 1 else ''}"]
+    total = len(circuits)
+    shared = sum(1 for each in circuits if len(each.sources) > 1)
+    counted = f" ({shared} shown by several sources, counted once)" if shared else ""
+    parts = [f"{total} circuit{'s' if total != 1 else ''}{counted}"]
     parts += [
         f"{states[state]} {state}"
         for state in ("closed", "half_open", "open", "unreadable")

@@ -313,9 +313,8 @@ def _service_circuit(state: str, name: str, **settings: Any) -> None:
     def failing() -> None:
         raise OSError("the service's own dependency failed")
 
-    with open_store(state) as store:
-        with pytest.raises(OSError):
-            CircuitBreaker(name, store=store, **settings).call(failing)
+    with open_store(state) as store, pytest.raises(OSError, match="own dependency"):
+        CircuitBreaker(name, store=store, **settings).call(failing)
 
 
 def _stored(state: str, name: str) -> tuple[int, dict[str, Any]]:
@@ -412,9 +411,7 @@ def test_settings_mismatch_compares_every_breaker_setting() -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         other = replace(base, **{setting.name: value + 1})
-        assert SettingsMismatch("x", base, other).differences == [
-            (setting.name, value, value + 1)
-        ]
+        assert SettingsMismatch("x", base, other).differences == [(setting.name, value, value + 1)]
 
 
 # --- real servers ----------------------------------------------------------------------------

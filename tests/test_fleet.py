@@ -6,12 +6,15 @@ import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from cbctl import CircuitBreakerRegistry, FakeClock
 from cbctl.errors import DependencyError, UnknownCircuitError, UsageError
 from cbctl.fleet import (
+    SourceReport,
+    distinct_circuits,
     fetch_health,
     health_url,
     read_store,
@@ -192,3 +195,113 @@ def test_reset_remote_with_a_wrong_token_is_a_usage_error_without_the_token(
         reset_remote(service[1].url, "redis", "not-the-token")
     assert "not-the-token" not in str(caught.value)
     assert service[0].get("redis").state == "open"
+
+
+# -- one circuit shown by several sources --------------------------------------------------------
+
+
+def _report(source: str, *circuits: tuple[str, str, str]) -> SourceReport:
+    """A source's report of circuits given as (name, state, store)."""
+    stats = tuple({"name": name, "state": state, "store": store} for name, state, store in circuits)
+    return SourceReport(source, stats, 0.0)
+
+
+def test_services_on_one_shared_redis_report_its_circuits_once() -> None:
+    shared = "redis://10.0.0.9:6379/0"
+    found = distinct_circuits(
+        [
+            _report(
+                "http://10.0.0.1:8092/health",
+                ("pg", "open", shared),
+                ("own", "closed", "memory://"),
+            ),
+            _report(
+                "http://10.0.0.2:8092/health",
+                ("pg", "open", shared),
+                ("own", "closed", "memory://"),
+            ),
+        ]
+    )
+    assert [(each.stats["name"], len(each.sources)) for each in found] == [
+        ("pg", 2),
+        ("own", 1),
+        ("own", 1),
+    ], "an in-process circuit is each service's own"
+
+
+def test_a_state_file_or_loopback_redis_is_the_same_only_on_the_same_machine() -> None:
+    for store in ("/var/lib/app/circuits.db", "redis://127.0.0.1:6379/0"):
+        same_host = distinct_circuits(
+            [
+                _report(store if "://" not in store else "local", ("pg", "open", store)),
+                _report("http://127.0.0.1:8092/health", ("pg", "open", store)),
+                _report("http://localhost:8093/health", ("pg", "open", store)),
+            ]
+        )
+        assert [len(each.sources) for each in same_host] == [3], store
+        other_hosts = distinct_circuits(
+            [
+                _report("http://10.0.0.1:8092/health", ("pg", "open", store)),
+                _report("http://10.0.0.2:8092/health", ("pg", "open", store)),
+            ]
+        )
+        assert [len(each.sources) for each in other_hosts] == [1, 1], store
+
+
+def test_other_names_or_other_stores_are_other_circuits() -> None:
+    found = distinct_circuits(
+        [
+            _report("http://127.0.0.1:1/health", ("pg", "open", "redis://a:6379/0")),
+            _report("http://127.0.0.1:2/health", ("pg", "open", "redis://a:6379/1")),
+            _report("http://127.0.0.1:3/health", ("redis", "open", "redis://a:6379/0")),
+        ]
+    )
+    assert len(found) == 3
+
+
+@pytest.mark.slow
+def test_watch_counts_a_circuit_two_services_share_once(tmp_path: Path) -> None:
+    """Two services on one state file, watched together and with the file itself."""
+    from typer.testing import CliRunner
+
+    from cbctl.cli import app
+    from cbctl.stores import open_store
+
+    state = str(tmp_path / "circuits.db")
+    with open_store(state) as first_store, open_store(state) as second_store:
+        first = CircuitBreakerRegistry(default_config={"failure_threshold": 1}, store=first_store)
+        second = CircuitBreakerRegistry(default_config={"failure_threshold": 1}, store=second_store)
+        with pytest.raises(ZeroDivisionError):
+            first.get("postgresql").call(lambda: 1 / 0)
+        second.get("postgresql")
+        own = CircuitBreakerRegistry()
+        own.get("postgresql")
+        with (
+            running(health_app(first, max_age=0)) as a,
+            running(health_app(second, max_age=0)) as b,
+            running(health_app(own, max_age=0)) as c,
+        ):
+            runner = CliRunner()
+            shared = runner.invoke(app, ["watch", "--once", "--url", a.url, "--url", b.url])
+            assert shared.exit_code == 0, shared.output
+            assert "1 circuit (1 shown by several sources, counted once), 1 open" in shared.stdout
+            everything = runner.invoke(
+                app,
+                [
+                    "--state",
+                    state,
+                    "watch",
+                    "--once",
+                    "--url",
+                    a.url,
+                    "--url",
+                    b.url,
+                    "--url",
+                    c.url,
+                ],
+            )
+            assert everything.exit_code == 0, everything.output
+            assert (
+                "2 circuits (1 shown by several sources, counted once), 1 closed, 1 open"
+                in everything.stdout
+            )
