@@ -278,7 +278,7 @@ def test_a_rejected_line_says_open_and_when_to_retry(state: str, tmp_path: Path)
     failed, rejected = out.strip().splitlines()
     assert " failure " in failed
     assert "open  failures 1/1  retry in " in failed
-    assert rejected.startswith("cache  rejected  ")
+    assert rejected.startswith(f"cache {url}  rejected  ")
     assert "circuit 'cache' is open; retry in" in rejected
 
 
@@ -429,7 +429,7 @@ def test_healthy_redis_is_exit_0_pong_and_a_closed_circuit(
     assert (results[0]["state"], results[0]["failure_count"]) == ("closed", 0)
     code, out, _ = run("--state", state, "--config", config, "probe", "redis")
     assert code == 0
-    assert out.startswith("redis  success  ")
+    assert out.startswith(f"redis {results[0]['url']}  success  ")
     assert "closed  failures 0/5  PONG" in out
 
 
