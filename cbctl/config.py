@@ -267,8 +267,8 @@ def parse_config(
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{origin}: invalid TOML: {error}") from error
-    except RecursionError:
-        raise ConfigError(f"{origin}: invalid TOML: arrays or tables nested too deeply") from None
+    except RecursionError as error:
+        raise ConfigError(f"{origin}: invalid TOML: arrays or tables nested too deeply") from error
     _reject_unknown(document, {"builtins", "defaults", "dependencies"}, origin, "")
     builtins = document.get("builtins", "dependencies" not in document)
     if not isinstance(builtins, bool):

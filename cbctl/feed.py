@@ -62,7 +62,7 @@ def fetch_events(
         try:
             events = [TransitionEvent.from_json(item) for item in listed]
         except ValueError as problem:
-            raise DependencyError(f"{where}: {problem}") from None
+            raise DependencyError(f"{where}: {problem}") from problem
         if cursor is not None and (isinstance(cursor, bool) or not isinstance(cursor, int)):
             raise DependencyError(f"{where} answered a cursor that is not a whole number")
         return events, cursor

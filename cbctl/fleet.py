@@ -362,13 +362,13 @@ def _request(
                     raise httpx.ReadTimeout("deadline passed")
             kind = response.headers.get("content-type", "").split(";")[0].strip()
             return _Answer(response.status_code, kind or "no content type", bytes(body))
-    except httpx.TimeoutException:
-        raise DependencyError(f"{where} unreachable: no full answer within {timeout:g}s") from None
-    except zlib.error:
-        raise DependencyError(f"{where} answered a body that does not decompress") from None
+    except httpx.TimeoutException as error:
+        raise DependencyError(f"{where} unreachable: no full answer within {timeout:g}s") from error
+    except zlib.error as error:
+        raise DependencyError(f"{where} answered a body that does not decompress") from error
     except httpx.HTTPError as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DependencyError(f"{where} unreachable: {_cut(reason)}") from None
+        raise DependencyError(f"{where} unreachable: {_cut(reason)}") from error
 
 
 def _cut(text: object) -> str:
@@ -382,13 +382,13 @@ def _decode(answer: _Answer, where: str) -> Any:
     """The JSON body of a cbctl health answer, or a DependencyError saying what came instead."""
     try:
         return json.loads(answer.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError) as error:
         raise DependencyError(
             f"{where} answered HTTP {answer.status} with {_cut(answer.content_type)}, "
             "not cbctl health JSON"
-        ) from None
-    except RecursionError:
-        raise DependencyError(f"{where} answered JSON nested too deeply") from None
+        ) from error
+    except RecursionError as error:
+        raise DependencyError(f"{where} answered JSON nested too deeply") from error
 
 
 def fetch_health(

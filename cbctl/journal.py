@@ -109,7 +109,7 @@ class TransitionEvent:
                 source=str(data.get("source", "")),
             )
         except (KeyError, TypeError, ValueError) as problem:
-            raise ValueError(f"not a transition event: {problem}") from None
+            raise ValueError(f"not a transition event: {problem}") from problem
 
 
 def error_of(

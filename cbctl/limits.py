@@ -55,8 +55,8 @@ def seconds(
     if text and isinstance(value, str):
         try:
             value = float(value)
-        except ValueError:
-            raise error(f"{where} must be a number of seconds, got {value!r}") from None
+        except ValueError as cause:
+            raise error(f"{where} must be a number of seconds, got {value!r}") from cause
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise error(f"{where} must be a number of seconds, got {describe(value)}")
     if math.isfinite(value) and value > MAX_SECONDS:
@@ -84,8 +84,8 @@ def count(
     if text and isinstance(value, str):
         try:
             value = int(value.strip())
-        except ValueError:
-            raise error(f"{where} must be a whole number, got {value!r}") from None
+        except ValueError as cause:
+            raise error(f"{where} must be a whole number, got {value!r}") from cause
     if isinstance(value, bool) or not isinstance(value, int):
         raise error(f"{where} must be a whole number, got {describe(value)}")
     if value < 1:

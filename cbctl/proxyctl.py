@@ -251,7 +251,9 @@ class RunningProxy:
         try:
             self._proxy.start()
         except OSError as error:
-            raise UsageError(f"cannot listen on {self.listen}: {error.strerror or error}") from None
+            raise UsageError(
+                f"cannot listen on {self.listen}: {error.strerror or error}"
+            ) from error
         try:
             token = secrets.token_urlsafe(24)
             public = {
@@ -274,7 +276,7 @@ class RunningProxy:
                 raise StateError(
                     f"cannot write the proxy runtime file {self._path}: {error.strerror or error} "
                     f"(set ${RUNTIME_ENV_VAR} to a writable directory)"
-                ) from None
+                ) from error
         except BaseException:
             self.close()
             raise
@@ -359,9 +361,9 @@ class ProxyControl:
                 said = json.loads(error.read()).get("error", "")
             except (ValueError, AttributeError):
                 said = ""
-            raise UsageError(f"proxy {self.record.name!r}: {said or error.reason}") from None
-        except (OSError, ValueError):
-            raise _not_running(self.record.name) from None
+            raise UsageError(f"proxy {self.record.name!r}: {said or error.reason}") from error
+        except (OSError, ValueError) as error:
+            raise _not_running(self.record.name) from error
 
     def status(self) -> dict[str, Any]:
         """Mode, phase and contact counts, with the proxy's name, pid, listen and upstream."""
@@ -401,10 +403,8 @@ def control(name: str) -> ProxyControl:
     path = _record_path(name)
     try:
         record = _read_record(path)
-    except FileNotFoundError:
-        raise _not_running(name) from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise _not_running(name) from None
+    except (OSError, ValueError, KeyError, TypeError) as error:  # none, or not one we wrote
+        raise _not_running(name) from error
     handle = ProxyControl(record)
     handle.status()  # a stale file of a proxy that died answers nothing: not running
     return handle

@@ -178,8 +178,8 @@ class CommandDriver:
             done = subprocess.run(  # noqa: S603 - the operator's own command, no shell
                 self._argv, capture_output=True, text=True, timeout=self._timeout, check=False
             )
-        except FileNotFoundError:
-            raise UsageError(f"--drive-cmd: command not found: {self._argv[0]!r}") from None
+        except FileNotFoundError as error:
+            raise UsageError(f"--drive-cmd: command not found: {self._argv[0]!r}") from error
         except subprocess.TimeoutExpired:
             return Outcome(False, None, time.perf_counter() - started, "timed out")
         said = (done.stdout or done.stderr).strip().splitlines()
@@ -320,7 +320,7 @@ def prepare(service: Service, name: str) -> Prepared:
         circuits = service.circuits()
         _, cursor = service.events(None)
     except DependencyError as error:
-        raise UsageError(f"--service: {error}") from None
+        raise UsageError(f"--service: {error}") from error
     if name not in circuits:
         raise UnknownCircuitError(name, circuits)
     stats = circuits[name]
@@ -334,7 +334,7 @@ def prepare(service: Service, name: str) -> Prepared:
     except (KeyError, TypeError, ValueError) as error:
         raise UsageError(
             f"--service: circuit {name!r} does not report its breaker settings ({error})"
-        ) from None
+        ) from error
     others = tuple(sorted(other for other in circuits if other != name))
     return Prepared(settings, cursor, others)
 

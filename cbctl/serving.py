@@ -224,7 +224,9 @@ class HealthServer(ThreadingHTTPServer):
         try:
             super().__init__((host, port), _Handler)
         except OSError as error:
-            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+            raise UsageError(
+                f"cannot listen on {host}:{port}: {error.strerror or error}"
+            ) from error
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """A thread for the connection, or at once a 503 when max_connections are being served."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from cbctl.errors import CbctlError, UsageError
+from cbctl.errors import CbctlError, ClientErrorSummary, UsageError
 from cbctl.redaction import redact_url
 
 __all__ = ["Url", "parse_url"]
@@ -64,8 +64,11 @@ def parse_url(
         raise error(f"{where}: the URL {shown!r} contains control characters")
     try:
         parts = urlsplit(text)
-    except ValueError:
-        raise error(f"{where}: invalid URL {shown!r} (broken [IPv6] address?)") from None
+    except ValueError as problem:
+        # urlsplit's message may quote the netloc, password and all: the cause says where it
+        # was raised, with the redacted URL instead.
+        summary = ClientErrorSummary(problem, f"cannot split {shown!r}")
+        raise error(f"{where}: invalid URL {shown!r} (broken [IPv6] address?)") from summary
     scheme = parts.scheme.lower()
     if scheme not in schemes or not text.lower().startswith(f"{scheme}://"):
         needs = f"{purpose} needs" if purpose else "expected"
@@ -101,7 +104,7 @@ def _port(parts: SplitResult, where: str, shown: str, error: type[CbctlError]) -
         port = parts.port
     except ValueError as problem:
         what = "port out of range" if "out of range" in str(problem) else "invalid port"
-        raise error(f"{where}: {what} in {shown!r} (must be 1-65535)") from None
+        raise error(f"{where}: {what} in {shown!r} (must be 1-65535)") from problem
     if port == 0:
         raise error(f"{where}: port out of range in {shown!r} (must be 1-65535)")
     return port

@@ -100,3 +100,45 @@ def test_a_stopped_dependencys_error_reaches_the_caller_with_its_own_cause(
         target.call()
     assert caught.value is through_proxy
     assert isinstance(caught.value.__cause__, ConnectionResetError)
+
+
+PACKAGE = Path(cbctl.errors.__file__).resolve().parent
+
+
+def test_no_error_in_the_package_drops_its_cause() -> None:
+    """`raise X from None` hides why; --debug must be able to show the whole chain."""
+    import ast
+
+    dropped = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and isinstance(node.cause, ast.Constant):
+                dropped.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert dropped == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--state", "~no-such-user-cbctl/x.db", "status"],
+        ["watch", "--once", "--interval", "fast"],
+        ["--state", "redis://u:hunter22@[::1/0", "status"],
+    ],
+)
+def test_a_kept_cause_shows_with_debug_only_and_never_a_secret(
+    args: list[str], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from cbctl.cli import app
+
+    runner = CliRunner()
+    plain = runner.invoke(app, args)
+    assert plain.exit_code == 2
+    assert plain.stderr.count("\n") == 1, plain.stderr
+    assert "Traceback" not in plain.stderr
+    assert "cause" not in plain.stderr
+    debug = runner.invoke(app, ["--debug", *args])
+    assert debug.exit_code == 2
+    assert "The above exception was the direct cause of the following exception" in debug.stderr
+    assert "hunter22" not in plain.stderr + debug.stderr

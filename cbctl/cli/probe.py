@@ -237,9 +237,9 @@ def probe(
             _warn_if_not_shared(results, warned)
             if number < attempts:
                 time.sleep(pause)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         typer.echo(f"cbctl: probe interrupted after {done} of {attempts} attempts", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(130) from interrupt
     finally:
         store.close()
     code = max(result.exit_code for result in results)

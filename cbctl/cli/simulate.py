@@ -390,9 +390,9 @@ def _outage_of_service(
             prepared=prepared,
             on_event=lambda event: console.print(timeline_line(event, plain=plain)),
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         typer.echo(f"cbctl: interrupted; {name} brought back ({outage.label} undone)", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(130) from interrupt
     finally:
         endpoint.close()
         driver.close()

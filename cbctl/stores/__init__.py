@@ -66,9 +66,9 @@ def open_store(location: str, *, clock: Clock | None = None, create: bool = True
         raise StateError(f"the state location {location!r} contains control characters")
     try:
         path = Path(location).expanduser()
-    except RuntimeError:  # `~nosuchuser/...`
+    except RuntimeError as error:  # `~nosuchuser/...`
         user = location[1:].split("/", 1)[0]
-        raise StateError(f"state location {location!r}: no such user {user!r} for '~'") from None
+        raise StateError(f"state location {location!r}: no such user {user!r} for '~'") from error
     if not create:
         _must_exist(path)
     from cbctl.stores.sqlite import SqliteStore

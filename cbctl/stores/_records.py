@@ -61,9 +61,9 @@ def decoded(
         _check(snapshot)
     except KeyError as error:
         problem = f"unknown value {error.args[0]!r}" if error.args else "a missing field"
-        raise StateError(_message(where, name, problem)) from None
+        raise StateError(_message(where, name, problem)) from error
     except (ValueError, TypeError, IndexError, ConfigError) as error:
-        raise StateError(_message(where, name, str(error))) from None
+        raise StateError(_message(where, name, str(error))) from error
     return snapshot, config
 
 
