@@ -544,16 +544,20 @@ def test_an_unknown_mode_is_a_usage_error_naming_the_option() -> None:
 
 @pytest.mark.slow
 def test_flapping_real_redis_is_dampened_by_the_breaker(redis_server: RedisServer) -> None:
+    # Settings that dampen by construction rather than by a timing margin: two failures open the
+    # circuit early in each 0.3 s down phase (even at a few calls per phase on a loaded machine),
+    # and an open of 0.4 s outlasts the rest of that phase, so the start of every up phase is
+    # rejected; trials 0.4 s apart land in an up phase at least every third try.
     code, report, err = journal_of(
-        "flapping", "redis", "--url", redis_server.url,
-        "--period", "0.2", "--calls", "20", "--interval", "0.03", "--timeout", "0.1",
+        "flapping", "redis", "--url", redis_server.url, "--failure-threshold", "2",
+        "--period", "0.3", "--calls", "40", "--interval", "0.03", "--timeout", "0.4",
     )  # fmt: skip
     assert code == 0, (report, err)
     assert report["with_breaker"]["successes"] > 0
     assert {"scenario", "dependency", "target", "passed", "with_breaker", "without_breaker"} <= set(
         report
     )
-    assert (report["scenario"], report["passed"], report["period_s"]) == ("flapping", True, 0.2)
+    assert (report["scenario"], report["passed"], report["period_s"]) == ("flapping", True, 0.3)
     with_breaker, without = report["with_breaker"], report["without_breaker"]
     assert with_breaker["reached_dependency"] < without["reached_dependency"]
     assert without["reached_dependency"] > 0  # the dependency was up part of the time
