@@ -36,7 +36,7 @@ from enum import StrEnum
 from typing import Any, Self, TypeVar
 
 from cbctl.errors import UsageError
-from cbctl.limits import MAX_SECONDS
+from cbctl.limits import MAX_SECONDS, seconds
 
 __all__ = ["AsyncFaultProxy", "FaultProxy", "Mode", "ProxyStats"]
 
@@ -85,13 +85,13 @@ def _checked_port(value: int, what: str, *, lowest: int) -> int:
     return value
 
 
-def _checked_number(value: float, what: str, *, zero_ok: bool, most: float) -> float:
-    """A finite, non-negative (or positive) number no larger than `most`: cbctl's one range for
-    durations (`limits.MAX_SECONDS`), so a fault can never ask asyncio for an endless wait."""
+def _milliseconds(value: float, what: str) -> float:
+    """Latency or jitter: finite milliseconds >= 0, at most `limits.MAX_SECONDS` of them (seconds
+    go through `limits.seconds`), so a fault can never ask asyncio for an endless wait."""
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
-    if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise UsageError(f"{what} must be a finite number {bound}, got {value!r}")
+    if not math.isfinite(number) or number < 0:
+        raise UsageError(f"{what} must be a finite number >= 0, got {value!r}")
+    most = MAX_SECONDS * 1000
     if number > most:
         raise UsageError(f"{what} must be at most {most:g}, got {value!r}")
     return float(number)
@@ -197,20 +197,14 @@ class AsyncFaultProxy:
     async def set_latency(self, latency_ms: float, jitter_ms: float = 0.0) -> None:
         """Switch to latency mode, holding each chunk from the upstream `latency_ms`, give or take
         up to `jitter_ms` (uniformly random, never below zero)."""
-        latency_s = (
-            _checked_number(latency_ms, "latency_ms", zero_ok=True, most=MAX_SECONDS * 1000) / 1000
-        )
-        self._jitter_s = (
-            _checked_number(jitter_ms, "jitter_ms", zero_ok=True, most=MAX_SECONDS * 1000) / 1000
-        )
+        latency_s = _milliseconds(latency_ms, "latency_ms") / 1000
+        self._jitter_s = _milliseconds(jitter_ms, "jitter_ms") / 1000
         self._latency_s = latency_s
         await self.set_mode(Mode.LATENCY)
 
     async def set_flapping(self, period: float) -> None:
         """Switch to flapping: down now, then up and down in turn every `period` seconds."""
-        self._flap_period_s = _checked_number(
-            period, "flapping period", zero_ok=False, most=MAX_SECONDS
-        )
+        self._flap_period_s = seconds(period, "flapping period", error=UsageError)
         await self.set_mode(Mode.FLAPPING)
 
     def stats(self) -> ProxyStats:

@@ -50,8 +50,10 @@ def seconds(
     zero_ok: bool = False,
     error: type[CbctlError] = ConfigError,
     text: bool = False,
+    most: float = MAX_SECONDS,
 ) -> float:
-    """`value` as finite seconds in (minimum, MAX_SECONDS] (or [0, ...] with `zero_ok`)."""
+    """`value` as finite seconds in (minimum, most] (or [0, ...] with `zero_ok`); `most` is
+    MAX_SECONDS unless a setting has a longer range of its own (a hold's 30 days)."""
     if text and isinstance(value, str):
         try:
             value = float(value)
@@ -59,8 +61,8 @@ def seconds(
             raise error(f"{where} must be a number of seconds, got {value!r}") from cause
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise error(f"{where} must be a number of seconds, got {describe(value)}")
-    if math.isfinite(value) and value > MAX_SECONDS:
-        raise error(f"{where} must be at most {MAX_SECONDS:g} seconds, got {_show_number(value)}")
+    if math.isfinite(value) and value > most:
+        raise error(f"{where} must be at most {most:g} seconds, got {_show_number(value)}")
     if zero_ok:
         valid, bound = value >= 0, "zero or more seconds"
     elif minimum:

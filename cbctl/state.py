@@ -44,6 +44,7 @@ from enum import StrEnum
 from typing import Any, Final, Protocol, Self
 
 from cbctl.errors import ConfigError
+from cbctl.limits import seconds
 
 __all__ = [
     "MAX_HOLD_SECONDS",
@@ -99,13 +100,7 @@ def hold_terms(for_: object, reason: object) -> tuple[float | None, str | None]:
     reset), text of at most MAX_REASON characters or None (blank: None)."""
     span = None
     if for_ is not None:
-        if isinstance(for_, bool) or not isinstance(for_, int | float):
-            raise ConfigError(f"for_ must be a number of seconds, got {for_!r}")
-        if not math.isfinite(for_) or for_ <= 0:
-            raise ConfigError(f"for_ must be a positive number of seconds, got {for_!r}")
-        if for_ > MAX_HOLD_SECONDS:
-            raise ConfigError(f"for_ must be at most {MAX_HOLD_SECONDS:.0f} seconds (30 days)")
-        span = float(for_)
+        span = seconds(for_, "for_", most=MAX_HOLD_SECONDS)
     if reason is None:
         return span, None
     if not isinstance(reason, str):
@@ -141,14 +136,6 @@ def _positive_int(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
-def _positive_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
-    return float(value)
-
-
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     """Breaker settings; the defaults are the original specification's 5 / 30 s / 2.
@@ -173,10 +160,9 @@ class BreakerConfig:
         _positive_int("failure_threshold", self.failure_threshold)
         _positive_int("success_threshold", self.success_threshold)
         _positive_int("half_open_max_calls", self.half_open_max_calls)
-        object.__setattr__(self, "timeout", _positive_seconds("timeout", self.timeout))
+        object.__setattr__(self, "timeout", seconds(self.timeout, "timeout"))
         if self.call_timeout is not None:
-            seconds = _positive_seconds("call_timeout", self.call_timeout)
-            object.__setattr__(self, "call_timeout", seconds)
+            object.__setattr__(self, "call_timeout", seconds(self.call_timeout, "call_timeout"))
         factor = _number("backoff_factor", self.backoff_factor)
         if factor < 1:
             raise ConfigError(f"backoff_factor must be at least 1, got {factor:g}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import math
 import shlex
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from cbctl import probes
 from cbctl.config import Dependency
 from cbctl.errors import DependencyError, UsageError
 from cbctl.faults import FaultProxy, Mode
+from cbctl.limits import seconds
 from cbctl.scenarios import Event, FlappingReport, Journal, run_flapping, run_outage
 from cbctl.standins import HttpStandin, LlamaCppStandin, standin_for
 from cbctl.state import BreakerConfig
@@ -308,9 +308,8 @@ def simulate_flapping(
     """
     if calls < 1:
         raise UsageError(f"--calls must be at least 1, got {calls}")
-    for what, value in (("--period", period), ("--interval", interval)):
-        if not math.isfinite(value) or value < 0 or (value == 0 and what == "--period"):
-            raise UsageError(f"{what} must be a positive number of seconds, got {value!r}")
+    seconds(period, "--period", error=UsageError)
+    seconds(interval, "--interval", zero_ok=True, error=UsageError)
     stack = contextlib.ExitStack()
     try:
         prepared, proxy = _behind_proxy(stack, dep, on_notice, standin_allowed=True)

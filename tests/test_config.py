@@ -469,3 +469,16 @@ def test_wrong_scheme_error_hides_the_password() -> None:
 )
 def test_address_is_host_and_port_for_messages(kind: str, url: str, address: str) -> None:
     assert Dependency(name="d", kind=kind, url=url).address == address
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), 86400.5, "30", True])
+def test_settings_in_code_have_the_range_of_cbctl_toml(timeout: object) -> None:
+    """One reading of seconds (cbctl.limits) for a breaker's timeout, in code or in the file."""
+    from cbctl.limits import seconds
+    from cbctl.state import BreakerConfig
+
+    with pytest.raises(ConfigError) as in_code:
+        BreakerConfig(timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as in_file:
+        seconds(timeout, "timeout")
+    assert str(in_code.value) == str(in_file.value)

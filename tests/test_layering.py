@@ -1,7 +1,8 @@
 """The architecture, enforced: which module may import what, read from the source with `ast`.
 
-- The pure core (state.py: the state machine, clock.py, errors.py) imports nothing else of cbctl
-  (state and clock may use errors), and state.py does no I/O and reads no clock.
+- The pure core (state.py: the state machine, clock.py, errors.py, limits.py: the one range of
+  every number) imports nothing else of cbctl (state may use errors and limits, clock and
+  limits errors), and state.py does no I/O and reads no clock.
 - The library core (breaker.py, registry.py, failures.py, journal.py) runs on the pure core and
   each other.
 - Only cbctl/cli/ and render.py import typer, click or rich: the library never prints.
@@ -106,8 +107,9 @@ def top_package(target: str) -> str:
 
 PURE_CORE = {
     "cbctl.errors": set(),
+    "cbctl.limits": {"cbctl.errors"},
     "cbctl.clock": {"cbctl.errors"},
-    "cbctl.state": {"cbctl.errors"},
+    "cbctl.state": {"cbctl.errors", "cbctl.limits"},
 }
 LIBRARY_CORE = {"cbctl.breaker", "cbctl.registry", "cbctl.failures", "cbctl.journal"}
 CORE = {*PURE_CORE, *LIBRARY_CORE}

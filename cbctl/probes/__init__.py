@@ -15,13 +15,13 @@ a probe rejected by an open circuit never pays for httpx, redis or psycopg.
 from __future__ import annotations
 
 import importlib
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from cbctl.errors import CbctlError, ClientErrorSummary, ProbeError, ProbeReason, UsageError
+from cbctl.limits import seconds as seconds_in_range
 
 if TYPE_CHECKING:
     from cbctl.config import Dependency
@@ -121,9 +121,9 @@ def check(dep: Dependency, timeout: float | None = None) -> str:
     The client library is imported before the clock starts, so a cold import does not count
     against the dependency.
     """
-    limit = dep.call_timeout if timeout is None else timeout
-    if isinstance(limit, bool) or not math.isfinite(limit) or limit <= 0:
-        raise UsageError(f"call timeout must be a positive number of seconds, got {limit!r}")
+    limit = seconds_in_range(
+        dep.call_timeout if timeout is None else timeout, "call timeout", error=UsageError
+    )
     try:
         module_name = MODULES[dep.kind]
     except KeyError as error:
