@@ -403,16 +403,28 @@ def test_settings_mismatch_compares_every_breaker_setting() -> None:
     """Every field of BreakerConfig is compared, including ones added later."""
     from dataclasses import fields, replace
 
+    from cbctl.errors import ConfigError
     from cbctl.probing import SettingsMismatch
     from cbctl.state import BreakerConfig
 
+    def another(base: BreakerConfig, name: str) -> BreakerConfig | None:
+        value = getattr(base, name)
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else 1
+        for candidate in (number + 1, number * 2, number / 2, 0.5, 600.0):
+            if candidate == value or (isinstance(value, int) and not isinstance(candidate, int)):
+                continue
+            try:
+                return replace(base, **{name: candidate})
+            except ConfigError:
+                continue
+        return None
+
     base = BreakerConfig()
     for setting in fields(BreakerConfig):
-        value = getattr(base, setting.name)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        other = replace(base, **{setting.name: value + 1})
-        assert SettingsMismatch("x", base, other).differences == [(setting.name, value, value + 1)]
+        other = another(base, setting.name)
+        assert other is not None, f"give the test a valid other value of {setting.name}"
+        differences = SettingsMismatch("x", base, other).differences
+        assert [name for name, _, _ in differences] == [setting.name]
 
 
 # --- real servers ----------------------------------------------------------------------------
