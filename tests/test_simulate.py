@@ -676,9 +676,11 @@ def test_an_interrupted_stop_command_still_brings_the_dependency_back() -> None:
 def test_flapping_with_backoff_reports_a_pass_without_it_in_the_same_run(
     redis_server: RedisServer,
 ) -> None:
+    # The dampening settings of the test above (two failures open early in a 0.3 s down phase),
+    # not a timing margin: five failures inside a 0.2 s phase did not happen on a loaded machine.
     code, report, err = journal_of(
-        "flapping", "redis", "--url", redis_server.url,
-        "--period", "0.2", "--calls", "30", "--interval", "0.03", "--timeout", "0.1",
+        "flapping", "redis", "--url", redis_server.url, "--failure-threshold", "2",
+        "--period", "0.3", "--calls", "30", "--interval", "0.03", "--timeout", "0.4",
         "--backoff-factor", "2", "--max-timeout", "1.6",
     )  # fmt: skip
     assert code == 0, (report, err)
