@@ -33,6 +33,14 @@ half-open trial that fails multiplies the nominal duration (`backoff`) by the fa
 the pure functions agree. A failure may carry `delay`, the seconds the dependency asked for (an
 HTTP Retry-After): the open then lasts at least that long, never past `max_timeout`. A close,
 reset or hold forgets the backoff.
+
+Rate policies (`failure_rate_threshold`, `slow_call_rate_threshold` over the last
+`window_calls` calls; off by default) count CLOSED calls in a window that every transition
+clears. The window keeps how many calls it holds (`window_count`, at most N) and the failed and
+the slow ones among them as bit masks (bit i: the call i calls ago). The rates are checked only
+when a failure or a slow call is recorded, once the window holds `minimum_calls`, so a fast
+success never opens a circuit; the consecutive `failure_threshold` keeps working alongside.
+A call slower than `slow_call_duration` is slow whether it succeeded or failed.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from cbctl.limits import seconds
 __all__ = [
     "MAX_HOLD_SECONDS",
     "MAX_REASON",
+    "MAX_WINDOW_CALLS",
     "BreakerConfig",
     "CircuitState",
     "CircuitStore",
@@ -59,8 +68,11 @@ __all__ = [
     "StoredCircuit",
     "Update",
     "admit",
+    "count_calls",
     "decode_leases",
+    "decode_marks",
     "encode_leases",
+    "encode_marks",
     "expire",
     "force",
     "hold_stats",
@@ -74,6 +86,7 @@ __all__ = [
     "release",
     "reset",
     "retry_after",
+    "window_rates",
 ]
 
 
@@ -93,6 +106,8 @@ MAX_HOLD_SECONDS: Final = 30 * 86400.0
 """The longest operator hold (`force_open(for_=...)`, `cbctl force-open --for`): a month."""
 MAX_REASON: Final = 200
 """The longest reason a hold keeps (it is shown in every table and /health answer)."""
+MAX_WINDOW_CALLS: Final = 10_000
+"""The largest count window: its masks stay small and a store's script walks it in microseconds."""
 
 
 def hold_terms(for_: object, reason: object) -> tuple[float | None, str | None]:
@@ -136,12 +151,23 @@ def _positive_int(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
+def _rate(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    rate = _number(name, value)
+    if not 0 < rate <= 1:
+        raise ConfigError(f"{name} must be above 0 and at most 1, got {rate:g}")
+    return rate
+
+
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     """Breaker settings; the defaults are the original specification's 5 / 30 s / 2.
 
     Open-duration backoff is off unless `backoff_factor` > 1, `max_timeout` or `jitter` is set;
-    without `max_timeout` the backoff stops at 10 x `timeout`.
+    without `max_timeout` the backoff stops at 10 x `timeout`. The rate policies are off unless
+    `window_calls` is set, with `failure_rate_threshold` and/or `slow_call_rate_threshold`
+    (the latter with `slow_call_duration`); `minimum_calls` defaults to the window's size.
 
     `call_timeout` (seconds, None: off) is how long one call may take before it counts as a
     failure; it is the breaker's business only (stores neither keep nor need it).
@@ -155,6 +181,11 @@ class BreakerConfig:
     max_timeout: float | None = None
     jitter: float = 0.0
     call_timeout: float | None = None
+    failure_rate_threshold: float | None = None
+    window_calls: int | None = None
+    minimum_calls: int | None = None
+    slow_call_duration: float | None = None
+    slow_call_rate_threshold: float | None = None
 
     def __post_init__(self) -> None:
         _positive_int("failure_threshold", self.failure_threshold)
@@ -179,6 +210,54 @@ class BreakerConfig:
                     f"{MAX_HOLD_SECONDS:.0f} seconds, got {cap:g}"
                 )
             object.__setattr__(self, "max_timeout", cap)
+        self._check_window()
+
+    def _check_window(self) -> None:
+        """The rate policies' settings: each in range, and none without what it needs."""
+        rate = _rate("failure_rate_threshold", self.failure_rate_threshold)
+        object.__setattr__(self, "failure_rate_threshold", rate)
+        slow_rate = _rate("slow_call_rate_threshold", self.slow_call_rate_threshold)
+        object.__setattr__(self, "slow_call_rate_threshold", slow_rate)
+        if self.slow_call_duration is not None:
+            slow = seconds(self.slow_call_duration, "slow_call_duration")
+            object.__setattr__(self, "slow_call_duration", slow)
+        window = self.window_calls
+        if window is not None:
+            _positive_int("window_calls", window)
+            if window > MAX_WINDOW_CALLS:
+                raise ConfigError(f"window_calls must be at most {MAX_WINDOW_CALLS}, got {window}")
+            if rate is None and slow_rate is None:
+                raise ConfigError(
+                    "window_calls needs failure_rate_threshold or slow_call_rate_threshold"
+                )
+        elif rate is not None or slow_rate is not None or self.minimum_calls is not None:
+            needs = "failure_rate_threshold" if rate is not None else "slow_call_rate_threshold"
+            if rate is None and slow_rate is None:
+                needs = "minimum_calls"
+            raise ConfigError(f"{needs} needs window_calls (the calls the rate is taken over)")
+        if self.minimum_calls is not None:
+            _positive_int("minimum_calls", self.minimum_calls)
+            if window is not None and self.minimum_calls > window:
+                raise ConfigError(
+                    f"minimum_calls must be at most window_calls ({window}), "
+                    f"got {self.minimum_calls}"
+                )
+        if (slow_rate is None) != (self.slow_call_duration is None):
+            if slow_rate is None:
+                raise ConfigError("slow_call_duration needs slow_call_rate_threshold")
+            raise ConfigError("slow_call_rate_threshold needs slow_call_duration")
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the rate policies are on (CLOSED calls are counted in a window)."""
+        return self.window_calls is not None
+
+    @property
+    def least_calls(self) -> int:
+        """Calls the window must hold before a rate counts: `minimum_calls`, else its size."""
+        if self.minimum_calls is not None:
+            return self.minimum_calls
+        return self.window_calls or 1
 
     @property
     def backs_off(self) -> bool:
@@ -225,6 +304,8 @@ class Snapshot:
     carries who made it and why (`hold_owner`, `hold_reason`; shown to people, sanitised there).
     With backoff on, `open_duration` is how long the present (or last) OPEN lasts and `backoff`
     its nominal length before jitter and a requested delay; both None: `timeout`, no backoff.
+    With a window on, `window_count` is how many CLOSED calls it holds and `failure_bits` /
+    `slow_bits` mark the failed / slow ones (bit i: i calls ago).
     """
 
     state: CircuitState = CLOSED
@@ -243,6 +324,9 @@ class Snapshot:
     hold_owner: str | None = None
     backoff: float | None = None
     open_duration: float | None = None
+    window_count: int = 0
+    failure_bits: int = 0
+    slow_bits: int = 0
 
 
 INITIAL: Final = Snapshot()
@@ -308,8 +392,90 @@ def _enter(snapshot: Snapshot, state: CircuitState, now: float, **changes: Any) 
         changed_at=now,
         leases=(),
         trials_admitted=0,
+        window_count=0,
+        failure_bits=0,
+        slow_bits=0,
         **changes,
     )
+
+
+def encode_marks(bits: int) -> str:
+    """The text form stores keep a window's mask in: the set bits' ages, ascending ("0 3 17")."""
+    ages = []
+    age = 0
+    while bits:
+        if bits & 1:
+            ages.append(str(age))
+        bits >>= 1
+        age += 1
+    return " ".join(ages)
+
+
+def decode_marks(text: str) -> int:
+    """A window's mask from its text form (ValueError when it is not one)."""
+    bits = 0
+    for item in text.split():
+        age = int(item)
+        if not 0 <= age < MAX_WINDOW_CALLS:
+            raise ValueError(f"window mark {age} is outside any window")
+        bits |= 1 << age
+    return bits
+
+
+def _tally(snapshot: Snapshot, config: BreakerConfig, *, failed: bool, slow: bool) -> Snapshot:
+    """One more CLOSED call in the window: the oldest falls out once it holds N."""
+    size = config.window_calls
+    if size is None:
+        return snapshot
+    full = (1 << size) - 1
+    return replace(
+        snapshot,
+        window_count=min(size, snapshot.window_count + 1),
+        failure_bits=((snapshot.failure_bits << 1) | failed) & full,
+        slow_bits=((snapshot.slow_bits << 1) | slow) & full,
+    )
+
+
+def count_calls(snapshot: Snapshot, config: BreakerConfig, calls: int) -> Snapshot:
+    """`calls` more fast CLOSED successes in the window, at once: the same as recording each
+    (an in-process breaker counts them without a lock and adds them here when it next decides)."""
+    size = config.window_calls
+    if size is None or calls <= 0 or snapshot.state is not CLOSED:
+        return snapshot
+    if calls >= size:
+        return replace(snapshot, window_count=size, failure_bits=0, slow_bits=0)
+    full = (1 << size) - 1
+    return replace(
+        snapshot,
+        window_count=min(size, snapshot.window_count + calls),
+        failure_bits=(snapshot.failure_bits << calls) & full,
+        slow_bits=(snapshot.slow_bits << calls) & full,
+    )
+
+
+def window_rates(snapshot: Snapshot, config: BreakerConfig) -> tuple[float | None, float | None]:
+    """The failure rate and slow-call rate over the window (0..1), each None while the window
+    holds fewer than `minimum_calls` calls (or its policy is off)."""
+    count = snapshot.window_count
+    if config.window_calls is None or count < config.least_calls or not count:
+        return None, None
+    failures = None
+    if config.failure_rate_threshold is not None:
+        failures = snapshot.failure_bits.bit_count() / count
+    slow = None
+    if config.slow_call_rate_threshold is not None:
+        slow = snapshot.slow_bits.bit_count() / count
+    return failures, slow
+
+
+def _rate_trips(snapshot: Snapshot, config: BreakerConfig) -> bool:
+    """Whether the window's failure or slow-call rate has reached its threshold."""
+    failures, slow = window_rates(snapshot, config)
+    threshold = config.failure_rate_threshold
+    if failures is not None and threshold is not None and failures >= threshold:
+        return True
+    threshold = config.slow_call_rate_threshold
+    return slow is not None and threshold is not None and slow >= threshold
 
 
 def live_leases(snapshot: Snapshot, now: float) -> tuple[Lease, ...]:
@@ -437,13 +603,29 @@ def _current(snapshot: Snapshot, permit: Permit | None, now: float, *, late: boo
 
 
 def record_success(
-    snapshot: Snapshot, config: BreakerConfig, permit: Permit | None, now: float
+    snapshot: Snapshot,
+    config: BreakerConfig,
+    permit: Permit | None,
+    now: float,
+    *,
+    slow: bool = False,
 ) -> Snapshot:
-    """A protected call succeeded; a half-open trial frees its place and counts toward closing."""
+    """A protected call succeeded; a half-open trial frees its place and counts toward closing.
+
+    With a window on, a CLOSED success is counted in it; a `slow` one (slower than
+    `slow_call_duration`) may open the circuit on the slow-call rate.
+    """
     snapshot = expire(snapshot, now)
     if not _current(snapshot, permit, now):
         return snapshot
     if snapshot.state is CLOSED:
+        if config.windowed:
+            counted = replace(
+                _tally(snapshot, config, failed=False, slow=slow), failure_count=0
+            )
+            if slow and not snapshot.forced and _rate_trips(counted, config):
+                return _trip(counted, config, now, 0.0, None)
+            return counted
         return replace(snapshot, failure_count=0) if snapshot.failure_count else snapshot
     if snapshot.state is HALF_OPEN and permit is not None:
         successes = snapshot.success_count + 1
@@ -472,8 +654,10 @@ def record_failure(
     *,
     delay: float | None = None,
     draw: float = 0.0,
+    slow: bool = False,
 ) -> Snapshot:
-    """A protected call failed: count it, and open the circuit when the threshold is reached.
+    """A protected call failed: count it, and open the circuit when the threshold is reached
+    (the consecutive one, or with a window on a failure or slow-call rate).
 
     The failure is remembered as the last failure even when it is stale (its generation has
     passed): it is still a fact about the dependency. A half-open trial that fails after its
@@ -487,17 +671,14 @@ def record_failure(
         return noted
     if snapshot.state is CLOSED:
         failures = snapshot.failure_count + 1
-        if failures >= config.failure_threshold and not snapshot.forced:
-            return _enter(
-                noted,
-                OPEN,
-                now,
-                failure_count=failures,
-                success_count=0,
-                opened_at=now,
-                **_opening(config, config.timeout, draw, delay),
-            )
-        return replace(noted, failure_count=failures)
+        noted = replace(noted, failure_count=failures)
+        if config.windowed:
+            noted = _tally(noted, config, failed=True, slow=slow)
+        if not snapshot.forced and (
+            failures >= config.failure_threshold or (config.windowed and _rate_trips(noted, config))
+        ):
+            return _trip(noted, config, now, draw, delay)
+        return noted
     if snapshot.state is HALF_OPEN:
         nominal = config.timeout if snapshot.backoff is None else snapshot.backoff
         nominal = min(config.open_cap, nominal * config.backoff_factor)
@@ -511,6 +692,20 @@ def record_failure(
             **_opening(config, nominal, draw, delay),
         )
     return noted
+
+
+def _trip(
+    snapshot: Snapshot, config: BreakerConfig, now: float, draw: float, delay: float | None
+) -> Snapshot:
+    """CLOSED -> OPEN, for `timeout` (or the backoff's first open duration)."""
+    return _enter(
+        snapshot,
+        OPEN,
+        now,
+        success_count=0,
+        opened_at=now,
+        **_opening(config, config.timeout, draw, delay),
+    )
 
 
 def release(snapshot: Snapshot, permit: Permit | None, now: float) -> Snapshot:
@@ -655,7 +850,11 @@ class CircuitStore(Protocol):
 
     def admit(self, name: str, config: BreakerConfig) -> Update: ...
 
-    def record_success(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update: ...
+    def record_success(
+        self, name: str, config: BreakerConfig, permit: Permit | None, slow: bool = False
+    ) -> Update:
+        """`slow`: the call took longer than `slow_call_duration` (`state.record_success`)."""
+        ...
 
     def record_failure(
         self,
@@ -666,9 +865,11 @@ class CircuitStore(Protocol):
         op: str | None = None,
         delay: float | None = None,
         draw: float = 0.0,
+        slow: bool = False,
     ) -> Update:
         """`op` names this write, so that a later `reconcile` can tell whether it arrived;
-        `delay` and `draw` are `state.record_failure`'s (a requested open duration, jitter)."""
+        `delay`, `draw` and `slow` are `state.record_failure`'s (a requested open duration,
+        jitter, a call slower than `slow_call_duration`)."""
         ...
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update: ...

@@ -54,6 +54,11 @@ def test_a_whole_number_timeout_becomes_float_seconds_in_json() -> None:
             "max_timeout": None,
             "jitter": 0.0,
             "call_timeout": None,
+            "failure_rate_threshold": None,
+            "window_calls": None,
+            "minimum_calls": None,
+            "slow_call_duration": None,
+            "slow_call_rate_threshold": None,
         }
     )
 

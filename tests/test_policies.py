@@ -458,7 +458,7 @@ def test_a_schema_3_state_file_is_migrated_in_place_without_backoff(tmp_path: Pa
         after = store.record_failure("qdrant", config, trial, "still down").after
         assert (after.backoff, after.open_duration) == (60.0, 60.0)
     check = sqlite3.connect(path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     row = check.execute("SELECT backoff_factor, max_timeout, jitter, backoff FROM circuits")
     assert row.fetchone() == (2.0, None, 0.0, 60.0)
     check.close()

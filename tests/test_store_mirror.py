@@ -9,6 +9,8 @@ or 1.25 s open), so no decision sits on a boundary that the few real millisecond
 round trip could tip. With open-duration backoff on (BACKOFF: factor 1.5, cap 6.9 s, jitter
 0.3), failures carry jitter draws and requested delays chosen so that no open duration ends on
 the grid either (3.375, 5.0625, 6.9 s, shortened by 0, 15 or 27 %; delays 3.1 s or the cap).
+With the rate policies on (WINDOW: the last 4 calls, 3 at least, half of them failed or three
+quarters slow), outcomes are marked slow by their (otherwise unused) outage's failure count.
 Outcomes report with any permit seen so far, so stale permits (an earlier
 generation, an expired or already ended lease) are drawn as often as current ones. A timed hold
 lasts 1.75 s, off the 0.5 s grid, so its expiry is never a boundary either.
@@ -43,6 +45,18 @@ BACKOFF = BreakerConfig(
     max_timeout=6.9,
     jitter=0.3,
 )
+WINDOW = BreakerConfig(
+    failure_threshold=3,
+    timeout=2.25,
+    success_threshold=2,
+    half_open_max_calls=2,
+    failure_rate_threshold=0.5,
+    window_calls=4,
+    minimum_calls=3,
+    slow_call_duration=1.0,
+    slow_call_rate_threshold=0.75,
+)
+CONFIGS = (CONFIG, BACKOFF, WINDOW)
 DRAWS = {0.5: 0.0, 1.0: 0.5, 2.5: 0.9}
 """A failure's jitter draw, by the (otherwise unused) step length it was drawn with."""
 DELAYS = (None, None, 3.1, 20.0)
@@ -101,6 +115,9 @@ def discrete(snapshot: Snapshot) -> tuple[object, ...]:
         snapshot.hold_owner,
         snapshot.backoff,
         snapshot.open_duration is None,
+        snapshot.window_count,
+        snapshot.failure_bits,
+        snapshot.slow_bits,
     )
 
 
@@ -130,12 +147,13 @@ def apply(
         return store.reconcile(name, config, Outage(known, failures, open_for, "lost", ("x1",)))
     if kind == "admit":
         return store.admit(name, config)
+    slow = failures % 2 == 1
     if kind == "success":
-        return store.record_success(name, config, permit)
+        return store.record_success(name, config, permit, slow)
     if kind == "failure":
         delay = DELAYS[failures]
         return store.record_failure(
-            name, config, permit, f"error {index}", None, delay, DRAWS[length]
+            name, config, permit, f"error {index}", None, delay, DRAWS[length], slow
         )
     if kind == "release":
         return store.release(name, config, permit)
@@ -190,7 +208,7 @@ def mirror_redis() -> Iterator[RedisServer]:
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(steps=operations, config=st.sampled_from([CONFIG, BACKOFF]))
+@given(steps=operations, config=st.sampled_from(CONFIGS))
 def test_the_state_file_mirrors_the_pure_functions(
     tmp_path: Path, steps: list[Step], config: BreakerConfig
 ) -> None:
@@ -205,7 +223,7 @@ def test_the_state_file_mirrors_the_pure_functions(
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(steps=operations, config=st.sampled_from([CONFIG, BACKOFF]))
+@given(steps=operations, config=st.sampled_from(CONFIGS))
 def test_the_redis_script_mirrors_the_pure_functions(
     mirror_redis: RedisServer, steps: list[Step], config: BreakerConfig
 ) -> None:
@@ -260,3 +278,46 @@ def test_the_redis_script_ends_an_expired_hold_like_the_pure_functions(
     finally:
         store.close()
     assert (after.state, after.forced, after.failure_count) == (CircuitState.CLOSED, False, 1)
+
+SLOW = ("unknown", 1, None)
+WINDOW_EDGES: list[Step] = [
+    ("success", 0, 0.5, NO_OUTAGE),
+    ("failure", 0, 0.5, NO_OUTAGE),
+    ("success", 0, 0.5, NO_OUTAGE),
+    ("failure", 0, 0.5, NO_OUTAGE),  # 2 of the last 4 failed: exactly the threshold, opens
+    ("advance", -1, 2.5, NO_OUTAGE),
+    ("admit", -1, 0.5, NO_OUTAGE),
+    ("success", -1, 0.5, NO_OUTAGE),
+    ("admit", -1, 0.5, NO_OUTAGE),
+    ("success", -1, 0.5, NO_OUTAGE),  # closed again, the window empty
+    ("success", 0, 0.5, SLOW),
+    ("failure", 0, 0.5, NO_OUTAGE),
+    ("success", 0, 0.5, SLOW),
+    ("success", 0, 0.5, NO_OUTAGE),
+    ("success", 0, 0.5, NO_OUTAGE),  # the first slow call and the failure fall out
+    ("success", 0, 0.5, SLOW),
+    ("success", 0, 0.5, SLOW),
+    ("success", 0, 0.5, SLOW),  # 3 of the last 4 slow, though all succeeded: opens
+]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
+def test_stores_count_the_window_at_its_edges_like_the_pure_functions(
+    tmp_path: Path, mirror_redis: RedisServer, kind: str
+) -> None:
+    clock = FakeClock()
+    if kind == "sqlite":
+        store: CircuitStore = SqliteStore(tmp_path / "window.db", clock=clock)
+    else:
+        start = RedisStore(mirror_redis.url).clock_now()
+        store = RedisStore(
+            mirror_redis.url, prefix="edges:", time_offset=lambda: clock.wall() - start
+        )
+    try:
+        visited = check_mirror(store, MemoryStore(clock), clock, WINDOW_EDGES, WINDOW)
+        after = store.load_all()[-1]
+    finally:
+        store.close()
+    assert CircuitState.HALF_OPEN in visited
+    assert after.snapshot.state is CircuitState.OPEN
+    assert after.config == WINDOW

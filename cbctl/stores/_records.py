@@ -19,7 +19,15 @@ from cbctl.state import BreakerConfig, Snapshot, StoredCircuit
 __all__ = ["decoded", "load_all_checked"]
 
 _T = TypeVar("_T")
-_COUNTS = ("failure_count", "success_count", "generation", "trials_admitted")
+_COUNTS = (
+    "failure_count",
+    "success_count",
+    "generation",
+    "trials_admitted",
+    "window_count",
+    "failure_bits",
+    "slow_bits",
+)
 _TIMES = ("opened_at", "changed_at", "last_failure_at", "hold_until")
 _TEXTS = ("last_error", "hold_reason", "hold_owner")
 _SPANS = ("backoff", "open_duration")

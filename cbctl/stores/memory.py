@@ -106,9 +106,13 @@ class MemoryStore:
     def admit(self, name: str, config: BreakerConfig) -> Update:
         return self._apply(name, config, machine.admit)
 
-    def record_success(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+    def record_success(
+        self, name: str, config: BreakerConfig, permit: Permit | None, slow: bool = False
+    ) -> Update:
         return self._apply(
-            name, config, lambda s, c, now: (machine.record_success(s, c, permit, now), permit)
+            name,
+            config,
+            lambda s, c, now: (machine.record_success(s, c, permit, now, slow=slow), permit),
         )
 
     def record_failure(
@@ -120,14 +124,16 @@ class MemoryStore:
         op: str | None = None,
         delay: float | None = None,
         draw: float = 0.0,
+        slow: bool = False,
     ) -> Update:
         """`op` is not kept: a write here either happens or raises, never half-way."""
         wall = self._clock.wall()
 
         def fail(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
-            return machine.record_failure(s, c, permit, now, wall, error, delay=delay, draw=draw), (
-                permit
+            failed = machine.record_failure(
+                s, c, permit, now, wall, error, delay=delay, draw=draw, slow=slow
             )
+            return failed, permit
 
         return self._apply(name, config, fail)
 
@@ -166,9 +172,9 @@ class MemoryStore:
         return self.admit(name, config)
 
     async def arecord_success(
-        self, name: str, config: BreakerConfig, permit: Permit | None
+        self, name: str, config: BreakerConfig, permit: Permit | None, slow: bool = False
     ) -> Update:
-        return self.record_success(name, config, permit)
+        return self.record_success(name, config, permit, slow)
 
     async def arecord_failure(
         self,
@@ -179,8 +185,9 @@ class MemoryStore:
         op: str | None = None,
         delay: float | None = None,
         draw: float = 0.0,
+        slow: bool = False,
     ) -> Update:
-        return self.record_failure(name, config, permit, error, op, delay, draw)
+        return self.record_failure(name, config, permit, error, op, delay, draw, slow)
 
     async def arelease(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
         return self.release(name, config, permit)

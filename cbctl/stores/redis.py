@@ -33,6 +33,7 @@ from cbctl.state import (
     StoredCircuit,
     Update,
     decode_leases,
+    decode_marks,
 )
 from cbctl.stores._records import decoded, load_all_checked
 
@@ -45,7 +46,10 @@ _STATES: Final = {state.value: state for state in CircuitState}
 _NO_CONFIG: Final = ("", "", "", "")
 _POLICY_ARG: Final = 12
 """The ARGV slots (0-based in `_args`'s tuple) of backoff_factor, max_timeout and jitter."""
-_SOURCE_ARG: Final = 20
+_WINDOW_ARG: Final = 15
+"""The ARGV slots (0-based) of window_calls, failure_rate_threshold, minimum_calls,
+slow_call_duration and slow_call_rate_threshold; the slow-call flag of an outcome follows."""
+_SOURCE_ARG: Final = 22
 """The ARGV slot of the journal's source (the length follows): past every argument an operation
 takes, with '' (read as absent) in between."""
 
@@ -56,13 +60,16 @@ takes, with '' (read as absent) in between."""
 #       (failure, reconcile) or target state (force), then for 'failure' the write's op id, the
 #       requested open duration ('' = none) and the jitter's draw, for
 #       'reconcile' the failures, the seconds left open ('' = not open) and the op ids, for
-#       'force' the hold's seconds ('' = until reset), reason and owner.
-#       ARGV[20] and ARGV[21] (after '' padding): the source of a transition (pid@host) and the
+#       'force' the hold's seconds ('' = until reset), reason and owner. ARGV[16..20]: window_calls,
+#       failure_rate_threshold, minimum_calls, slow_call_duration, slow_call_rate_threshold ('' =
+#       off), ARGV[21] '1' for a slow call ('success', 'failure').
+#       ARGV[22] and ARGV[23] (after '' padding): the source of a transition (pid@host) and the
 #       journal's length; KEYS: circuit, journal stream, journal id counter.
 # Every operation but 'load' first ends a hold whose expiry has come, like 'reset' (state.expire).
-# Reply: {now, permit generation or '', permit lease, changed, before[16], after[16] if changed,
-#         journal id if the state changed}; a snapshot's fields are FIELDS' (backoff and open
-#         duration last). A 'load' reply is {now, 23 fields}: NAMES'.
+# Reply: {now, permit generation or '', permit lease, changed, before[19], after[19] if changed,
+#         journal id if the state changed}; a snapshot's fields are FIELDS' (backoff, open
+#         duration and the window last). A 'load' reply is {now, 31 fields}: NAMES'.
+# A window's masks are kept as the ages of their set bits ("0 3 17", state.encode_marks).
 # A missing circuit replies {now} to 'load'. Leases are "id:deadline" pairs (state.encode_leases).
 _SCRIPT: Final = r"""
 if redis.replicate_commands then redis.replicate_commands() end
@@ -98,7 +105,8 @@ local function leases_of(text)
 end
 
 local NAMES = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le', 'hu', 'hr', 'ho',
-               'ft', 'to', 'st', 'hm', 'bo', 'od', 'bf', 'mt', 'ji'}
+               'ft', 'to', 'st', 'hm', 'bo', 'od', 'bf', 'mt', 'ji', 'wn', 'wf', 'ws', 'wr', 'wc',
+               'mc', 'sd', 'sr'}
 local raw = redis.call('HMGET', key, unpack(NAMES))
 local exists = raw[1] ~= false
 local legacy = exists and raw[5] == false
@@ -116,7 +124,7 @@ end
 if op == 'load' then
   if not exists then return {str(now)} end
   local out = {str(now)}
-  for i = 1, 23 do out[i + 1] = raw[i] or '' end
+  for i = 1, 31 do out[i + 1] = raw[i] or '' end
   return out
 end
 
@@ -125,23 +133,43 @@ if exists then
   b = {s = raw[1], fc = tonumber(raw[2]), sc = tonumber(raw[3]), g = tonumber(raw[4]),
        ls = leases_of(raw[5]), ta = tonumber(raw[6]), oa = num(raw[7]), ca = num(raw[8]),
        f = raw[9] == '1', lf = num(raw[10]), le = raw[11] or '', hu = num(raw[12]),
-       hr = raw[13] or '', ho = raw[14] or '', bo = num(raw[19]), od = num(raw[20])}
+       hr = raw[13] or '', ho = raw[14] or '', bo = num(raw[19]), od = num(raw[20]),
+       wn = tonumber(raw[24]) or 0, wf = raw[25] or '', ws = raw[26] or ''}
   if b.le == '' then b.le = nil end
   if b.hr == '' then b.hr = nil end
   if b.ho == '' then b.ho = nil end
 else
-  b = {s = 'closed', fc = 0, sc = 0, g = 0, ls = {}, ta = 0, ca = now, f = false}
+  b = {s = 'closed', fc = 0, sc = 0, g = 0, ls = {}, ta = 0, ca = now, f = false, wn = 0,
+       wf = '', ws = ''}
 end
 
-local ft, to, st, hm, bf, mt, ji
+local ft, to, st, hm, bf, mt, ji, wc, wr, mc, sd, sr
 if ARGV[3] ~= '' then
   ft, to, st, hm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   bf, mt, ji = tonumber(ARGV[13]) or 1, num(ARGV[14]), tonumber(ARGV[15]) or 0
+  wc, wr, mc, sd, sr = num(ARGV[16]), num(ARGV[17]), num(ARGV[18]), num(ARGV[19]), num(ARGV[20])
 elseif exists and raw[15] then
   ft, to, st, hm = tonumber(raw[15]), tonumber(raw[16]), tonumber(raw[17]), tonumber(raw[18])
   bf, mt, ji = tonumber(raw[21]) or 1, num(raw[22]), tonumber(raw[23]) or 0
+  wr, wc, mc, sd, sr = num(raw[27]), num(raw[28]), num(raw[29]), num(raw[30]), num(raw[31])
 else
   ft, to, st, hm, bf, mt, ji = 5, 30.0, 2, 1, 1, nil, 0
+end
+local slow = ARGV[21] == '1'
+-- the count window (state._tally, window_rates): masks as ages, the oldest dropped at wc
+local function shifted(text, add)
+  local out = {}
+  if add then out[1] = '0' end
+  for age in string.gmatch(text or '', '%d+') do
+    local older = tonumber(age) + 1
+    if older < wc then out[#out + 1] = string.format('%d', older) end
+  end
+  return table.concat(out, ' ')
+end
+local function marks(text)
+  local n = 0
+  for _ in string.gmatch(text or '', '%d+') do n = n + 1 end
+  return n
 end
 -- open-duration backoff (state._opening, BreakerConfig.backs_off / open_cap)
 local backs_off = bf > 1 or ji > 0 or mt ~= nil
@@ -161,14 +189,23 @@ if b.f and b.hu ~= nil and now >= b.hu then
   for k, v in pairs(b) do e[k] = v end
   e.s = 'closed'; e.g = b.g + 1; e.ca = now; e.ls = {}; e.ta = 0
   e.fc = 0; e.sc = 0; e.oa = nil; e.f = false; e.hu = nil; e.hr = nil; e.ho = nil
-  e.bo = nil; e.od = nil
+  e.bo = nil; e.od = nil; e.wn = 0; e.wf = ''; e.ws = ''
   b = e
 end
 
 local a = {}
 for k, v in pairs(b) do a[k] = v end
 local function enter(state)
-  a.s = state; a.g = b.g + 1; a.ca = now; a.ls = {}; a.ta = 0
+  a.s = state; a.g = b.g + 1; a.ca = now; a.ls = {}; a.ta = 0; a.wn = 0; a.wf = ''; a.ws = ''
+end
+local function tally(failed)
+  a.wn = math.min(wc, b.wn + 1); a.wf = shifted(b.wf, failed); a.ws = shifted(b.ws, slow)
+end
+local function rate_trips()
+  local least = mc or wc
+  if a.wn < least or a.wn == 0 then return false end
+  if wr ~= nil and marks(a.wf) / a.wn >= wr then return true end
+  return sr ~= nil and marks(a.ws) / a.wn >= sr
 end
 local function opening(nominal, draw, delay)
   if not backs_off then a.bo = nil; a.od = nil; return end
@@ -230,6 +267,13 @@ elseif op == 'success' then
   if current() then
     if b.s == 'closed' then
       a.fc = 0
+      if wc ~= nil then
+        tally(false)
+        if slow and not b.f and rate_trips() then
+          enter('open'); a.sc = 0; a.oa = now
+          opening(to, 0, nil)
+        end
+      end
     elseif b.s == 'half_open' then
       local successes = b.sc + 1
       if successes >= st then
@@ -246,11 +290,11 @@ elseif op == 'failure' then
   if current(true) then
     if b.s == 'closed' then
       local failures = b.fc + 1
-      if failures >= ft and not b.f then
-        enter('open'); a.fc = failures; a.sc = 0; a.oa = now
+      a.fc = failures
+      if wc ~= nil then tally(true) end
+      if not b.f and (failures >= ft or (wc ~= nil and rate_trips())) then
+        enter('open'); a.sc = 0; a.oa = now
         opening(to, draw, delay)
-      else
-        a.fc = failures
       end
     elseif b.s == 'half_open' then
       enter('open'); a.sc = 0; a.oa = now
@@ -328,7 +372,7 @@ else
 end
 
 local FIELDS = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le', 'hu', 'hr', 'ho',
-                'bo', 'od'}
+                'bo', 'od', 'wn', 'wf', 'ws'}
 local out = {str(now), str(permit_g), str(permit_lease), '0'}
 local changed = not exists or ops ~= nil
 for i, k in ipairs(FIELDS) do
@@ -341,7 +385,7 @@ if changed then
   local args = {}
   for i, k in ipairs(FIELDS) do
     local value = str(a[k])
-    out[20 + i] = value
+    out[23 + i] = value
     args[#args + 1] = k
     args[#args + 1] = value
   end
@@ -349,7 +393,8 @@ if changed then
     args[#args + 1] = NAMES[14 + i]
     args[#args + 1] = str(v)
   end
-  for _, pair in ipairs({{'bf', str(bf)}, {'mt', str(mt)}, {'ji', str(ji)}}) do
+  for _, pair in ipairs({{'bf', str(bf)}, {'mt', str(mt)}, {'ji', str(ji)}, {'wr', str(wr)},
+                         {'wc', str(wc)}, {'mc', str(mc)}, {'sd', str(sd)}, {'sr', str(sr)}}) do
     args[#args + 1] = pair[1]
     args[#args + 1] = pair[2]
   end
@@ -375,9 +420,9 @@ if out[4] == '1' and stored.s ~= a.s then
     summary = str(a.le)
   end
   local id = redis.call('INCR', KEYS[3])
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[21], '*', 'id', id, 'at', str(now), 'p', stored.s,
-             's', a.s, 'fc', str(a.fc), 'le', summary, 'src', ARGV[20])
-  out[37] = str(id)
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[23], '*', 'id', id, 'at', str(now), 'p', stored.s,
+             's', a.s, 'fc', str(a.fc), 'le', summary, 'src', ARGV[22])
+  out[43] = str(id)
 end
 return out
 """
@@ -387,8 +432,13 @@ def _number(text: str) -> float | None:
     return float(text) if text else None
 
 
+def _text(value: float | None) -> str:
+    """A setting as the script reads it: '' for None (off), exact digits otherwise."""
+    return "" if value is None else repr(value)
+
+
 def _snapshot(fields: Sequence[str]) -> Snapshot:
-    """A snapshot from the script's 16 strings (the hash fields s, fc, ..., hu, hr, ho, bo, od)."""
+    """A snapshot from the script's 19 strings (the hash fields s, fc, ..., bo, od, wn, wf, ws)."""
     return Snapshot(
         state=_STATES[fields[0]],
         failure_count=int(fields[1]),
@@ -406,11 +456,15 @@ def _snapshot(fields: Sequence[str]) -> Snapshot:
         hold_owner=fields[13] or None,
         backoff=_number(fields[14]),
         open_duration=_number(fields[15]),
+        window_count=int(fields[16] or 0),
+        failure_bits=decode_marks(fields[17]),
+        slow_bits=decode_marks(fields[18]),
     )
 
 
 def _config(fields: Sequence[str]) -> BreakerConfig:
-    """Settings from the hash fields ft, to, st, hm, bf, mt, ji ('' where never written)."""
+    """Settings from the hash fields ft, to, st, hm, bf, mt, ji, wr, wc, mc, sd, sr ('' where
+    never written)."""
     if not fields[0]:
         return BreakerConfig()
     return BreakerConfig(
@@ -421,12 +475,24 @@ def _config(fields: Sequence[str]) -> BreakerConfig:
         backoff_factor=float(fields[4] or 1),
         max_timeout=_number(fields[5]),
         jitter=float(fields[6] or 0),
+        failure_rate_threshold=_number(fields[7]),
+        window_calls=_whole(fields[8]),
+        minimum_calls=_whole(fields[9]),
+        slow_call_duration=_number(fields[10]),
+        slow_call_rate_threshold=_number(fields[11]),
     )
 
 
+def _whole(text: str) -> int | None:
+    return int(text) if text else None
+
+
 def _loaded(reply: Sequence[str]) -> tuple[Snapshot, BreakerConfig]:
-    """The snapshot and settings of a 'load' reply ({now, 23 fields}: NAMES)."""
-    return _snapshot([*reply[1:15], *reply[19:21]]), _config([*reply[15:19], *reply[21:24]])
+    """The snapshot and settings of a 'load' reply ({now, 31 fields}: NAMES)."""
+    return (
+        _snapshot([*reply[1:15], *reply[19:21], *reply[24:27]]),
+        _config([*reply[15:19], *reply[21:24], *reply[27:32]]),
+    )
 
 
 def _failure_args(error: str, op: str | None, delay: float | None, draw: float) -> tuple[str, ...]:
@@ -588,8 +654,9 @@ class RedisStore:
         config: BreakerConfig | None,
         permit: Permit | None = None,
         *extra: str,
+        slow: bool = False,
     ) -> list[str]:
-        args = self._args(op, config, permit, *extra)
+        args = self._args(op, config, permit, *extra, slow=slow)
         script = self._async_script()
         keys = self._keys(name)
         reply: list[str] = await self._aguarded(lambda: script(keys=keys, args=args))
@@ -605,14 +672,20 @@ class RedisStore:
         config: BreakerConfig | None,
         permit: Permit | None = None,
         *extra: str,
+        slow: bool = False,
     ) -> list[str]:
-        args = self._args(op, config, permit, *extra)
+        args = self._args(op, config, permit, *extra, slow=slow)
         keys = self._keys(name)
         reply: list[str] = self._guarded(lambda: self._script(keys=keys, args=args))
         return reply
 
     def _args(
-        self, op: str, config: BreakerConfig | None, permit: Permit | None, *extra: str
+        self,
+        op: str,
+        config: BreakerConfig | None,
+        permit: Permit | None,
+        *extra: str,
+        slow: bool = False,
     ) -> tuple[str, ...]:
         """The script's arguments for one operation (see the script's header)."""
         settings = (
@@ -641,6 +714,15 @@ class RedisStore:
                 "" if cap is None else repr(cap),
                 repr(config.jitter),
             )
+            padded[_WINDOW_ARG : _WINDOW_ARG + 5] = (
+                _text(config.window_calls),
+                _text(config.failure_rate_threshold),
+                _text(config.minimum_calls),
+                _text(config.slow_call_duration),
+                _text(config.slow_call_rate_threshold),
+            )
+        if slow:
+            padded[_WINDOW_ARG + 5] = "1"
         return (*padded, process_source(), str(JOURNAL_LIMIT))
 
     def _keys(self, name: str) -> list[str]:
@@ -649,13 +731,13 @@ class RedisStore:
 
     def _update(self, name: str, reply: list[str]) -> Update:
         def decode() -> tuple[Snapshot, BreakerConfig]:
-            return _snapshot(reply[4:20]), BreakerConfig()
+            return _snapshot(reply[4:23]), BreakerConfig()
 
         before, _ = decoded(f"Redis at {self._shown}", name, decode)
         after = before
         if reply[3] == "1":
             after, _ = decoded(
-                f"Redis at {self._shown}", name, lambda: (_snapshot(reply[20:36]), BreakerConfig())
+                f"Redis at {self._shown}", name, lambda: (_snapshot(reply[23:42]), BreakerConfig())
             )
         now = float(reply[0])
         permit = Permit(int(reply[1]), int(reply[2])) if reply[1] else None
@@ -721,8 +803,10 @@ class RedisStore:
     def admit(self, name: str, config: BreakerConfig) -> Update:
         return self._update(name, self._run("admit", name, config))
 
-    def record_success(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
-        return self._update(name, self._run("success", name, config, permit))
+    def record_success(
+        self, name: str, config: BreakerConfig, permit: Permit | None, slow: bool = False
+    ) -> Update:
+        return self._update(name, self._run("success", name, config, permit, slow=slow))
 
     def record_failure(
         self,
@@ -733,11 +817,12 @@ class RedisStore:
         op: str | None = None,
         delay: float | None = None,
         draw: float = 0.0,
+        slow: bool = False,
     ) -> Update:
         """`op` is remembered with the last 64 failure writes of the circuit, so that `reconcile`
         can tell a write that timed out here but reached the server from one that did not."""
         extra = _failure_args(error, op, delay, draw)
-        return self._update(name, self._run("failure", name, config, permit, *extra))
+        return self._update(name, self._run("failure", name, config, permit, *extra, slow=slow))
 
     def release(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
         return self._update(name, self._run("release", name, config, permit))
@@ -764,9 +849,9 @@ class RedisStore:
         return self._update(name, await self._arun("admit", name, config))
 
     async def arecord_success(
-        self, name: str, config: BreakerConfig, permit: Permit | None
+        self, name: str, config: BreakerConfig, permit: Permit | None, slow: bool = False
     ) -> Update:
-        return self._update(name, await self._arun("success", name, config, permit))
+        return self._update(name, await self._arun("success", name, config, permit, slow=slow))
 
     async def arecord_failure(
         self,
@@ -777,9 +862,11 @@ class RedisStore:
         op: str | None = None,
         delay: float | None = None,
         draw: float = 0.0,
+        slow: bool = False,
     ) -> Update:
         extra = _failure_args(error, op, delay, draw)
-        return self._update(name, await self._arun("failure", name, config, permit, *extra))
+        reply = await self._arun("failure", name, config, permit, *extra, slow=slow)
+        return self._update(name, reply)
 
     async def arelease(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
         return self._update(name, await self._arun("release", name, config, permit))

@@ -60,11 +60,11 @@ APPLICATION_ID: Final = 1667392372
 header. _SCHEMA spells both numbers out: PRAGMA takes no parameters, and no SQL is built from
 strings here."""
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """`PRAGMA user_version` this code reads and writes; a larger one is a newer cbctl's file.
 Older versions are migrated in place when the file is opened for writing: 1 (one shared trial
 count and deadline instead of a lease per trial) to 2, 2 (holds without expiry, reason or
-owner) to 3, and 3 (no open-duration backoff) to 4."""
+owner) to 3, 3 (no open-duration backoff) to 4, and 4 (no rate policies) to 5."""
 
 _SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 _HEADER_USER_VERSION: Final = slice(60, 64)
@@ -97,11 +97,19 @@ _SCHEMA: Final = (
         open_duration REAL,
         backoff_factor REAL NOT NULL DEFAULT 1.0,
         max_timeout REAL,
-        jitter REAL NOT NULL DEFAULT 0.0
+        jitter REAL NOT NULL DEFAULT 0.0,
+        window_count INTEGER NOT NULL DEFAULT 0,
+        failure_marks TEXT NOT NULL DEFAULT '',
+        slow_marks TEXT NOT NULL DEFAULT '',
+        failure_rate_threshold REAL,
+        window_calls INTEGER,
+        minimum_calls INTEGER,
+        slow_call_duration REAL,
+        slow_call_rate_threshold REAL
     ) WITHOUT ROWID""",
-    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '4')",
+    "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '5')",
     "PRAGMA application_id = 1667392372",
-    "PRAGMA user_version = 4",
+    "PRAGMA user_version = 5",
 )
 
 _MIGRATE_FROM_1: Final = (
@@ -130,6 +138,18 @@ _MIGRATE_FROM_3: Final = (
     "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
     "PRAGMA user_version = 4",
 )
+_MIGRATE_FROM_4: Final = (
+    "ALTER TABLE circuits ADD COLUMN window_count INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE circuits ADD COLUMN failure_marks TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE circuits ADD COLUMN slow_marks TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE circuits ADD COLUMN failure_rate_threshold REAL",
+    "ALTER TABLE circuits ADD COLUMN window_calls INTEGER",
+    "ALTER TABLE circuits ADD COLUMN minimum_calls INTEGER",
+    "ALTER TABLE circuits ADD COLUMN slow_call_duration REAL",
+    "ALTER TABLE circuits ADD COLUMN slow_call_rate_threshold REAL",
+    "UPDATE meta SET value = '5' WHERE key = 'schema_version'",
+    "PRAGMA user_version = 5",
+)
 _V1_TRIALS: Final = "SELECT name, trials, trial_deadline FROM circuits WHERE trials > 0"
 _SET_LEASES: Final = "UPDATE circuits SET leases = ?, trials_admitted = ? WHERE name = ?"
 
@@ -143,20 +163,24 @@ _SELECT_ONE: Final = """SELECT state, failure_count, success_count, generation, 
     trials_admitted, opened_at, changed_at, forced, last_failure_at, last_error,
     failure_threshold, timeout, success_threshold, half_open_max_calls, revision,
     hold_until, hold_reason, hold_owner, backoff, open_duration, backoff_factor, max_timeout,
-    jitter
+    jitter, window_count, failure_marks, slow_marks, failure_rate_threshold, window_calls,
+    minimum_calls, slow_call_duration, slow_call_rate_threshold
     FROM circuits WHERE name = ?"""
 _SELECT_ALL: Final = """SELECT name, state, failure_count, success_count, generation, leases,
     trials_admitted, opened_at, changed_at, forced, last_failure_at, last_error,
     failure_threshold, timeout, success_threshold, half_open_max_calls, NULL,
     hold_until, hold_reason, hold_owner, backoff, open_duration, backoff_factor, max_timeout,
-    jitter
+    jitter, window_count, failure_marks, slow_marks, failure_rate_threshold, window_calls,
+    minimum_calls, slow_call_duration, slow_call_rate_threshold
     FROM circuits ORDER BY name"""
 _UPSERT: Final = """INSERT OR REPLACE INTO circuits (name, state, failure_count, success_count,
     generation, leases, trials_admitted, opened_at, changed_at, forced, last_failure_at,
     last_error, failure_threshold, timeout, success_threshold, half_open_max_calls,
     hold_until, hold_reason, hold_owner, backoff, open_duration, backoff_factor, max_timeout,
-    jitter, revision)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    jitter, window_count, failure_marks, slow_marks, failure_rate_threshold, window_calls,
+    minimum_calls, slow_call_duration, slow_call_rate_threshold, revision)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+            ?, ?, ?, ?, ?)"""
 
 _DELETE: Final = "DELETE FROM circuits WHERE name = ?"
 _JOURNAL_SCHEMA: Final = (
@@ -216,6 +240,9 @@ def _decode(row: Sequence[Any]) -> tuple[Snapshot, BreakerConfig]:
         hold_owner=row[18],
         backoff=row[19],
         open_duration=row[20],
+        window_count=row[24],
+        failure_bits=machine.decode_marks(row[25]),
+        slow_bits=machine.decode_marks(row[26]),
     )
     config = BreakerConfig(
         failure_threshold=row[11],
@@ -225,6 +252,11 @@ def _decode(row: Sequence[Any]) -> tuple[Snapshot, BreakerConfig]:
         backoff_factor=row[21],
         max_timeout=row[22],
         jitter=row[23],
+        failure_rate_threshold=row[27],
+        window_calls=row[28],
+        minimum_calls=row[29],
+        slow_call_duration=row[30],
+        slow_call_rate_threshold=row[31],
     )
     return snapshot, config
 
@@ -255,6 +287,14 @@ def _encode(name: str, snapshot: Snapshot, config: BreakerConfig) -> tuple[objec
         config.backoff_factor,
         config.max_timeout,
         config.jitter,
+        snapshot.window_count,
+        machine.encode_marks(snapshot.failure_bits),
+        machine.encode_marks(snapshot.slow_bits),
+        config.failure_rate_threshold,
+        config.window_calls,
+        config.minimum_calls,
+        config.slow_call_duration,
+        config.slow_call_rate_threshold,
     )
 
 
@@ -392,7 +432,10 @@ class SqliteStore:
                 if version in (1, 2):
                     for statement in _MIGRATE_FROM_2:
                         connection.execute(statement)
-                for statement in _MIGRATE_FROM_3:
+                if version in (1, 2, 3):
+                    for statement in _MIGRATE_FROM_3:
+                        connection.execute(statement)
+                for statement in _MIGRATE_FROM_4:
                     connection.execute(statement)
 
     def _schema_version(self, connection: sqlite3.Connection) -> int | None:
@@ -408,7 +451,7 @@ class SqliteStore:
                 f"{version}; this cbctl reads {SCHEMA_VERSION}); left untouched"
             )
         marker = connection.execute("SELECT value FROM meta WHERE key = 'application'").fetchone()
-        if version not in (1, 2, 3, SCHEMA_VERSION) or marker is None or marker[0] != "cbctl":
+        if version not in (1, 2, 3, 4, SCHEMA_VERSION) or marker is None or marker[0] != "cbctl":
             raise _foreign(self._path, "a damaged or unknown version of the state schema")
         return int(version)
 
@@ -564,9 +607,11 @@ class SqliteStore:
     def admit(self, name: str, config: BreakerConfig) -> Update:
         return self._apply(name, config, machine.admit, optimistic=True)
 
-    def record_success(self, name: str, config: BreakerConfig, permit: Permit | None) -> Update:
+    def record_success(
+        self, name: str, config: BreakerConfig, permit: Permit | None, slow: bool = False
+    ) -> Update:
         def succeed(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
-            return machine.record_success(s, c, permit, now), permit
+            return machine.record_success(s, c, permit, now, slow=slow), permit
 
         return self._apply(name, config, succeed, optimistic=True)
 
@@ -579,11 +624,14 @@ class SqliteStore:
         op: str | None = None,
         delay: float | None = None,
         draw: float = 0.0,
+        slow: bool = False,
     ) -> Update:
         """`op` is not kept: a write here commits or raises, it is never applied unseen."""
 
         def fail(s: Snapshot, c: BreakerConfig, now: float) -> tuple[Snapshot, Permit | None]:
-            failed = machine.record_failure(s, c, permit, now, now, error, delay=delay, draw=draw)
+            failed = machine.record_failure(
+                s, c, permit, now, now, error, delay=delay, draw=draw, slow=slow
+            )
             return failed, permit
 
         return self._apply(name, config, fail, optimistic=False)
