@@ -164,6 +164,7 @@ class CircuitBreaker:
         "_clock",
         "_closed_fast",
         "_config",
+        "_counts_each",
         "_degraded",
         "_entered",
         "_ever_timed",
@@ -172,6 +173,7 @@ class CircuitBreaker:
         "_failure_rules",
         "_failures",
         "_fallback",
+        "_folded",
         "_journal",
         "_listeners",
         "_lock",
@@ -185,6 +187,7 @@ class CircuitBreaker:
         "_store",
         "_stored",
         "_successes",
+        "_timing",
         "_transitions",
         "_view_max_age",
         "_view_until",
@@ -203,6 +206,11 @@ class CircuitBreaker:
         max_timeout: float | None = None,
         jitter: float = 0.0,
         call_timeout: float | None = None,
+        failure_rate_threshold: float | None = None,
+        window_calls: int | None = None,
+        minimum_calls: int | None = None,
+        slow_call_duration: float | None = None,
+        slow_call_rate_threshold: float | None = None,
         exclude: Iterable[Exclusion] = (),
         clock: Clock | None = None,
         store: CircuitStore | None = None,
@@ -226,6 +234,11 @@ class CircuitBreaker:
             max_timeout=max_timeout,
             jitter=jitter,
             call_timeout=call_timeout,
+            failure_rate_threshold=failure_rate_threshold,
+            window_calls=window_calls,
+            minimum_calls=minimum_calls,
+            slow_call_duration=slow_call_duration,
+            slow_call_rate_threshold=slow_call_rate_threshold,
         )
         types: list[type[BaseException]] = []
         predicates: list[Callable[[BaseException], bool]] = []
@@ -249,13 +262,20 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._snapshot = Snapshot(changed_at=self._clock.monotonic())
         self._observers: tuple[CallObserver, ...] = ()
-        # whether a `with` block may hold a _Timed permit (an observer was added, or call_timeout)
-        self._ever_timed = self._config.call_timeout is not None
+        # Calls are timed for call observers, or for the slow-call policy (slow_call_duration).
+        self._timing = self._config.slow_call_duration is not None
+        # whether a `with` block may hold a _Timed permit (timing, an observer, or call_timeout)
+        self._ever_timed = self._timing or self._config.call_timeout is not None
+        # With a window on in a shared store every success is one write, so the window stays
+        # exact across processes; in-process, fast successes are only counted (`_successes`) and
+        # `_folded` of them are already in the window (machine.count_calls adds the rest).
+        self._counts_each = store is not None and self._config.windowed
+        self._folded = 0
         # _steady: in-process and CLOSED with no hold, so admission needs no lock; _closed_fast:
-        # that, no call observer and no call_timeout, so call() needs neither lock nor clock
+        # that, no timing and no call_timeout, so call() needs neither lock nor clock
         # (kept by _install).
         self._steady = store is None
-        self._closed_fast = self._steady and self._config.call_timeout is None
+        self._closed_fast = self._steady and not self._timing and self._config.call_timeout is None
         self._open_until: float | None = None
         # Store-backed only: until this monotonic time, calls run on the store's last answer of
         # "CLOSED, no failures" without a round trip (0.0: ask the store).
@@ -335,7 +355,7 @@ class CircuitBreaker:
             if self._fallback is None:
                 raise
             return cast(R, self._sync_fallback(rejection))
-        timed = self._observers or self._config.call_timeout is not None
+        timed = self._timing or self._config.call_timeout is not None
         started = self._clock.monotonic() if timed else None
         try:
             result = func(*args, **kwargs)
@@ -367,7 +387,7 @@ class CircuitBreaker:
                 if _awaitable(answer):
                     answer = await answer
                 return cast(R, answer)
-        started = self._clock.monotonic() if self._observers else None
+        started = self._clock.monotonic() if self._timing else None
         try:
             awaitable: Any = func(*args, **kwargs)
         except BaseException as exc:  # a dependency's client may fail before its first await
@@ -386,7 +406,12 @@ class CircuitBreaker:
         except BaseException as exc:
             await self._asettle_error(permit, exc, started)
             raise
-        if started is None and permit is None and not self._snapshot.failure_count:
+        if (
+            started is None
+            and permit is None
+            and not self._snapshot.failure_count
+            and not self._counts_each
+        ):
             next(self._successes)
         else:
             await self._asettle_success(permit, started)
@@ -440,7 +465,7 @@ class CircuitBreaker:
 
     def __enter__(self) -> CircuitBreaker:
         permit = self._admit()
-        if self._closed_fast or not (self._observers or self._config.call_timeout is not None):
+        if self._closed_fast or not (self._timing or self._config.call_timeout is not None):
             self._entered.set((*self._entered.get(), permit))
         else:
             self._entered.set((*self._entered.get(), _Timed(permit, self._clock.monotonic(), None)))
@@ -468,7 +493,7 @@ class CircuitBreaker:
         if limit is not None:
             deadline = asyncio.timeout(limit)
             await deadline.__aenter__()
-        started = self._clock.monotonic() if self._observers else None
+        started = self._clock.monotonic() if self._timing else None
         timed = started is not None or deadline is not None
         entry = _Timed(permit, started, deadline) if timed else permit
         self._entered.set((*self._entered.get(), entry))
@@ -648,6 +673,7 @@ class CircuitBreaker:
     def _settle_success(self, permit: Permit | None, started: float | None = None) -> None:
         """Record a success, timed from `started` for call observers; a sync call that outlasted
         call_timeout is a failure instead, and raises CallTimeoutError (its result is dropped)."""
+        slow = False
         if started is None:
             next(self._successes)
         else:
@@ -655,51 +681,85 @@ class CircuitBreaker:
             limit = self._config.call_timeout
             if limit is not None and took > limit:
                 error = self._timed_out(took)
-                self._observe(took, "failure")
-                self._settle_error(permit, error)
+                slow = self._timed(took, "failure")
+                self._settle_error(permit, error, slow=slow)
                 raise error
             next(self._successes)
-            self._observe(took, "success")
-        if permit is None and not self._snapshot.failure_count:
+            slow = self._timed(took, "success")
+        if permit is None and not (self._snapshot.failure_count or slow or self._counts_each):
             return  # a fast-path success with no failures to clear changes nothing
         if self._store is not None:
-            if permit is not None and not permit.trial and not self._snapshot.failure_count:
+            if self._unchanged_by_success(permit):
                 return
             update = self._store_op(
-                lambda store: store.record_success(self.name, self._config, permit)
+                lambda store: store.record_success(self.name, self._config, permit, slow)
             )
             if update is not None:
                 return
-        self._succeed_locally(permit)
+        self._succeed_locally(permit, slow)
 
     async def _asettle_success(self, permit: Permit | None, started: float | None = None) -> None:
         next(self._successes)
+        slow = False
         if started is not None:
-            self._observe(self._clock.monotonic() - started, "success")
-        if permit is None and not self._snapshot.failure_count:
+            slow = self._timed(self._clock.monotonic() - started, "success")
+        if permit is None and not (self._snapshot.failure_count or slow or self._counts_each):
             return
         if self._store is not None:
-            if permit is not None and not permit.trial and not self._snapshot.failure_count:
+            if self._unchanged_by_success(permit):
                 return
-            if await self._astore_op("record_success", permit) is not None:
+            if await self._astore_op("record_success", permit, slow) is not None:
                 return
-        self._succeed_locally(permit)
+        self._succeed_locally(permit, slow)
 
-    def _succeed_locally(self, permit: Permit | None) -> None:
+    def _unchanged_by_success(self, permit: Permit | None) -> bool:
+        """Whether a success leaves the stored circuit as it is (so it is not written): a CLOSED
+        call with no failures to clear and no window to count it in."""
+        if permit is None or permit.trial or self._counts_each:
+            return False
+        return not self._snapshot.failure_count
+
+    def _timed(self, took: float, outcome: str) -> bool:
+        """Report a timed call to the call observers; whether it was a slow call."""
+        self._observe(took, outcome)
+        slow = self._config.slow_call_duration
+        return slow is not None and took > slow
+
+    def _succeed_locally(self, permit: Permit | None, slow: bool = False) -> None:
         with self._lock:
             before = self._snapshot
-            after = machine.record_success(before, self._config, permit, self._clock.monotonic())
+            now = self._clock.monotonic()
+            after = machine.record_success(
+                self._fold(before, 1), self._config, permit, now, slow=slow
+            )
             self._install(after)
             self._note_local(before, after)
         self._announce(before, after)
 
+    def _fold(self, snapshot: Snapshot, own: int) -> Snapshot:
+        """`snapshot` with the fast successes counted since the last fold in its window (called
+        with the lock held; `own`: those of them the caller records itself)."""
+        if self._store is not None or not self._config.windowed:
+            return snapshot
+        counted = _counted(self._successes)
+        pending = counted - self._folded - own
+        self._folded = counted
+        return machine.count_calls(snapshot, self._config, pending)
+
     def _settle_error(
-        self, permit: Permit | None, exc: BaseException, started: float | None = None
+        self,
+        permit: Permit | None,
+        exc: BaseException,
+        started: float | None = None,
+        *,
+        slow: bool = False,
     ) -> None:
+        """Record a failure (or a neutral end), timed from `started`; `slow` for a call timed
+        by the caller (a sync call past its call_timeout)."""
         took = None if started is None else self._clock.monotonic() - started
         failed = self._is_failure(exc)
         if took is not None and isinstance(exc, Exception):
-            self._observe(took, "failure" if failed else "neutral")
+            slow = self._timed(took, "failure" if failed else "neutral")
         if not failed:
             self._release(permit)
             return
@@ -711,20 +771,21 @@ class CircuitBreaker:
             op = f"{_op_token}-{next(_op_ids)}"
             update = self._store_op(
                 lambda store: store.record_failure(
-                    self.name, self._config, permit, error, op, delay, draw
+                    self.name, self._config, permit, error, op, delay, draw, slow
                 )
             )
             if update is not None:
                 return
-        self._fail_locally(permit, error, op, delay, draw)
+        self._fail_locally(permit, error, op, delay, draw, slow)
 
     async def _asettle_error(
         self, permit: Permit | None, exc: BaseException, started: float | None = None
     ) -> None:
         took = None if started is None else self._clock.monotonic() - started
         failed = self._is_failure(exc)
+        slow = False
         if took is not None and isinstance(exc, Exception):
-            self._observe(took, "failure" if failed else "neutral")
+            slow = self._timed(took, "failure" if failed else "neutral")
         if not failed:
             await self._arelease(permit)
             return
@@ -734,21 +795,28 @@ class CircuitBreaker:
         op = None
         if self._store is not None:
             op = f"{_op_token}-{next(_op_ids)}"
-            if await self._astore_op("record_failure", permit, error, op, delay, draw) is not None:
+            update = await self._astore_op("record_failure", permit, error, op, delay, draw, slow)
+            if update is not None:
                 return
-        self._fail_locally(permit, error, op, delay, draw)
+        self._fail_locally(permit, error, op, delay, draw, slow)
 
     def _draw(self) -> float:
         """The jitter's random number for a failure that may open the circuit (0: no jitter)."""
         return random.random() if self._config.jitter else 0.0  # noqa: S311 - not a secret
 
     def _fail_locally(
-        self, permit: Permit | None, error: str, op: str | None, delay: float | None, draw: float
+        self,
+        permit: Permit | None,
+        error: str,
+        op: str | None,
+        delay: float | None,
+        draw: float,
+        slow: bool = False,
     ) -> None:
         with self._lock:
             before = self._snapshot
             after = machine.record_failure(
-                before,
+                self._fold(before, 0),
                 self._config,
                 permit,
                 self._clock.monotonic(),
@@ -756,6 +824,7 @@ class CircuitBreaker:
                 error,
                 delay=delay,
                 draw=draw,
+                slow=slow,
             )
             self._install(after)
             self._note_local(before, after, op)
@@ -800,12 +869,12 @@ class CircuitBreaker:
     def _install(self, snapshot: Snapshot) -> None:
         """Make `snapshot` current; called with the lock held (or from a store's answer)."""
         in_process = self._store is None
+        if in_process and snapshot.generation != self._snapshot.generation:
+            self._folded = _counted(self._successes)  # a transition starts an empty window
         self._snapshot = snapshot
         self._open_until = _open_until(snapshot, self._config) if in_process else None
         self._steady = in_process and snapshot.state is _CLOSED and snapshot.hold_until is None
-        self._closed_fast = (
-            self._steady and not self._observers and self._config.call_timeout is None
-        )
+        self._closed_fast = self._steady and not self._timing and self._config.call_timeout is None
 
     # -- shared store ---------------------------------------------------------------------------
 
@@ -1015,13 +1084,14 @@ class CircuitBreaker:
         checked_observer(observer)
         with self._lock:
             self._observers = (*self._observers, observer)
-            self._ever_timed = True
+            self._timing = self._ever_timed = True
             self._install(self._snapshot)
 
     def remove_call_observer(self, observer: CallObserver) -> None:
         """Stop calling `observer` (compared by equality, like `remove_listener`)."""
         with self._lock:
             self._observers = tuple(item for item in self._observers if item != observer)
+            self._timing = bool(self._observers) or self._config.slow_call_duration is not None
             self._install(self._snapshot)
 
     def _observe(self, took: float, outcome: str) -> None:
@@ -1162,6 +1232,9 @@ class CircuitBreaker:
         """A fresh dict of the circuit's state and counters (the keys README shows, and more)."""
         snapshot, now, to_wall = self._current()
         config = self._config
+        if self._store is None and config.windowed:
+            pending = _counted(self._successes) - self._folded
+            snapshot = machine.count_calls(snapshot, config, pending)
         return circuit_stats(
             self.name,
             snapshot,
@@ -1319,10 +1392,19 @@ def circuit_stats(
 
 def policy_stats(snapshot: Snapshot, config: BreakerConfig) -> dict[str, Any]:
     """The stats keys of the optional policies, each present only when its policy is on:
-    `open_duration` (seconds an OPEN lasts now: the backed-off one, `timeout` when closed)."""
-    if not config.backs_off:
-        return {}
-    return {"open_duration": machine.open_span(snapshot, config)}
+    `failure_rate` and `slow_call_rate` (0..1 over the window, None while it holds fewer than
+    `minimum_calls`), `open_duration` (seconds an OPEN lasts now: the backed-off one, `timeout`
+    when closed)."""
+    shown: dict[str, Any] = {}
+    if config.windowed:
+        failures, slow = machine.window_rates(snapshot, config)
+        if config.failure_rate_threshold is not None:
+            shown["failure_rate"] = failures
+        if config.slow_call_rate_threshold is not None:
+            shown["slow_call_rate"] = slow
+    if config.backs_off:
+        shown["open_duration"] = machine.open_span(snapshot, config)
+    return shown
 
 
 async def _on_store(store: CircuitStore, method: str, *args: Any) -> Update:

@@ -70,7 +70,16 @@ UrlSource = Literal["builtin", "file", "env", "flag"]
 
 _BREAKER_INT_KEYS: Final = ("failure_threshold", "success_threshold", "half_open_max_calls")
 _SECONDS_KEYS: Final = ("timeout", "call_timeout")
-_POLICY_KEYS: Final = ("backoff_factor", "max_timeout", "jitter")
+_POLICY_KEYS: Final = (
+    "backoff_factor",
+    "max_timeout",
+    "jitter",
+    "failure_rate_threshold",
+    "window_calls",
+    "minimum_calls",
+    "slow_call_duration",
+    "slow_call_rate_threshold",
+)
 _FAILURE_KEYS: Final = ("failure_errors", "neutral_errors", "failure_statuses")
 _DEFAULTS_KEYS: Final = frozenset(
     {*_BREAKER_INT_KEYS, *_SECONDS_KEYS, *_POLICY_KEYS, *_FAILURE_KEYS}
@@ -472,10 +481,13 @@ def _breaker(
             settings[key] = _check_positive_int(table[key], f"{origin}: {prefix}{key}")
     if "timeout" in table:
         settings["timeout"] = _check_seconds(table["timeout"], f"{origin}: {prefix}timeout")
-    if "max_timeout" in table:
-        where = f"{origin}: {prefix}max_timeout"
-        settings["max_timeout"] = _check_seconds(table["max_timeout"], where)
-    for key in ("backoff_factor", "jitter"):
+    for key in ("max_timeout", "slow_call_duration"):
+        if key in table:
+            settings[key] = _check_seconds(table[key], f"{origin}: {prefix}{key}")
+    for key in ("window_calls", "minimum_calls"):
+        if key in table:
+            settings[key] = _check_positive_int(table[key], f"{origin}: {prefix}{key}")
+    for key in ("backoff_factor", "jitter", "failure_rate_threshold", "slow_call_rate_threshold"):
         if key in table:
             settings[key] = _check_number(table[key], f"{origin}: {prefix}{key}")
     try:

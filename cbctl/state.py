@@ -620,9 +620,7 @@ def record_success(
         return snapshot
     if snapshot.state is CLOSED:
         if config.windowed:
-            counted = replace(
-                _tally(snapshot, config, failed=False, slow=slow), failure_count=0
-            )
+            counted = replace(_tally(snapshot, config, failed=False, slow=slow), failure_count=0)
             if slow and not snapshot.forced and _rate_trips(counted, config):
                 return _trip(counted, config, now, 0.0, None)
             return counted

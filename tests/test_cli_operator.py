@@ -97,7 +97,8 @@ def test_config_table_names_the_file_once_and_each_value_s_source(config: Path) 
     assert code == 0
     assert out.count(str(config)) == 1
     assert max(len(line) for line in out.splitlines()) <= 80
-    (row,) = [line.split() for line in out.splitlines() if "failure_threshold    3" in line]
+    rows = [line.split() for line in out.splitlines()]
+    (row,) = [words for words in rows if words[:2] == ["failure_threshold", "3"]]
     assert row == ["failure_threshold", "3", "file"]
     assert "pw-secret" not in out
 

@@ -118,7 +118,7 @@ def test_invalid_default_config_is_refused(default_config: dict[str, object]) ->
 
 
 def test_unknown_setting_names_the_known_ones() -> None:
-    known = "known: backoff_factor, call_timeout, failure_threshold, half_open_max_calls"
+    known = "known: backoff_factor, call_timeout, failure_rate_threshold, failure_threshold"
     with pytest.raises(ConfigError, match=known):
         CircuitBreakerRegistry(default_config={"threshold": 3})
     with pytest.raises(ConfigError, match="'retries'"):

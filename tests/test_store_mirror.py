@@ -279,6 +279,7 @@ def test_the_redis_script_ends_an_expired_hold_like_the_pure_functions(
         store.close()
     assert (after.state, after.forced, after.failure_count) == (CircuitState.CLOSED, False, 1)
 
+
 SLOW = ("unknown", 1, None)
 WINDOW_EDGES: list[Step] = [
     ("success", 0, 0.5, NO_OUTAGE),
