@@ -37,9 +37,10 @@ reset or hold forgets the backoff.
 Rate policies (`failure_rate_threshold`, `slow_call_rate_threshold` over the last
 `window_calls` calls; off by default) count CLOSED calls in a window that every transition
 clears. The window keeps how many calls it holds (`window_count`, at most N) and the failed and
-the slow ones among them as bit masks (bit i: the call i calls ago). The rates are checked only
-when a failure or a slow call is recorded, once the window holds `minimum_calls`, so a fast
-success never opens a circuit; the consecutive `failure_threshold` keeps working alongside.
+the slow ones among them as bit masks (bit i: the call i calls ago). Once the window holds
+`minimum_calls`, a failure opens the circuit when either rate has reached its threshold, a slow
+success when the slow-call rate has: a success in time never opens a circuit. The consecutive
+`failure_threshold` keeps working alongside.
 A call slower than `slow_call_duration` is slow whether it succeeded or failed.
 """
 
@@ -468,11 +469,12 @@ def window_rates(snapshot: Snapshot, config: BreakerConfig) -> tuple[float | Non
     return failures, slow
 
 
-def _rate_trips(snapshot: Snapshot, config: BreakerConfig) -> bool:
-    """Whether the window's failure or slow-call rate has reached its threshold."""
+def _rate_trips(snapshot: Snapshot, config: BreakerConfig, *, failed: bool = True) -> bool:
+    """Whether the window's slow-call rate, or after a failure its failure rate, has reached
+    its threshold."""
     failures, slow = window_rates(snapshot, config)
     threshold = config.failure_rate_threshold
-    if failures is not None and threshold is not None and failures >= threshold:
+    if failed and failures is not None and threshold is not None and failures >= threshold:
         return True
     threshold = config.slow_call_rate_threshold
     return slow is not None and threshold is not None and slow >= threshold
@@ -621,7 +623,7 @@ def record_success(
     if snapshot.state is CLOSED:
         if config.windowed:
             counted = replace(_tally(snapshot, config, failed=False, slow=slow), failure_count=0)
-            if slow and not snapshot.forced and _rate_trips(counted, config):
+            if slow and not snapshot.forced and _rate_trips(counted, config, failed=False):
                 return _trip(counted, config, now, 0.0, None)
             return counted
         return replace(snapshot, failure_count=0) if snapshot.failure_count else snapshot

@@ -231,3 +231,27 @@ def report_hold(location: str, prefix: str, results: Any) -> None:
     stats = breaker.stats
     results.put((outcome, stats["state"], stats["hold_reason"], stats["hold_owner"]))
     store.close()
+
+
+def record_window(
+    location: str,
+    prefix: str,
+    settings: dict[str, Any],
+    calls: int,
+    every: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    """`calls` calls through one windowed breaker, every `every`-th of them failing; report
+    (failures raised, degraded)."""
+    store = open_location(location, prefix)
+    breaker = CircuitBreaker("shared", store=store, **settings)
+    barrier.wait(30)
+    raised = 0
+    for i in range(calls):
+        try:
+            breaker.call(fail if i % every == 0 else lambda: None)
+        except Down:
+            raised += 1
+    results.put((raised, breaker.stats["degraded"]))
+    store.close()

@@ -4,7 +4,9 @@ promises alone (it shares no code with cbctl.state). The same machine runs again
 whose state lives in a MemoryStore: the store path must behave exactly like the in-process one.
 A third machine ends half-open trials in any order against a model of one lease per trial.
 The breakers are drawn with and without open-duration backoff (factor, cap), and some failures
-ask for a delay (`retry_after`, as an HTTP Retry-After does).
+ask for a delay (`retry_after`, as an HTTP Retry-After does). Some are drawn with a count window
+(failure rate, slow-call rate, minimum calls), and some calls are slow (they take SLOW_CALL
+seconds of the fake clock, more than SLOW_DURATION) whether they succeed or fail.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class Throttled(Exception):
 
 
 OVERLOADED_DELAY = 12.25
+SLOW_DURATION = 0.1
+SLOW_CALL = 0.125
+"""A slow call's length: off the quarter-second grid of holds and timeouts by less than any
+timeout, so it never ends a lease or a hold while it runs."""
 
 
 class Overloaded(Exception):
@@ -60,6 +66,8 @@ OUTCOMES = (
     ("success",) * 3
     + ("failure",) * 4
     + ("overloaded",)
+    + ("slow_success",) * 2
+    + ("slow_failure",)
     + (
         "excluded_type",
         "excluded_predicate",
@@ -78,6 +86,11 @@ class Model:
     success_threshold: int
     backoff_factor: float = 1.0
     max_timeout: float | None = None
+    window_calls: int | None = None
+    failure_rate: float | None = None
+    slow_rate: float | None = None
+    minimum_calls: int | None = None
+    window: list[tuple[bool, bool]] = field(default_factory=list)  # (failed, slow), oldest first
     nominal: float = 0.0  # the open duration before a requested delay; 0: timeout
     span: float = 0.0  # how long the present (or last) open lasts; 0: timeout
     state: str = "closed"
@@ -94,10 +107,37 @@ class Model:
     journal: list[tuple[str, str]] = field(default_factory=list)
 
     def _to(self, state: str) -> None:
-        """Change state; a change is one journal record (staying put is none)."""
+        """Change state; a change is one journal record (staying put is none). Any transition,
+        a reset or a hold (even to the same state) starts an empty window."""
         if state != self.state:
             self.journal.append((self.state, state))
         self.state = state
+        self.window = []
+
+    def count(self, failed: bool, slow: bool) -> None:
+        if self.window_calls is not None:
+            self.window = [*self.window, (failed, slow)][-self.window_calls :]
+
+    def rates(self) -> tuple[float | None, float | None]:
+        """The failure and slow-call rates over the window (None below its minimum)."""
+        calls = len(self.window)
+        least = self.minimum_calls or self.window_calls or 1
+        if self.window_calls is None or calls < least:
+            return None, None
+        failed = sum(1 for f, _ in self.window if f) / calls
+        slow = sum(1 for _, s in self.window if s) / calls
+        return (
+            None if self.failure_rate is None else failed,
+            None if self.slow_rate is None else slow,
+        )
+
+    def rate_trips(self, *, failure: bool) -> bool:
+        """After a failure: either rate at its threshold; after a slow success: the slow one."""
+        failed, slow = self.rates()
+        rate = self.failure_rate
+        if failure and failed is not None and rate is not None and failed >= rate:
+            return True
+        return slow is not None and self.slow_rate is not None and slow >= self.slow_rate
 
     def expired(self) -> bool:
         return self.forced and self.hold_until is not None and self.now >= self.hold_until
@@ -168,10 +208,18 @@ class Model:
         if self.state == "open":
             self._to("half_open")
             self.success_count = 0
+        slow = outcome.startswith("slow_")
+        if slow:
+            self.now += SLOW_CALL
+            outcome = outcome.removeprefix("slow_")
+            slow = self.slow_rate is not None  # timed against slow_call_duration only then
         if outcome == "success":
             self.successes += 1
             if self.state == "closed":
                 self.failure_count = 0
+                self.count(False, slow)
+                if slow and not self.forced and self.rate_trips(failure=False):
+                    self.open()
             else:
                 self.success_count += 1
                 if self.success_count >= self.success_threshold:
@@ -187,7 +235,11 @@ class Model:
                 self.open(delay, again=True)
             else:
                 self.failure_count += 1
-                if self.failure_count >= self.failure_threshold and not self.forced:
+                self.count(True, slow)
+                tripped = self.failure_count >= self.failure_threshold or self.rate_trips(
+                    failure=True
+                )
+                if tripped and not self.forced:
                     self.open(delay)
         return True
 
@@ -218,6 +270,8 @@ TIMED_AS: dict[str, str] = {
     "success": "success",
     "failure": "failure",
     "overloaded": "failure",
+    "slow_success": "success",
+    "slow_failure": "failure",
     "excluded_type": "neutral",
     "excluded_predicate": "neutral",
 }
@@ -240,6 +294,9 @@ class BreakerMachine(RuleBasedStateMachine):
         timeout_quarters=st.integers(1, 80),
         backoff_factor=st.sampled_from([1.0, 1.0, 1.5, 2.0]),
         cap_times=st.sampled_from([None, None, 1, 3]),
+        window=st.sampled_from([None, None, 1, 3, 5]),
+        rates=st.sampled_from([(0.5, None), (0.6, 0.5), (None, 0.5), (1.0, 1.0)]),
+        minimum=st.sampled_from([None, 1, 2]),
     )
     def build(
         self,
@@ -248,9 +305,14 @@ class BreakerMachine(RuleBasedStateMachine):
         timeout_quarters: int,
         backoff_factor: float,
         cap_times: int | None,
+        window: int | None = None,
+        rates: tuple[float | None, float | None] = (None, None),
+        minimum: int | None = None,
     ) -> None:
         timeout = timeout_quarters / 4  # quarters add exactly in both time bases
         max_timeout = None if cap_times is None else timeout * cap_times
+        failure_rate, slow_rate = rates if window is not None else (None, None)
+        minimum = minimum if window is not None and (minimum or 0) <= window else None
         self.breaker = CircuitBreaker(
             "dep",
             failure_threshold=failure_threshold,
@@ -258,12 +320,25 @@ class BreakerMachine(RuleBasedStateMachine):
             success_threshold=success_threshold,
             backoff_factor=backoff_factor,
             max_timeout=max_timeout,
+            window_calls=window,
+            failure_rate_threshold=failure_rate,
+            minimum_calls=minimum,
+            slow_call_duration=None if slow_rate is None else SLOW_DURATION,
+            slow_call_rate_threshold=slow_rate,
             exclude=(NotFound, lambda exc: isinstance(exc, Throttled)),
             clock=self.clock,
             store=MemoryStore(self.clock) if self.use_store else None,
         )
         self.model = Model(
-            failure_threshold, timeout, success_threshold, backoff_factor, max_timeout
+            failure_threshold,
+            timeout,
+            success_threshold,
+            backoff_factor,
+            max_timeout,
+            window,
+            failure_rate,
+            slow_rate,
+            minimum,
         )
         self.timings: list[tuple[str, float, str]] = []
         if self.timed:
@@ -277,19 +352,22 @@ class BreakerMachine(RuleBasedStateMachine):
     def call(self, calls: list[tuple[str, str]]) -> None:
         """A burst of calls, each checked against the model as it ends."""
         for outcome, way in calls:
+            if self.model.forced:
+                outcome = outcome.removeprefix("slow_")  # a hold's expiry is on no call's way
             expected_retry_after = self.model.retry_after()
             expected_call = self.model.call(outcome)
             timed_before = len(self.timings)
-            called, raised = invoke(self.breaker, outcome, way)
+            called, raised = invoke(self.breaker, outcome, way, self.clock)
             assert called == expected_call
             if self.timed:
                 heard = TIMED_AS.get(outcome) if called else None
-                assert self.timings[timed_before:] == ([("dep", 0.0, heard)] if heard else [])
+                took = SLOW_CALL if outcome.startswith("slow_") else 0.0
+                assert self.timings[timed_before:] == ([("dep", took, heard)] if heard else [])
             if not expected_call:
                 assert isinstance(raised, CircuitBreakerError)
                 assert raised.name == "dep"
                 assert raised.retry_after == expected_retry_after
-            elif outcome == "success":
+            elif outcome.endswith("success"):
                 assert raised is None
             else:
                 assert raised is not None
@@ -355,6 +433,9 @@ class BreakerMachine(RuleBasedStateMachine):
             assert stats["open_duration"] == model.lasts()
         else:
             assert "open_duration" not in stats
+        failed, slow = model.rates()
+        assert stats.get("failure_rate", "off") == ("off" if model.failure_rate is None else failed)
+        assert stats.get("slow_call_rate", "off") == ("off" if model.slow_rate is None else slow)
         assert self.breaker.allows_call() == model.would_admit()
         events = self.breaker.events()
         journal = self.model.journal
@@ -362,12 +443,19 @@ class BreakerMachine(RuleBasedStateMachine):
         assert [e.id for e in events] == sorted({e.id for e in events})
 
 
-def invoke(breaker: CircuitBreaker, outcome: str, way: str) -> tuple[bool, BaseException | None]:
-    """Run one call the chosen way; whether the function ran, and what was raised."""
+def invoke(
+    breaker: CircuitBreaker, outcome: str, way: str, clock: FakeClock
+) -> tuple[bool, BaseException | None]:
+    """Run one call the chosen way; whether the function ran, and what was raised. A slow call
+    takes SLOW_CALL seconds of `clock`."""
     called: list[bool] = []
+    slow = outcome.startswith("slow_")
+    outcome = outcome.removeprefix("slow_")
 
     def body() -> str:
         called.append(True)
+        if slow:
+            clock.advance(SLOW_CALL)
         if outcome == "success":
             return "ok"
         if outcome == "failure":

@@ -442,3 +442,28 @@ def test_a_hold_made_by_one_process_is_seen_by_another_and_ends_for_all_at_its_e
         later.close()
     run_all(store_workers.report_hold, [(shared.location, shared.prefix, results)])
     assert results.get(timeout=30) == ("admitted", "closed", None, None)
+
+
+def test_a_window_shared_by_racing_processes_counts_every_call_exactly_once(
+    shared: Shared,
+) -> None:
+    calls, every = 100, 4  # each process: 25 failures, 75 successes
+    settings = {
+        "failure_threshold": 10_000,
+        "failure_rate_threshold": 0.5,
+        "window_calls": 1000,
+        "minimum_calls": 1000,
+    }
+    barrier, results = SPAWN.Barrier(PROCESSES), SPAWN.Queue()
+    run_all(
+        store_workers.record_window,
+        [(shared.location, shared.prefix, settings, calls, every, barrier, results)] * PROCESSES,
+    )
+    reports = drain(results, PROCESSES)
+    assert all(degraded is None for _, degraded in reports), "no process degraded"
+    stored = shared.store().load("shared")
+    assert stored is not None
+    window = stored.snapshot
+    assert window.window_count == PROCESSES * calls, "every success and failure is in the window"
+    assert window.failure_bits.bit_count() == sum(raised for raised, _ in reports) == 100
+    assert stored.config == BreakerConfig(**settings)

@@ -96,6 +96,12 @@ def play(config: BreakerConfig, outcomes: str, snapshot: Snapshot | None = None)
             "sFsF",  # a failure in time is not slow
             "....",
         ),
+        # a slow success opens on the slow-call rate only: 2 of 4 failed, but it is no failure
+        (
+            {"window_calls": 4, "slow_call_duration": 1.0, "slow_call_rate_threshold": 1.0},
+            "FSFs",
+            "....",
+        ),
         # a slow failure counts as a failure as well: 2 of 4 failed
         (
             {"window_calls": 4, "slow_call_duration": 1.0, "slow_call_rate_threshold": 1.0},

@@ -201,10 +201,10 @@ end
 local function tally(failed)
   a.wn = math.min(wc, b.wn + 1); a.wf = shifted(b.wf, failed); a.ws = shifted(b.ws, slow)
 end
-local function rate_trips()
+local function rate_trips(failed)
   local least = mc or wc
   if a.wn < least or a.wn == 0 then return false end
-  if wr ~= nil and marks(a.wf) / a.wn >= wr then return true end
+  if failed and wr ~= nil and marks(a.wf) / a.wn >= wr then return true end
   return sr ~= nil and marks(a.ws) / a.wn >= sr
 end
 local function opening(nominal, draw, delay)
@@ -269,7 +269,7 @@ elseif op == 'success' then
       a.fc = 0
       if wc ~= nil then
         tally(false)
-        if slow and not b.f and rate_trips() then
+        if slow and not b.f and rate_trips(false) then
           enter('open'); a.sc = 0; a.oa = now
           opening(to, 0, nil)
         end
@@ -292,7 +292,7 @@ elseif op == 'failure' then
       local failures = b.fc + 1
       a.fc = failures
       if wc ~= nil then tally(true) end
-      if not b.f and (failures >= ft or (wc ~= nil and rate_trips())) then
+      if not b.f and (failures >= ft or (wc ~= nil and rate_trips(true))) then
         enter('open'); a.sc = 0; a.oa = now
         opening(to, draw, delay)
       end
