@@ -541,3 +541,65 @@ def test_an_async_failed_trial_backs_off_like_a_sync_one(backend: Backend) -> No
 
     asyncio.run(run())
     assert breaker.stats["open_duration"] == pytest.approx(20.0)
+
+
+# -- rate policies over a count window ------------------------------------------------------------
+
+WINDOW = {
+    "failure_threshold": 100,
+    "failure_rate_threshold": 0.5,
+    "window_calls": 6,
+    "minimum_calls": 4,
+    "slow_call_duration": 1.0,
+    "slow_call_rate_threshold": 0.75,
+}
+
+
+def test_processes_share_one_window_and_see_its_rates(backend: Backend) -> None:
+    one = backend.breaker(**WINDOW)
+    other = backend.breaker(store=backend.reopen(), **WINDOW)
+    for breaker in (one, other, one):
+        assert breaker.call(ok) == "ok"
+    assert other.stats["failure_rate"] is None  # 3 calls, minimum 4
+    with pytest.raises(Boom):
+        other.call(fail)
+    assert one.stats["failure_rate"] == 0.25
+    assert one.stats["slow_call_rate"] == 0.0
+    with pytest.raises(Boom):
+        one.call(fail)
+    assert other.state is CircuitState.CLOSED  # 2 of 5
+    with pytest.raises(Boom):
+        other.call(fail)  # 3 of 6, counted by two processes
+    assert one.state is CircuitState.OPEN
+    assert one.stats["failure_rate"] is None, "an open circuit's window is empty"
+    (stored,) = [c for c in backend.store.load_all() if c.name == "dep"]
+    assert stored.config == BreakerConfig(**WINDOW)
+
+
+def test_slow_calls_that_succeed_open_the_circuit_in_every_store(backend: Backend) -> None:
+    one = backend.breaker(**WINDOW)
+    other = backend.breaker(store=backend.reopen(), **WINDOW)
+
+    def slow() -> str:
+        backend.clock.advance(1.5)
+        return "ok"
+
+    assert one.call(ok) == "ok"
+    for breaker in (one, other):
+        assert breaker.call(slow) == "ok"
+    assert other.stats["slow_call_rate"] is None
+    assert other.call(slow) == "ok"  # 3 of 4 slow
+    assert one.state is CircuitState.OPEN
+    assert one.stats["failure_count"] == 0
+
+
+def test_an_async_slow_call_counts_like_a_sync_one(backend: Backend) -> None:
+    settings = {**WINDOW, "minimum_calls": 1, "slow_call_rate_threshold": 1.0}
+    breaker = backend.breaker(**settings)
+
+    async def slow() -> str:
+        backend.clock.advance(2.0)
+        return "ok"
+
+    assert asyncio.run(breaker.call_async(slow)) == "ok"
+    assert breaker.state is CircuitState.OPEN
