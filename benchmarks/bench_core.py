@@ -127,6 +127,7 @@ def closed_overheads(bench: Bench) -> tuple[Timing, list[Row]]:
     bare = bench.time("f()", f=noop)
     ours = CircuitBreaker("bench")
     backed = CircuitBreaker("bench-backoff", backoff_factor=2.0, max_timeout=300.0, jitter=0.1)
+    windowed = windowed_breaker("bench-window")
     py = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
     cb = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=30, name="c")
     factory = purgatory_factory()
@@ -135,6 +136,8 @@ def closed_overheads(bench: Bench) -> tuple[Timing, list[Row]]:
         ("cbctl", "@breaker decorator", "p()", {"p": ours(noop)}),
         ("cbctl", "with breaker: f()", "with b:\n    f()", {"b": ours}),
         ("cbctl", "call(f), backoff on", "call(f)", {"call": backed.call}),
+        ("cbctl", "call(f), window on [3]", "call(f)", {"call": windowed.call}),
+        ("cbctl", "@breaker, window on [3]", "p()", {"p": windowed(noop)}),
         ("pybreaker", "breaker.call(f)", "call(f)", {"call": py.call}),
         ("pybreaker", "@breaker decorator", "p()", {"p": py(noop)}),
         ("circuitbreaker", "breaker.call(f) [1]", "call(f)", {"call": cb.call}),
@@ -161,6 +164,18 @@ def closed_overheads(bench: Bench) -> tuple[Timing, list[Row]]:
         ),
     )
     return bare, rows
+
+
+WINDOW = {"failure_rate_threshold": 0.5, "window_calls": 100, "minimum_calls": 20}
+
+
+def windowed_breaker(name: str) -> CircuitBreaker:
+    """A breaker with a 100-call count window, its window filled: 100 calls, every 5th failed."""
+    breaker = CircuitBreaker(name, failure_threshold=1000, **WINDOW)
+    for index in range(100):
+        with contextlib.suppress(Boom):
+            breaker.call(boom if index % 5 == 0 else noop)
+    return breaker
 
 
 def timed_breaker() -> CircuitBreaker:
@@ -285,6 +300,7 @@ def memory() -> list[tuple[str, float]]:
                 lambda name: CircuitBreaker(name, backoff_factor=2.0, max_timeout=300.0, jitter=0.1)
             ),
         ),
+        ("cbctl, window on", bytes_each(windowed_breaker, count=2_000)),
         ("pybreaker", bytes_each(lambda name: pybreaker.CircuitBreaker(name=name))),
         ("circuitbreaker", bytes_each(lambda name: circuitbreaker.CircuitBreaker(name=name))),
         ("purgatory", bytes_each(factory.get_breaker)),
@@ -339,6 +355,7 @@ def main() -> int:
     print("      it is kept in, so 'the fastest peer' below is the strictest comparison.")
     print("  [2] with a cbctl.metrics.CircuitCollector timing the calls (two clock reads and a")
     print("      histogram update per call); the rows above have no observer and read no clock.")
+    print("  [3] failure_rate_threshold 0.5 over a 100-call count window, filled (20 failures).")
 
     rejections, checks = open_costs(bench)
     table("OPEN: refusal, raise + catch, ns/call", rejections)
@@ -414,6 +431,29 @@ def main() -> int:
         f"{ratio:.2f}x",
         ratio <= 1.6,
     )
+    window_bytes = footprint[2][1]
+    verdicts.check(
+        "  with a 100-call window on: <= 2 KB per breaker (issue 11)",
+        f"{window_bytes:.0f} B",
+        window_bytes <= 2048,
+    )
+    for plain, windowed in (
+        (ours_call, "call(f), window on [3]"),
+        (ours_decorator, "@breaker, window on [3]"),
+    ):
+        row = next(r for r in closed if r.api == windowed)
+        ratio = row.timing.best / plain.timing.best
+        verdicts.check(
+            f"CLOSED overhead, {row.api} <= 1.6x {plain.api} (issue 11)",
+            f"{ratio:.2f}x",
+            ratio <= 1.6,
+        )
+        below = fastest_peer.timing.best / row.timing.best
+        verdicts.check(
+            f"  and >= 1.7x less than the fastest peer ({fastest_peer.library})",
+            f"{below:.1f}x",
+            below >= 1.7,
+        )
     print(
         f"\nfor reference: the fastest peer's refusal is {fastest_peer_reject.library}"
         f" {fastest_peer_reject.timing.best:.0f} ns"

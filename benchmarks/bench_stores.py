@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -91,10 +92,24 @@ class Row:
     first_failure_trips: float | None = None
 
 
+WINDOW: Final[dict[str, Any]] = {"failure_rate_threshold": 0.5, "window_calls": 100}
+"""A 100-call count window: in a shared store, each success is one write to keep it exact."""
+
+
 def measure(
-    name: str, store: CircuitStore, calls: int, repeats: int, view_max_age: float = VIEW_MAX_AGE
+    name: str,
+    store: CircuitStore,
+    calls: int,
+    repeats: int,
+    view_max_age: float = VIEW_MAX_AGE,
+    settings: dict[str, Any] | None = None,
 ) -> Row:
-    ok = CircuitBreaker(f"bench-ok-{view_max_age}", store=store, view_max_age=view_max_age)
+    ok = CircuitBreaker(
+        f"bench-ok-{view_max_age}-{bool(settings)}",
+        store=store,
+        view_max_age=view_max_age,
+        **(settings or {}),
+    )
     bad = CircuitBreaker(
         f"bench-fail-{view_max_age}",
         store=store,
@@ -210,6 +225,8 @@ def main() -> int:
     ):
         rows.append(measure("state file (sqlite)", file_store, calls, repeats))
         rows.append(measure("  without view", file_store, calls, repeats, 0.0))
+        window_calls = max(500, calls // 20)
+        rows.append(measure("  window on", file_store, window_calls, repeats, settings=WINDOW))
         with_journal = transition_cycle(file_store, "t-journal")
         with no_file_journal():
             without_journal = transition_cycle(file_store, "t-today")
@@ -243,6 +260,11 @@ def main() -> int:
         unviewed.call(succeed)
         old.success_trips = count_trips(server, lambda: unviewed.call(succeed), 100)
         rows.append(old)
+        windowed = measure("  window on", store, redis_calls, repeats, settings=WINDOW)
+        counting = CircuitBreaker("trips-window", store=store, **WINDOW)
+        counting.call(succeed)
+        windowed.success_trips = count_trips(server, lambda: counting.call(succeed), 100)
+        rows.append(windowed)
         redis_cycles = max(100, cycles // 4)
         plain = redis_without_journal(server.url)
         transitions.append(
@@ -286,7 +308,8 @@ def main() -> int:
         base = "-" if today is None else f"{today * 1e6:.1f}"
         print(f"{store_name:<22}{journaled * 1e6:>15.1f}{base:>17}{ratio:>8}")
 
-    file_row, redis_row = rows[1], rows[3]
+    file_row, redis_row = rows[1], rows[4]
+    redis_window = rows[6]
     misses = []
     if file_row.success_us > 2:
         misses.append(f"state file success {file_row.success_us:.2f} us > 2 us")
@@ -294,6 +317,8 @@ def main() -> int:
         misses.append(f"state file failure {file_row.failure_us:.2f} us > 200 us")
     if redis_row.success_trips is None or redis_row.success_trips > 0.01:
         misses.append(f"redis success {trips(redis_row.success_trips)} round trips > 0.01")
+    if redis_window.success_trips != 1:
+        misses.append(f"redis window success {trips(redis_window.success_trips)} round trips != 1")
     if redis_row.first_failure_trips != 1:
         misses.append(f"redis failure {trips(redis_row.first_failure_trips)} round trips != 1")
     for store_name, journaled, today in transitions:
