@@ -353,3 +353,40 @@ def test_watch_and_health_show_the_policy_figures_a_service_reports() -> None:
     assert 'cbctl_circuit_failure_rate{circuit="qdrant"} 0.62' in metrics
     assert 'cbctl_circuit_open_duration_seconds{circuit="qdrant"} 90.0' in metrics
     assert 'cbctl_circuit_failure_rate{circuit="redis"}' not in metrics
+
+
+@pytest.mark.slow
+def test_watch_health_and_metrics_show_the_window_rates_real_breakers_count() -> None:
+    registry = CircuitBreakerRegistry(
+        default_config={
+            "failure_threshold": 100,
+            "failure_rate_threshold": 0.5,
+            "window_calls": 8,
+            "minimum_calls": 4,
+            "slow_call_duration": 60.0,
+            "slow_call_rate_threshold": 0.9,
+        }
+    )
+    qdrant = registry.get("qdrant")
+    for index in range(8):
+        if index % 4 == 0:
+            with pytest.raises(ConnectionError):
+                qdrant.call(_refused)
+        else:
+            qdrant.call(lambda: None)
+    registry.get("redis").call(lambda: None)  # 1 call, minimum 4: no rate yet
+    registry.get("plain", failure_rate_threshold=None, window_calls=None, minimum_calls=None,
+                 slow_call_duration=None, slow_call_rate_threshold=None)  # fmt: skip
+    with running(health_app(registry, max_age=0)) as server:
+        code, out, _ = run("watch", "--once", "--url", server.url)
+        health = httpx.get(f"{server.url}/health").json()
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert code == 0
+    assert {"25%", "0%"} <= set(line_of(out, "qdrant"))
+    shown = health["circuits"]
+    assert (shown["qdrant"]["failure_rate"], shown["qdrant"]["slow_call_rate"]) == (0.25, 0.0)
+    assert shown["redis"]["failure_rate"] is None
+    assert "failure_rate" not in shown["plain"]
+    assert 'cbctl_circuit_failure_rate{circuit="qdrant"} 0.25' in metrics
+    assert 'cbctl_circuit_slow_call_rate{circuit="qdrant"} 0.0' in metrics
+    assert 'cbctl_circuit_failure_rate{circuit="redis"}' not in metrics
