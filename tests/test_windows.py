@@ -519,3 +519,14 @@ SCHEMA_4 = (
 )
 V4_ROW = """INSERT INTO circuits VALUES (?, ?, 1, 0, 3, '', 0, ?, 900.0, 0, 950.0, 'down',
     NULL, NULL, NULL, 5, 30.0, 2, 1, 7, NULL, NULL, 1.0, NULL, 0.0)"""
+
+
+def test_a_sync_call_past_its_call_timeout_is_a_slow_failure() -> None:
+    from cbctl import CallTimeoutError
+
+    clock = FakeClock()
+    breaker = _slow_breaker(clock, call_timeout=1.5, failure_rate_threshold=None)
+    breaker.call(lambda: None)
+    with pytest.raises(CallTimeoutError):
+        breaker.call(lambda: clock.advance(2.0))
+    assert breaker.state is OPEN  # 1 of 2 slow: the slow-call rate, not the failure count
