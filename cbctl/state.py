@@ -40,7 +40,8 @@ clears. The window keeps how many calls it holds (`window_count`, at most N) and
 the slow ones among them as bit masks (bit i: the call i calls ago). Once the window holds
 `minimum_calls`, a failure opens the circuit when either rate has reached its threshold, a slow
 success when the slow-call rate has: a success in time never opens a circuit. The consecutive
-`failure_threshold` keeps working alongside.
+`failure_threshold` keeps working alongside. A write-back after a store outage (`reconcile`)
+adds to the consecutive count only: the calls it reports were never in the shared window.
 A call slower than `slow_call_duration` is slow whether it succeeded or failed.
 """
 

@@ -258,7 +258,7 @@ def test_a_schema_2_state_file_is_migrated_and_its_holds_last_until_reset(tmp_pa
         assert update.after.hold_until == 10_060.0
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
-    assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+    assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("5",)
     row = check.execute(
         "SELECT hold_until, hold_reason, hold_owner FROM circuits WHERE name = 'redis'"
     ).fetchone()
