@@ -420,8 +420,17 @@ def test_settings_mismatch_compares_every_breaker_setting() -> None:
         return None
 
     base = BreakerConfig()
+    windowed = BreakerConfig(  # the rate policies' settings change only together with a window
+        failure_rate_threshold=0.5,
+        window_calls=10,
+        minimum_calls=5,
+        slow_call_duration=1.0,
+        slow_call_rate_threshold=0.5,
+    )
     for setting in fields(BreakerConfig):
         other = another(base, setting.name)
+        if other is None:
+            base, other = windowed, another(windowed, setting.name)
         assert other is not None, f"give the test a valid other value of {setting.name}"
         differences = SettingsMismatch("x", base, other).differences
         assert [name for name, _, _ in differences] == [setting.name]
