@@ -17,7 +17,10 @@ any other answer, 4xx included, is a success: the server answered. A failed answ
 returned to the caller, unread, exactly as the wrapped transport gave it, so streaming and
 closing work as with any response. An open circuit raises `CircuitOpen` before anything is sent:
 a `CircuitBreakerError` and an `httpx.TransportError`, so code that already handles transport
-errors handles a rejection too. Cancellation is neutral and frees a half-open trial.
+errors handles a rejection too. A request past its breaker's `call_timeout` raises
+`CallTimedOut`: a `CallTimeoutError` (a failure of the circuit) and an `httpx.TimeoutException`,
+so code that handles httpx timeouts handles it too. Cancellation is neutral and frees a
+half-open trial.
 
 The outcome is decided when the response headers arrive; an error while the caller reads the
 body later is the caller's to handle. A failed answer's `Retry-After` (seconds or an HTTP date)
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 
-from cbctl.errors import CircuitBreakerError
+from cbctl.errors import CallTimeoutError, CircuitBreakerError
 from cbctl.failures import DEFAULT_FAILURE_STATUSES, status_set
 
 if TYPE_CHECKING:
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AsyncBreakerTransport",
     "BreakerTransport",
+    "CallTimedOut",
     "Circuit",
     "CircuitOpen",
     "host_of",
@@ -64,6 +68,15 @@ class CircuitOpen(CircuitBreakerError, httpx.TransportError):
 
     def __init__(self, name: str, retry_after: float | None, request: httpx.Request) -> None:
         CircuitBreakerError.__init__(self, name, retry_after)
+        self._request = request
+
+
+class CallTimedOut(CallTimeoutError, httpx.TimeoutException):
+    """The request took longer than its breaker's `call_timeout` (counted as a failure). Carries
+    `.name`, `.call_timeout`, `.took` and `.request`, like any httpx timeout."""
+
+    def __init__(self, timeout: CallTimeoutError, request: httpx.Request) -> None:
+        CallTimeoutError.__init__(self, timeout.name, timeout.call_timeout, timeout.took)
         self._request = request
 
 
@@ -97,6 +110,18 @@ class _FailedAnswer(Exception):
         super().__init__(response.status_code)
         self.response = response
         self.retry_after = retry_after_seconds(response.headers.get("retry-after"), time.time())
+
+
+def _for_httpx(
+    error: CircuitBreakerError | CallTimeoutError, request: httpx.Request
+) -> CircuitOpen | CallTimedOut:
+    """The breaker's rejection or call timeout as the httpx error a client already handles (one
+    from a breaker transport this one wraps is already one)."""
+    if isinstance(error, CircuitOpen | CallTimedOut):
+        return error
+    if isinstance(error, CircuitBreakerError):
+        return CircuitOpen(error.name, error.retry_after, request)
+    return CallTimedOut(error, request)
 
 
 class _Breakers:
@@ -146,10 +171,11 @@ class BreakerTransport(httpx.BaseTransport):
             return breaker.call(self._send, request)
         except _FailedAnswer as failed:
             return failed.response
-        except CircuitBreakerError as rejection:
-            if isinstance(rejection, CircuitOpen):
-                raise  # from a circuit of a transport this one wraps
-            raise CircuitOpen(rejection.name, rejection.retry_after, request) from rejection
+        except (CircuitBreakerError, CallTimeoutError) as error:
+            translated = _for_httpx(error, request)
+            if translated is error:
+                raise  # from a breaker transport this one wraps
+            raise translated from error
 
     def _send(self, request: httpx.Request) -> httpx.Response:
         return self._breakers.checked(self._transport.handle_request(request))
@@ -178,10 +204,11 @@ class AsyncBreakerTransport(httpx.AsyncBaseTransport):
             return await breaker.call_async(self._send, request)
         except _FailedAnswer as failed:
             return failed.response
-        except CircuitBreakerError as rejection:
-            if isinstance(rejection, CircuitOpen):
-                raise
-            raise CircuitOpen(rejection.name, rejection.retry_after, request) from rejection
+        except (CircuitBreakerError, CallTimeoutError) as error:
+            translated = _for_httpx(error, request)
+            if translated is error:
+                raise  # from a breaker transport this one wraps
+            raise translated from error
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         return self._breakers.checked(await self._transport.handle_async_request(request))

@@ -13,8 +13,14 @@ import httpx
 import pytest
 
 from cbctl import CircuitBreakerError, CircuitBreakerRegistry, CircuitState, FakeClock
-from cbctl.errors import CbctlError
-from cbctl.httpx import AsyncBreakerTransport, BreakerTransport, CircuitOpen, host_of
+from cbctl.errors import CallTimeoutError, CbctlError
+from cbctl.httpx import (
+    AsyncBreakerTransport,
+    BreakerTransport,
+    CallTimedOut,
+    CircuitOpen,
+    host_of,
+)
 from cbctl.standins import LlamaCppStandin, StandinMode
 from tests.servers import SilentServer, free_port
 
@@ -275,3 +281,60 @@ def test_a_request_in_flight_does_not_hold_up_the_loop_for_others(
 
     assert asyncio.run(main()) == 3
     assert registry.get(silent.address).stats["failures"] == 0
+
+
+class ClockTransport(httpx.HTTPTransport):
+    """A real transport whose answers take `took` seconds of the breaker's fake clock."""
+
+    def __init__(self, clock: FakeClock, took: float) -> None:
+        super().__init__()
+        self._clock, self._took = clock, took
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self._clock.advance(self._took)
+        return response
+
+
+def test_a_request_past_call_timeout_is_an_httpx_timeout_and_a_failure(
+    llama: LlamaCppStandin,
+) -> None:
+    clock = FakeClock()
+    registry = CircuitBreakerRegistry(
+        default_config={"failure_threshold": 2, "call_timeout": 1.0}, clock=clock
+    )
+    transport = BreakerTransport(registry, ClockTransport(clock, took=1.5), circuit="llm")
+    raised: list[httpx.TransportError] = []
+    with httpx.Client(transport=transport, timeout=5) as client:
+        for _ in range(3):
+            try:
+                client.get(f"{llama.url}/health")
+            except httpx.TransportError as error:  # what httpx code already handles
+                raised.append(error)
+    assert [type(error) for error in raised] == [CallTimedOut, CallTimedOut, CircuitOpen]
+    timed_out = raised[0]
+    assert isinstance(timed_out, CallTimedOut)
+    assert isinstance(timed_out, httpx.TimeoutException)
+    assert (timed_out.name, timed_out.call_timeout, timed_out.took) == ("llm", 1.0, 1.5)
+    assert timed_out.request.url.path == "/health"
+    assert registry.get("llm").stats["failures"] == 2
+
+
+def test_an_async_request_past_call_timeout_is_cancelled_as_an_httpx_timeout(
+    silent: SilentServer,
+) -> None:
+    registry = CircuitBreakerRegistry(default_config={"failure_threshold": 1, "call_timeout": 0.2})
+    transport = AsyncBreakerTransport(registry, circuit="llm")
+
+    async def main() -> BaseException:
+        async with httpx.AsyncClient(transport=transport, timeout=30) as client:
+            with pytest.raises(httpx.TimeoutException) as raised:
+                await client.get(f"{silent.url('http')}/health")
+            with pytest.raises(CircuitOpen):
+                await client.get(f"{silent.url('http')}/health")
+            return raised.value
+
+    error = asyncio.run(main())
+    assert isinstance(error, CallTimedOut)
+    assert isinstance(error.__cause__, CallTimeoutError)
+    assert registry.get("llm").stats["failures"] == 1
