@@ -17,9 +17,10 @@ Hierarchy (exit code in brackets):
   + DependencyError [1] - the protected dependency failed
   |   + ProbeError [1] - a health probe's failure, with a machine-readable `reason`
   |   + CallTimeoutError [1] - a call outlasted its breaker's `call_timeout`; also a TimeoutError
+  |       + cbctl.httpx.CallTimedOut [1] - an httpx request past it; also an httpx.TimeoutException
   + CircuitBreakerError [3] - rejected: the circuit is open, nothing was called
       + cbctl.httpx.CircuitOpen [3] - a rejected httpx request; also an httpx.TransportError
-        (defined in cbctl.httpx, which may import httpx)
+  (the cbctl.httpx classes are defined there, in the one module that may import httpx)
 
 * ClientErrorSummary (not a CbctlError) - stands in as the `__cause__` of a ProbeError for the
   client library's error, whose message may echo a password
