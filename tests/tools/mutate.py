@@ -1,6 +1,8 @@
 """Mutation testing for cbctl's core: which small deliberate bugs do the tests fail to notice?
 
     python tests/tools/mutate.py cbctl/state.py cbctl/breaker.py [--jobs 1] [--json out.json]
+    python tests/tools/mutate.py cbctl/breaker.py --sample 300 --seed 1   # a measured subset
+    python tests/tools/mutate.py cbctl/breaker.py --rerun out.json        # its survivors again
 
 Each mutant changes one thing in one module (a comparison, an arithmetic or boolean operator, a
 dropped `not`, a constant +-1, True/False/None swapped, a returned value replaced by None, a
@@ -23,6 +25,7 @@ import ast
 import copy
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -45,6 +48,9 @@ DEFAULT_TESTS = (
     "tests/test_concurrency.py",
     "tests/test_registry.py",
     "tests/test_store_mirror.py",
+    "tests/test_call_forms.py",
+    "tests/test_policies.py",
+    "tests/test_metrics.py",
     "tests/test_state_machine.py",
 )
 """Fast tests first: with -x, most mutants die in the first second."""
@@ -256,6 +262,21 @@ def find_mutants(source: str, path: str) -> list[Mutant]:
     return found
 
 
+def sample(mutants: Sequence[Mutant], count: int, seed: int) -> list[Mutant]:
+    """`count` mutants drawn uniformly without replacement (the same ones for the same seed and
+    source), kept in source order: a module too big to run whole is measured on a subset."""
+    if count >= len(mutants):
+        return list(mutants)
+    chosen = sorted(random.Random(seed).sample(range(len(mutants)), count))
+    return [mutants[index] for index in chosen]
+
+
+def survivors_of(mutants: Sequence[Mutant], recorded: Sequence[dict[str, object]]) -> list[Mutant]:
+    """The mutants an earlier run's JSON records as survived (same place, same mutation)."""
+    wanted = {(o["where"], o["mutation"]) for o in recorded if o["status"] == "survived"}
+    return [m for m in mutants if (m.where, m.mutation) in wanted]
+
+
 # -- running ------------------------------------------------------------------------------------
 
 
@@ -438,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-examples", type=int, default=20, help="Hypothesis examples")
     parser.add_argument("--steps", type=int, default=30, help="Hypothesis stateful steps")
     parser.add_argument("--line", type=int, action="append", help="only mutants on these lines")
+    parser.add_argument("--sample", type=int, help="only this many mutants, drawn at random")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    parser.add_argument("--rerun", type=Path, help="only the survivors recorded in this JSON")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--json", type=Path, help="write every outcome here as JSON")
     args = parser.parse_args(argv)
@@ -450,6 +474,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         mutants += find_mutants((ROOT / path).read_text(), path)
     if args.line:
         mutants = [m for m in mutants if m.line in args.line]
+    if args.rerun:
+        mutants = survivors_of(mutants, json.loads(args.rerun.read_text()))
+    if args.sample is not None:
+        if args.sample < 1:
+            parser.error("--sample must be at least 1")
+        mutants = sample(mutants, args.sample, args.seed)
     if args.list:
         for mutant in mutants:
             print(f"{mutant.where}  {mutant.mutation}")
