@@ -22,6 +22,7 @@ from cbctl import (
     FakeClock,
     StateChange,
     StoreUnavailableError,
+    UsageError,
 )
 from cbctl import state as machine
 from cbctl.breaker import VIEW_MAX_AGE
@@ -1217,6 +1218,42 @@ def test_when_the_view_expires_one_of_many_concurrent_callers_refreshes_it() -> 
 
     assert asyncio.run(scenario()) == ["ok"] * 50
     assert store.admits == 2, "one admission to make the view, one to refresh it"
+
+
+def test_the_grace_of_an_expired_view_lasts_its_fraction_of_the_max_age() -> None:
+    """While one caller refreshes, others keep the view for VIEW_GRACE x view_max_age, no longer:
+    a refresh that never returns must not stretch the staleness bound."""
+    clock = FakeClock()
+    store = CountingStore(clock)
+    breaker = make(clock, store=store, view_max_age=2.0)
+    grace = 0.2  # VIEW_GRACE (0.1) of the 2.0 s max age
+
+    async def ok() -> str:
+        return "ok"
+
+    async def scenario() -> None:
+        await breaker.call_async(ok)
+        clock.advance(2.0)
+        store.gate = asyncio.Event()
+        refresh = asyncio.ensure_future(breaker.call_async(ok))
+        await asyncio.sleep(0)
+        clock.advance(grace / 2)
+        assert await breaker.call_async(ok) == "ok"
+        assert store.admits == 2, "the refresh asked; inside the grace the view admits"
+        clock.advance(grace)
+        late = asyncio.ensure_future(breaker.call_async(ok))
+        await asyncio.sleep(0)
+        assert store.admits == 3, "past the grace a caller asks the store"
+        store.gate.set()
+        assert await asyncio.gather(refresh, late) == ["ok", "ok"]
+
+    asyncio.run(scenario())
+
+
+def test_a_breaker_name_must_be_a_non_empty_string() -> None:
+    for name in (None, "", 3):
+        with pytest.raises(UsageError, match="circuit name must be a non-empty string"):
+            CircuitBreaker(name)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("age", [-1.0, math.inf, math.nan])

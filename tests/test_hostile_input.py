@@ -351,9 +351,3 @@ def test_a_foreign_redis_hash_is_named_and_the_others_still_show(redis_server: o
     code, out, err = _invoke("--state", url, "status")
     assert code == 0, err
     assert "unreadable" in out
-
-
-def test_a_breaker_name_must_be_a_non_empty_string() -> None:
-    for name in (None, "", 3):
-        with pytest.raises(UsageError, match="circuit name must be a non-empty string"):
-            CircuitBreaker(name)  # type: ignore[arg-type]

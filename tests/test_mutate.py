@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools.mutate import Mutant, Outcome, find_mutants, run, summary
+from tests.tools.mutate import Mutant, Outcome, find_mutants, run, sample, summary, survivors_of
 
 TOY = '''"""A toy module."""
 
@@ -88,6 +88,29 @@ def test_the_summary_counts_timeouts_as_detected_and_lists_survivors() -> None:
         "m.py: 3 mutants, 1 killed, 1 survived, 1 timed out: score 66.7 %",
         "  survived  m.py:3:5  < -> <=  [x < 1]",
     ]
+
+
+def test_a_sample_is_a_repeatable_uniform_subset_in_source_order() -> None:
+    mutants = [Mutant("m.py", line, 0, "x", "") for line in range(1, 201)]
+    drawn = sample(mutants, 50, seed=3)
+    assert len(drawn) == len(set(drawn)) == 50
+    assert drawn == sorted(drawn, key=lambda m: m.line)
+    assert drawn == sample(mutants, 50, seed=3)
+    assert drawn != sample(mutants, 50, seed=4)
+    assert {m.line > 100 for m in drawn} == {True, False}, "drawn from the whole module"
+    assert sample(mutants, 500, seed=3) == mutants
+
+
+def test_a_rerun_selects_the_recorded_survivors_by_place_and_mutation() -> None:
+    mutants = find_mutants(TOY, "toy.py")
+    constant_0 = [m for m in mutants if m.mutation.startswith("0 -> ")]
+    assert constant_0[0].where == constant_0[1].where, "two mutants share one place"
+    recorded = [
+        {"where": constant_0[0].where, "mutation": constant_0[0].mutation, "status": "survived"},
+        {"where": constant_0[1].where, "mutation": constant_0[1].mutation, "status": "killed"},
+        {"where": "toy.py:99:1", "mutation": "gone", "status": "survived"},
+    ]
+    assert survivors_of(mutants, recorded) == [constant_0[0]]
 
 
 @pytest.mark.slow
