@@ -1172,6 +1172,18 @@ def test_without_a_view_every_call_asks_the_store() -> None:
     assert store.admits == 5
 
 
+def test_a_new_breaker_asks_the_store_first_even_on_a_clock_near_zero() -> None:
+    """A monotonic clock may read under a second (just after boot): no view exists before the
+    store has answered once."""
+    clock = FakeClock(monotonic=0.0)
+    store = CountingStore(clock)
+    theirs = make(clock, store=store, failure_threshold=1)
+    with pytest.raises(Boom):
+        theirs.call(fail)
+    with pytest.raises(CircuitBreakerError):
+        make(clock, store=store).call(succeed)
+
+
 def test_an_open_made_elsewhere_is_seen_once_the_view_expires() -> None:
     clock = FakeClock()
     store = CountingStore(clock)
