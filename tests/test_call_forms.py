@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import inspect
 import logging
 import threading
 import warnings
@@ -265,6 +266,33 @@ def test_a_sync_call_with_an_async_fallback_raises_type_error_from_the_rejection
     assert isinstance(raised.value.__cause__, CircuitBreakerError)
     with pytest.raises(TypeError, match="is async"):
         breaker(fail)()
+
+
+def test_a_coroutine_the_sync_forms_cannot_await_is_closed_unstarted(clock: FakeClock) -> None:
+    """call() refusing an async function, and refusing an async fallback, closes the coroutine:
+    it never runs and never warns "was never awaited" (a warning raised while it is collected
+    is only printed, so the state is asserted)."""
+    made: list[Any] = []
+
+    def upsert() -> Any:
+        made.append(upsert_failing())
+        return made[-1]
+
+    async def cached_answer() -> str:
+        return "cached"
+
+    def cached(rejection: CircuitBreakerError) -> Any:
+        made.append(cached_answer())
+        return made[-1]
+
+    breaker = make(clock, failure_threshold=1, fallback=cached)
+    with pytest.raises(TypeError, match="cannot await"):
+        breaker.call(upsert)
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    with pytest.raises(TypeError, match="is async"):
+        breaker.call(fail)
+    assert [inspect.getcoroutinestate(c) for c in made] == [inspect.CORO_CLOSED] * 2
 
 
 def test_a_fallback_that_is_not_callable_is_refused_at_construction() -> None:
