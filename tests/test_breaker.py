@@ -992,6 +992,25 @@ def test_success_reset_and_force_apply_in_process_while_the_store_is_down(
     assert stored(store).failure_count == 2, "nothing reached the unplugged store"
 
 
+def test_async_calls_are_decided_in_process_while_the_store_is_down(clock: FakeClock) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=2)
+    store.down = True
+
+    async def failing() -> None:
+        raise Boom("down")
+
+    async def scenario() -> None:
+        for _ in range(2):
+            with pytest.raises(Boom):
+                await breaker.call_async(failing)
+        with pytest.raises(CircuitBreakerError):
+            await breaker.call_async(failing)
+
+    asyncio.run(scenario())
+    assert breaker.state is OPEN
+    assert breaker.stats["degraded"] == "store unplugged"
+
+
 def test_a_neutral_end_frees_the_in_process_trial_while_the_store_is_down(
     clock: FakeClock,
 ) -> None:
