@@ -999,7 +999,14 @@ def test_async_calls_are_decided_in_process_while_the_store_is_down(clock: FakeC
     async def failing() -> None:
         raise Boom("down")
 
+    async def ok() -> str:
+        return "ok"
+
     async def scenario() -> None:
+        with pytest.raises(Boom):
+            await breaker.call_async(failing)
+        assert await breaker.call_async(ok) == "ok"
+        assert breaker.stats["failure_count"] == 0, "the success cleared the failure in-process"
         for _ in range(2):
             with pytest.raises(Boom):
                 await breaker.call_async(failing)

@@ -4,6 +4,7 @@ right way, and a steady CLOSED circuit with a store does not write."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from typing import Any
@@ -253,6 +254,54 @@ def test_steady_closed_successes_through_a_store_write_nothing() -> None:
     breaker.call(lambda: "ok")
     breaker.call(lambda: "ok")
     assert store.writes == ["failure", "success"], "only the success that clears a failure writes"
+
+
+@pytest.mark.parametrize("view_max_age", [1.0, 0.0], ids=["view", "no-view"])
+@pytest.mark.parametrize("form", ["sync", "async"])
+def test_closed_successes_with_no_failure_to_clear_write_nothing(
+    view_max_age: float, form: str
+) -> None:
+    """Without a view each call carries the store's CLOSED permit: its success still writes
+    nothing unless there is a failure to clear."""
+    clock = FakeClock()
+    store = CountingStore(clock)
+    breaker = CircuitBreaker(
+        "dep", clock=clock, store=store, failure_threshold=3, view_max_age=view_max_age
+    )
+
+    async def ok() -> str:
+        return "ok"
+
+    def succeed() -> None:
+        if form == "sync":
+            breaker.call(lambda: "ok")
+        else:
+            asyncio.run(breaker.call_async(ok))
+
+    for _ in range(3):
+        succeed()
+    assert store.writes == []
+    with pytest.raises(ZeroDivisionError):
+        breaker.call(lambda: 1 / 0)
+    succeed()
+    succeed()
+    assert store.writes == ["failure", "success"]
+
+
+def test_a_success_admitted_by_the_view_clears_a_failure_recorded_meanwhile() -> None:
+    """A call the view admitted (no permit) that ends well after another call failed clears
+    that failure in the store, as any CLOSED success does."""
+    clock = FakeClock()
+    store = CountingStore(clock)
+    breaker = CircuitBreaker("dep", clock=clock, store=store, failure_threshold=3)
+    breaker.call(lambda: "ok")
+    with breaker:
+        with pytest.raises(ZeroDivisionError):
+            breaker.call(lambda: 1 / 0)
+    found = store.load("dep")
+    assert found is not None
+    assert found.snapshot.failure_count == 0
+    assert store.writes == ["failure", "success"]
 
 
 class Boom(Exception):
