@@ -949,6 +949,59 @@ def stored(store: Unplugged) -> machine.Snapshot:
     return found.snapshot
 
 
+class LostAnswers(MemoryStore):
+    """A store whose failure writes land but whose answers can be lost (a Redis reply that
+    timed out): it keeps the op id of each write and the outages it is asked to reconcile."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.lose = False
+        self.ops: list[str | None] = []
+        self.outages: list[machine.Outage] = []
+
+    def record_failure(self, *args: Any) -> machine.Update:
+        update = super().record_failure(*args)
+        self.ops.append(args[4])
+        if self.lose:
+            raise StoreUnavailableError("reply lost")
+        return update
+
+    def reconcile(self, name: str, config: BreakerConfig, outage: machine.Outage) -> machine.Update:
+        self.outages.append(outage)
+        return super().reconcile(name, config, outage)
+
+
+@pytest.mark.parametrize("form", ["sync", "async"])
+def test_a_failure_whose_answer_was_lost_is_written_back_with_its_op_id(
+    clock: FakeClock, form: str
+) -> None:
+    """The write-back names each failure write that may have landed, so that a store that keeps
+    op ids counts it once; every write has its own id."""
+    store = LostAnswers(clock)
+    breaker = make(clock, store=store, failure_threshold=5)
+
+    async def failing() -> None:
+        raise Boom("down")
+
+    def failure() -> None:
+        if form == "sync":
+            with pytest.raises(Boom):
+                breaker.call(fail)
+        else:
+            with pytest.raises(Boom):
+                asyncio.run(breaker.call_async(failing))
+
+    failure()
+    store.lose = True
+    failure()
+    store.lose = False
+    breaker.call(succeed)
+    first, lost = store.ops
+    assert first is not None
+    assert lost not in (None, first)
+    assert [outage.ops for outage in store.outages] == [(lost,)]
+
+
 def test_an_open_circuit_keeps_its_remaining_time_when_the_store_is_lost(
     clock: FakeClock,
 ) -> None:

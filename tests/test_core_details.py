@@ -295,9 +295,8 @@ def test_a_success_admitted_by_the_view_clears_a_failure_recorded_meanwhile() ->
     store = CountingStore(clock)
     breaker = CircuitBreaker("dep", clock=clock, store=store, failure_threshold=3)
     breaker.call(lambda: "ok")
-    with breaker:
-        with pytest.raises(ZeroDivisionError):
-            breaker.call(lambda: 1 / 0)
+    with breaker, pytest.raises(ZeroDivisionError):
+        breaker.call(lambda: 1 / 0)
     found = store.load("dep")
     assert found is not None
     assert found.snapshot.failure_count == 0
