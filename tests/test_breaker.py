@@ -1084,6 +1084,28 @@ def test_a_neutral_end_frees_the_in_process_trial_while_the_store_is_down(
     assert breaker.call(succeed) == "ok"
 
 
+def test_an_async_neutral_end_frees_the_in_process_trial_while_the_store_is_down(
+    clock: FakeClock,
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=1, exclude=[KeyError])
+    trip(breaker)
+    clock.advance(10.0)
+    store.down = True
+
+    async def missing() -> None:
+        raise KeyError("not a failure")
+
+    async def ok() -> str:
+        return "ok"
+
+    async def scenario() -> str:
+        with pytest.raises(KeyError):
+            await breaker.call_async(missing)
+        return await breaker.call_async(ok)
+
+    assert asyncio.run(scenario()) == "ok", "the neutral trial gave its place back"
+
+
 def test_failures_counted_while_the_store_was_down_are_written_back_once(
     clock: FakeClock,
 ) -> None:
