@@ -1106,24 +1106,60 @@ def test_an_async_neutral_end_frees_the_in_process_trial_while_the_store_is_down
     assert asyncio.run(scenario()) == "ok", "the neutral trial gave its place back"
 
 
+@pytest.mark.parametrize("form", ["sync", "async"])
 def test_failures_counted_while_the_store_was_down_are_written_back_once(
-    clock: FakeClock,
+    clock: FakeClock, form: str
 ) -> None:
     breaker, store = unplugged_breaker(clock, failure_threshold=5)
+
+    async def failing() -> None:
+        raise Boom("down")
+
+    def failure() -> None:
+        if form == "sync":
+            with pytest.raises(Boom):
+                breaker.call(fail)
+        else:
+            with pytest.raises(Boom):
+                asyncio.run(breaker.call_async(failing))
+
     for _ in range(2):
-        with pytest.raises(Boom):
-            breaker.call(fail)
+        failure()
     store.down = True
     for _ in range(2):
-        with pytest.raises(Boom):
-            breaker.call(fail)
+        failure()
     store.down = False
     assert breaker.allows_call()
     assert stored(store).failure_count == 2, "nothing written back before the next operation"
-    with pytest.raises(Boom):
-        breaker.call(fail)
+    failure()
     assert (stored(store).state, stored(store).failure_count) == (OPEN, 5)
     assert breaker.stats["degraded"] is None
+
+
+@pytest.mark.parametrize("form", ["sync", "async"])
+def test_the_first_trial_after_an_outage_takes_its_place_in_the_store(
+    clock: FakeClock, form: str
+) -> None:
+    """Once the write-back succeeds, the same operation goes on to the store: a half-open trial
+    taken in-process instead would let another process's breaker run a second trial."""
+    breaker, store = unplugged_breaker(clock, failure_threshold=1, timeout=10.0)
+    theirs = make(clock, store=store.inner, failure_threshold=1, timeout=10.0)
+    trip(breaker)
+    store.down = True
+    assert rejected(breaker) == 10.0
+    clock.advance(10.0)
+    store.down = False
+
+    async def trial() -> None:
+        async with breaker:
+            rejected(theirs)  # the trial place is taken in the store
+
+    if form == "sync":
+        with breaker:
+            rejected(theirs)  # the trial place is taken in the store
+    else:
+        asyncio.run(trial())
+    assert stored(store).success_count == 1, "the trial's success reached the store"
 
 
 def test_an_open_circuit_seen_while_the_store_was_down_is_written_back_with_its_time_left(
