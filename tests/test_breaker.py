@@ -1162,6 +1162,35 @@ def test_the_first_trial_after_an_outage_takes_its_place_in_the_store(
     assert stored(store).success_count == 1, "the trial's success reached the store"
 
 
+def test_a_success_during_the_outage_drops_the_failures_before_it_from_the_write_back(
+    clock: FakeClock,
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=5)
+    store.down = True
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    breaker.call(succeed)
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    store.down = False
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert stored(store).failure_count == 2, "one failure after the success, one after the outage"
+
+
+def test_a_store_lost_on_a_clock_near_zero_leaves_no_view() -> None:
+    """Losing the store ends the view; on a monotonic clock that reads under a second (just
+    after boot) a leftover deadline would admit calls the in-process circuit refuses."""
+    clock = FakeClock(monotonic=0.0)
+    breaker, store = unplugged_breaker(clock, failure_threshold=1)
+    breaker.call(succeed)
+    store.down = True
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert rejected(breaker) == 10.0
+
+
 def test_an_open_circuit_seen_while_the_store_was_down_is_written_back_with_its_time_left(
     clock: FakeClock,
 ) -> None:
