@@ -1191,6 +1191,48 @@ def test_a_store_lost_on_a_clock_near_zero_leaves_no_view() -> None:
     assert rejected(breaker) == 10.0
 
 
+class SlowWriteBack(Unplugged):
+    """An unpluggable store whose async write-back waits for a gate; it notes async admissions."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.gate = asyncio.Event()
+        self.admitted = 0
+
+    async def areconcile(self, *args: Any) -> machine.Update:
+        await self.gate.wait()
+        return self.inner.reconcile(*args)
+
+    async def aadmit(self, *args: Any) -> machine.Update:
+        self.admitted += 1
+        return self.inner.admit(*args)
+
+
+def test_calls_during_another_tasks_write_back_stay_in_process(clock: FakeClock) -> None:
+    """While one task writes back what the breaker counted during an outage, the others decide
+    in-process: the store has not yet heard of those failures."""
+    store = SlowWriteBack(clock)
+    breaker = make(clock, store=cast(CircuitStore, store), failure_threshold=5)
+    store.down = True
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    store.down = False
+
+    async def ok() -> str:
+        return "ok"
+
+    async def scenario() -> None:
+        writing_back = asyncio.ensure_future(breaker.call_async(ok))
+        await asyncio.sleep(0)
+        assert await breaker.call_async(ok) == "ok"
+        assert store.admitted == 0, "decided in-process while the write-back is pending"
+        store.gate.set()
+        assert await writing_back == "ok"
+        assert store.admitted == 1
+
+    asyncio.run(scenario())
+
+
 def test_an_open_circuit_seen_while_the_store_was_down_is_written_back_with_its_time_left(
     clock: FakeClock,
 ) -> None:
