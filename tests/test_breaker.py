@@ -1198,10 +1198,12 @@ class SlowWriteBack(Unplugged):
         super().__init__(clock)
         self.gate = asyncio.Event()
         self.admitted = 0
+        self.outages: list[machine.Outage] = []
 
-    async def areconcile(self, *args: Any) -> machine.Update:
+    async def areconcile(self, name: str, config: BreakerConfig, outage: machine.Outage) -> Any:
         await self.gate.wait()
-        return self.inner.reconcile(*args)
+        self.outages.append(outage)
+        return self.inner.reconcile(name, config, outage)
 
     async def aadmit(self, *args: Any) -> machine.Update:
         self.admitted += 1
@@ -1231,6 +1233,37 @@ def test_calls_during_another_tasks_write_back_stay_in_process(clock: FakeClock)
         assert store.admitted == 1
 
     asyncio.run(scenario())
+
+
+def test_a_failure_counted_during_the_write_back_is_written_back_next(clock: FakeClock) -> None:
+    """A write-back takes what was counted when it began; a failure counted in-process while it
+    was pending stays in the log, with its own op id only, and the next operation writes it."""
+    store = SlowWriteBack(clock)
+    breaker = make(clock, store=cast(CircuitStore, store), failure_threshold=10)
+    store.down = True
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    store.down = False
+
+    async def failing() -> None:
+        raise Boom("down")
+
+    async def scenario() -> None:
+        writing_back = asyncio.ensure_future(breaker.call_async(failing))
+        await asyncio.sleep(0)
+        with pytest.raises(Boom):
+            await breaker.call_async(failing)  # in-process: the write-back is pending
+        store.gate.set()
+        with pytest.raises(Boom):
+            await writing_back
+
+    asyncio.run(scenario())
+    first, second = store.outages
+    assert (first.failures, second.failures) == (1, 1)
+    assert len(first.ops) == len(second.ops) == 1
+    assert first.ops != second.ops
+    assert stored(store).failure_count == 3
+    assert breaker.stats["degraded"] is None
 
 
 def test_an_open_circuit_seen_while_the_store_was_down_is_written_back_with_its_time_left(
