@@ -1266,6 +1266,32 @@ def test_a_failure_counted_during_the_write_back_is_written_back_next(clock: Fak
     assert breaker.stats["degraded"] is None
 
 
+def test_a_write_back_that_opens_the_stored_circuit_is_announced(clock: FakeClock) -> None:
+    """Failures written back on top of another process's may open the circuit in the store:
+    that transition reaches this breaker's listeners like any other."""
+    breaker, store = unplugged_breaker(clock, failure_threshold=3)
+    theirs = make(clock, store=store.inner, failure_threshold=3)
+    seen: list[CircuitState] = []
+    breaker.add_listener(lambda change: seen.append(change.state))
+    breaker.call(succeed)
+    store.down = True
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            theirs.call(fail)
+    store.down = False
+    rejected(breaker)
+    assert seen == [OPEN]
+
+
+def test_allows_call_notes_a_store_that_does_not_answer(clock: FakeClock) -> None:
+    breaker, store = unplugged_breaker(clock)
+    store.down = True
+    assert breaker.allows_call()
+    assert breaker.stats["degraded"] == "store unplugged"
+
+
 def test_an_open_circuit_seen_while_the_store_was_down_is_written_back_with_its_time_left(
     clock: FakeClock,
 ) -> None:
