@@ -368,6 +368,25 @@ def test_an_async_listener_that_raises_is_logged_and_changes_nothing(
     assert "listener bug" in str(failed[0].exc_info[1])  # type: ignore[index]
 
 
+def test_an_async_listener_that_cannot_be_called_is_logged_by_name(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An async listener that raises before it returns an awaitable (here: a partial with an
+    argument too many) is logged under its own repr, and the transition still happens."""
+    breaker = make(clock, failure_threshold=1)
+
+    async def on_change(event: StateChange) -> None:
+        pass
+
+    breaker.add_listener(functools.partial(on_change, "one too many"))
+    with caplog.at_level(logging.ERROR, logger="cbctl.breaker"), pytest.raises(Boom):
+        breaker.call(fail)
+    assert breaker.state is OPEN
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert "listener functools.partial(<function" in record.getMessage()
+    assert "on_change" in record.getMessage()
+
+
 def test_an_async_listener_with_no_loop_to_run_on_is_logged_not_dropped_silently(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
