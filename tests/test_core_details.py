@@ -13,7 +13,7 @@ import pytest
 
 from cbctl import CircuitBreaker, FakeClock
 from cbctl import state as machine
-from cbctl.breaker import StateChange
+from cbctl.breaker import CallCounters, StateChange
 from cbctl.failures import as_rules
 from cbctl.state import (
     BreakerConfig,
@@ -35,6 +35,7 @@ from cbctl.stores import MemoryStore
         (Update(Snapshot(), Snapshot(), 0.0), "now"),
         (StoredCircuit("dep", Snapshot(), BreakerConfig(), 0.0), "name"),
         (Outage(known_generation=0), "failures"),
+        (CallCounters(0, 0, 0, 0), "successes"),
     ],
 )
 def test_the_cores_records_are_frozen(record: Any, field: str) -> None:
