@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from cbctl import CircuitBreaker, CircuitBreakerError, CircuitBreakerRegistry, FakeClock
 from cbctl import state as machine
+from cbctl.breaker import requested_delay
 from cbctl.config import parse_config
 from cbctl.errors import ConfigError
 from cbctl.httpx import BreakerTransport
@@ -215,6 +217,21 @@ def test_a_failures_retry_after_attribute_is_the_requested_delay(
         breaker.call(lambda: None)
     assert rejected.value.retry_after == pytest.approx(expected)
     assert breaker.stats["open_duration"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [(2, 2.0), (0.5, 0.5), (0, None), (-0.5, None), (math.inf, None), (True, None), ("2", None)],
+)
+def test_requested_delay_is_a_positive_finite_number_of_seconds_or_none(
+    retry_after: object, expected: float | None
+) -> None:
+    """Exactly what a failure asks for; the state machine then lengthens an open, never shortens
+    it, so a zero or negative delay must not pass for a request."""
+    delay = requested_delay(Throttled(retry_after))
+    assert delay == expected
+    assert delay is None or type(delay) is float
+    assert requested_delay(Boom("no attribute")) is None
 
 
 def test_the_async_path_honours_a_requested_delay_too() -> None:
