@@ -112,6 +112,21 @@ def test_call_with_a_sync_function_returning_an_awaitable_is_refused_too(
     assert counts(breaker) == (0, 0, 0, 0)
 
 
+def test_a_refusal_names_a_callable_object_by_its_name_when_it_has_no_qualname(
+    clock: FakeClock,
+) -> None:
+    class Client:
+        __name__ = "upsert_points"
+
+        def __call__(self) -> Any:
+            return upsert_failing()
+
+    client = Client()
+    assert not hasattr(client, "__qualname__")
+    with pytest.raises(TypeError, match=r"cannot await upsert_points\(\)"):
+        make(clock).call(client)
+
+
 def test_a_wrong_form_trial_releases_its_half_open_permit(clock: FakeClock) -> None:
     breaker = make(clock)
     to_half_open(breaker, clock)
