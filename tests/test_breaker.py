@@ -1430,6 +1430,21 @@ def test_steady_successes_ask_the_store_once_per_view_max_age() -> None:
     assert store.admits == 2
 
 
+def test_async_with_blocks_run_on_the_view_too() -> None:
+    clock = FakeClock()
+    store = CountingStore(clock)
+    breaker = make(clock, store=store)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            async with breaker:
+                pass
+
+    asyncio.run(scenario())
+    assert store.admits == 1
+    assert breaker.stats["successes"] == 3
+
+
 def test_without_a_view_every_call_asks_the_store() -> None:
     clock = FakeClock()
     store = CountingStore(clock)
