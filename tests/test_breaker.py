@@ -1285,6 +1285,25 @@ def test_a_write_back_that_opens_the_stored_circuit_is_announced(clock: FakeCloc
     assert seen == [OPEN]
 
 
+def test_stats_come_from_the_in_process_state_while_the_store_is_down(clock: FakeClock) -> None:
+    breaker, store = unplugged_breaker(clock)
+    store.down = True
+    stats = breaker.stats
+    assert stats["state"] == "closed"
+    assert stats["degraded"] == "store unplugged"
+
+
+def fail_with(error: Exception) -> None:
+    raise error
+
+
+def test_the_last_error_is_one_line_of_at_most_200_characters(clock: FakeClock) -> None:
+    breaker = make(clock)
+    with pytest.raises(Boom):
+        breaker.call(fail_with, Boom("x" * 300 + "\nsecond line"))
+    assert breaker.stats["last_error"] == ("Boom: " + "x" * 300)[:200]
+
+
 def test_allows_call_notes_a_store_that_does_not_answer(clock: FakeClock) -> None:
     breaker, store = unplugged_breaker(clock)
     store.down = True

@@ -127,6 +127,21 @@ def test_a_refusal_names_a_callable_object_by_its_name_when_it_has_no_qualname(
         make(clock).call(client)
 
 
+def test_a_refusal_names_a_nameless_callable_by_the_first_80_characters_of_its_repr(
+    clock: FakeClock,
+) -> None:
+    class Nameless:
+        def __call__(self) -> Any:
+            return upsert_failing()
+
+        def __repr__(self) -> str:
+            return "N" * 100
+
+    with pytest.raises(TypeError) as refused:
+        make(clock).call(Nameless())
+    assert f"cannot await {'N' * 80}, which" in str(refused.value)
+
+
 def test_a_wrong_form_trial_releases_its_half_open_permit(clock: FakeClock) -> None:
     breaker = make(clock)
     to_half_open(breaker, clock)
