@@ -375,6 +375,31 @@ def test_an_async_listener_reaches_its_loop_from_a_worker_thread(clock: FakeCloc
     assert seen == [("open", threading.get_ident())]
 
 
+def test_a_running_async_listener_is_kept_alive_until_it_ends(clock: FakeClock) -> None:
+    """The loop holds its tasks weakly: a listener waiting on something only it refers to would
+    be collected mid-run (its `finally` run early) unless the breaker keeps its task."""
+    breaker = make(clock, failure_threshold=1)
+    finished: list[str] = []
+
+    async def on_change(event: StateChange) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            finished.append(event.state.value)
+
+    async def scenario() -> None:
+        breaker.add_listener(on_change)
+        with pytest.raises(Boom):
+            await breaker.call_async(upsert_failing)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+        assert finished == [], "the listener's task was collected while it ran"
+
+    asyncio.run(scenario())
+    assert finished == ["open"], "cancelled when the loop closed, like any task"
+
+
 def test_an_async_listener_that_raises_is_logged_and_changes_nothing(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
