@@ -8,6 +8,7 @@ use a 1 ms call_timeout around an await that never finishes: nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import inspect
@@ -45,13 +46,33 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(autouse=True)
-def unawaited_coroutines_are_errors() -> Iterator[None]:
-    """A coroutine that is dropped un-awaited (and not closed) warns when collected: an error."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
+@contextlib.contextmanager
+def no_unawaited_coroutines() -> Iterator[None]:
+    """Fail when a coroutine was dropped un-awaited (and not closed) inside the block.
+
+    Its "never awaited" RuntimeWarning is issued while the coroutine is collected, where an
+    exception cannot propagate, so the warnings are recorded and checked after a collection.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
         yield
         gc.collect()
+    dropped = [str(w.message) for w in caught if "was never awaited" in str(w.message)]
+    assert not dropped, dropped
+
+
+@pytest.fixture(autouse=True)
+def unawaited_coroutines_are_errors() -> Iterator[None]:
+    with no_unawaited_coroutines():
+        yield
+
+
+def test_the_unawaited_coroutine_check_fails_on_a_dropped_coroutine() -> None:
+    async def work() -> None:
+        pass
+
+    with pytest.raises(AssertionError, match="never awaited"), no_unawaited_coroutines():
+        work()  # type: ignore[unused-coroutine]
 
 
 def make(clock: FakeClock, **settings: Any) -> CircuitBreaker:
