@@ -752,11 +752,17 @@ def test_call_timeout_and_a_call_observer_share_one_measurement(clock: FakeClock
     with breaker:
         clock.advance(0.5)
 
+    assert seen == [(1.0, "success"), (3.0, "failure"), (0.5, "success")]
+    assert breaker.stats["failures"] == 1
+
+    # The async deadline is asyncio's real timer: a breaker of its own with a short one.
+    hurried = make(clock, call_timeout=0.01, failure_threshold=5)
+    hurried.add_call_observer(lambda circuit, took, outcome: seen.append((took, outcome)))
+
     async def scenario() -> None:
         with pytest.raises(CallTimeoutError):
-            await breaker.call_async(hang)
+            await hurried.call_async(hang)
 
     asyncio.run(scenario())
-    assert seen[:3] == [(1.0, "success"), (3.0, "failure"), (0.5, "success")]
     assert [outcome for _, outcome in seen[3:]] == ["failure"]
-    assert breaker.stats["failures"] == 2
+    assert hurried.stats["failures"] == 1
