@@ -108,10 +108,39 @@ def _new_op_token() -> None:
 os.register_at_fork(after_in_child=_new_op_token)
 
 
-def _counted(counter: itertools.count[int]) -> int:
+def _counted(counter: itertools.count[int] | _WindowTicks) -> int:
     """The value of an `itertools.count` (lock-free under the GIL) without advancing it."""
+    if isinstance(counter, _WindowTicks):
+        counter = counter.inner
     text = _count_value(counter)
     return int(text[6:-1])
+
+
+class _WindowTicks:
+    """The successes counter of an in-process breaker with a time window: counted like the
+    plain `itertools.count`, with one clock read per success. When a success falls in a new
+    bucket, the ones counted before it are first added to the window at `at`, the time of the
+    bucket they fell in (a success racing that turn may be counted one bucket late)."""
+
+    __slots__ = ("_breaker", "_clock", "_width", "at", "bucket", "inner")
+
+    def __init__(self, breaker: CircuitBreaker, clock: Clock, window_seconds: float) -> None:
+        self._breaker = breaker
+        self._clock = clock
+        self._width = window_seconds / machine.WINDOW_BUCKETS
+        self.inner = itertools.count()
+        self.bucket: int | None = None
+        self.at = 0.0
+
+    def __iter__(self) -> _WindowTicks:
+        return self
+
+    def __next__(self) -> int:
+        now = self._clock.monotonic()
+        bucket = math.floor(now / self._width)
+        if bucket != self.bucket:
+            self._breaker._turn_bucket(self, bucket, now)
+        return next(self.inner)
 
 
 class _Timed(NamedTuple):
@@ -211,6 +240,7 @@ class CircuitBreaker:
         minimum_calls: int | None = None,
         slow_call_duration: float | None = None,
         slow_call_rate_threshold: float | None = None,
+        window_seconds: float | None = None,
         exclude: Iterable[Exclusion] = (),
         clock: Clock | None = None,
         store: CircuitStore | None = None,
@@ -239,6 +269,7 @@ class CircuitBreaker:
             minimum_calls=minimum_calls,
             slow_call_duration=slow_call_duration,
             slow_call_rate_threshold=slow_call_rate_threshold,
+            window_seconds=window_seconds,
         )
         types: list[type[BaseException]] = []
         predicates: list[Callable[[BaseException], bool]] = []
@@ -289,7 +320,13 @@ class CircuitBreaker:
         self._reconciling = threading.Lock() if store is not None else None
         self._listeners: tuple[Callable[[StateChange], object], ...] = ()
         self._journal: deque[TransitionEvent] | None = None  # made on the first transition
-        self._successes = itertools.count()
+        # A time window in-process needs each success's time: its counter reads the clock.
+        span = self._config.window_seconds
+        self._successes: itertools.count[int] | _WindowTicks = (
+            itertools.count()
+            if span is None or store is not None
+            else _WindowTicks(self, self._clock, span)
+        )
         self._rejections = itertools.count()
         self._failures = itertools.count()
         self._transitions = itertools.count()
@@ -744,7 +781,16 @@ class CircuitBreaker:
         counted = _counted(self._successes)
         pending = counted - self._folded - own
         self._folded = counted
-        return machine.count_calls(snapshot, self._config, pending)
+        ticks = self._successes
+        at = ticks.at if isinstance(ticks, _WindowTicks) else None
+        return machine.count_calls(snapshot, self._config, pending, at)
+
+    def _turn_bucket(self, ticks: _WindowTicks, bucket: int, now: float) -> None:
+        """A success in a new bucket of the time window: the successes counted before it go
+        into the window first, at the time of their own bucket."""
+        with self._lock:
+            self._install(self._fold(self._snapshot, 0))
+            ticks.bucket, ticks.at = bucket, now
 
     def _settle_error(
         self,
@@ -1234,7 +1280,9 @@ class CircuitBreaker:
         config = self._config
         if self._store is None and config.windowed:
             pending = _counted(self._successes) - self._folded
-            snapshot = machine.count_calls(snapshot, config, pending)
+            ticks = self._successes
+            at = ticks.at if isinstance(ticks, _WindowTicks) else None
+            snapshot = machine.count_calls(snapshot, config, pending, at)
         return circuit_stats(
             self.name,
             snapshot,
@@ -1383,21 +1431,23 @@ def circuit_stats(
         "success_threshold": config.success_threshold,
         "timeout": config.timeout,
         "half_open_max_calls": config.half_open_max_calls,
-        **policy_stats(snapshot, config),
+        **policy_stats(snapshot, config, now),
         **counted,
         "store": store,
         "degraded": degraded,
     }
 
 
-def policy_stats(snapshot: Snapshot, config: BreakerConfig) -> dict[str, Any]:
+def policy_stats(
+    snapshot: Snapshot, config: BreakerConfig, now: float | None = None
+) -> dict[str, Any]:
     """The stats keys of the optional policies, each present only when its policy is on:
     `failure_rate` and `slow_call_rate` (0..1 over the window, None while it holds fewer than
-    `minimum_calls`), `open_duration` (seconds an OPEN lasts now: the backed-off one, `timeout`
-    when closed)."""
+    `minimum_calls`; a time window's at `now`), `open_duration` (seconds an OPEN lasts now:
+    the backed-off one, `timeout` when closed)."""
     shown: dict[str, Any] = {}
     if config.windowed:
-        failures, slow = machine.window_rates(snapshot, config)
+        failures, slow = machine.window_rates(snapshot, config, now)
         if config.failure_rate_threshold is not None:
             shown["failure_rate"] = failures
         if config.slow_call_rate_threshold is not None:

@@ -76,6 +76,7 @@ _POLICY_KEYS: Final = (
     "jitter",
     "failure_rate_threshold",
     "window_calls",
+    "window_seconds",
     "minimum_calls",
     "slow_call_duration",
     "slow_call_rate_threshold",
@@ -481,7 +482,7 @@ def _breaker(
             settings[key] = _check_positive_int(table[key], f"{origin}: {prefix}{key}")
     if "timeout" in table:
         settings["timeout"] = _check_seconds(table["timeout"], f"{origin}: {prefix}timeout")
-    for key in ("max_timeout", "slow_call_duration"):
+    for key in ("max_timeout", "slow_call_duration", "window_seconds"):
         if key in table:
             settings[key] = _check_seconds(table[key], f"{origin}: {prefix}{key}")
     for key in ("window_calls", "minimum_calls"):

@@ -43,10 +43,18 @@ success when the slow-call rate has: a success in time never opens a circuit. Th
 `failure_threshold` keeps working alongside. A write-back after a store outage (`reconcile`)
 adds to the consecutive count only: the calls it reports were never in the shared window.
 A call slower than `slow_call_duration` is slow whether it succeeded or failed.
+
+A time window (`window_seconds` T instead of `window_calls`) keeps the last T seconds in
+WINDOW_BUCKETS buckets of T / WINDOW_BUCKETS each (`window_buckets`: newest first, only buckets
+that hold calls, each (bucket number, calls, failures, slow calls), bucket number =
+floor(now / width) in the keeper's time base). A call therefore leaves the window between
+0.9 T and T after it was made; the rates and `minimum_calls` count only the buckets still in it,
+so a long idle gap empties the window. The trip rules are the count window's.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -60,6 +68,8 @@ __all__ = [
     "MAX_HOLD_SECONDS",
     "MAX_REASON",
     "MAX_WINDOW_CALLS",
+    "MIN_WINDOW_SECONDS",
+    "WINDOW_BUCKETS",
     "BreakerConfig",
     "CircuitState",
     "CircuitStore",
@@ -71,8 +81,10 @@ __all__ = [
     "Update",
     "admit",
     "count_calls",
+    "decode_buckets",
     "decode_leases",
     "decode_marks",
+    "encode_buckets",
     "encode_leases",
     "encode_marks",
     "expire",
@@ -110,6 +122,12 @@ MAX_REASON: Final = 200
 """The longest reason a hold keeps (it is shown in every table and /health answer)."""
 MAX_WINDOW_CALLS: Final = 10_000
 """The largest count window: its masks stay small and a store's script walks it in microseconds."""
+WINDOW_BUCKETS: Final = 10
+"""A time window's buckets: T is kept to a tenth of it, and a store walks at most ten entries."""
+MIN_WINDOW_SECONDS: Final = 0.1
+"""The shortest time window: 10 ms buckets keep bucket numbers exact in a Lua double."""
+DEFAULT_MINIMUM_CALLS: Final = 100
+"""`minimum_calls` of a time window when not set (resilience4j's minimumNumberOfCalls)."""
 
 
 def hold_terms(for_: object, reason: object) -> tuple[float | None, str | None]:
@@ -168,8 +186,9 @@ class BreakerConfig:
 
     Open-duration backoff is off unless `backoff_factor` > 1, `max_timeout` or `jitter` is set;
     without `max_timeout` the backoff stops at 10 x `timeout`. The rate policies are off unless
-    `window_calls` is set, with `failure_rate_threshold` and/or `slow_call_rate_threshold`
-    (the latter with `slow_call_duration`); `minimum_calls` defaults to the window's size.
+    `window_calls` (or `window_seconds`, never both) is set, with `failure_rate_threshold`
+    and/or `slow_call_rate_threshold` (the latter with `slow_call_duration`); `minimum_calls`
+    defaults to a count window's size, and to DEFAULT_MINIMUM_CALLS for a time window.
 
     `call_timeout` (seconds, None: off) is how long one call may take before it counts as a
     failure; it is the breaker's business only (stores neither keep nor need it).
@@ -188,6 +207,7 @@ class BreakerConfig:
     minimum_calls: int | None = None
     slow_call_duration: float | None = None
     slow_call_rate_threshold: float | None = None
+    window_seconds: float | None = None
 
     def __post_init__(self) -> None:
         _positive_int("failure_threshold", self.failure_threshold)
@@ -224,7 +244,23 @@ class BreakerConfig:
             slow = seconds(self.slow_call_duration, "slow_call_duration")
             object.__setattr__(self, "slow_call_duration", slow)
         window = self.window_calls
-        if window is not None:
+        span = self.window_seconds
+        if window is not None and span is not None:
+            raise ConfigError(
+                "window_calls and window_seconds are two kinds of window; set one of them"
+            )
+        if span is not None:
+            span = seconds(span, "window_seconds")
+            if span < MIN_WINDOW_SECONDS:
+                raise ConfigError(
+                    f"window_seconds must be at least {MIN_WINDOW_SECONDS:g}, got {span:g}"
+                )
+            object.__setattr__(self, "window_seconds", span)
+            if rate is None and slow_rate is None:
+                raise ConfigError(
+                    "window_seconds needs failure_rate_threshold or slow_call_rate_threshold"
+                )
+        elif window is not None:
             _positive_int("window_calls", window)
             if window > MAX_WINDOW_CALLS:
                 raise ConfigError(f"window_calls must be at most {MAX_WINDOW_CALLS}, got {window}")
@@ -236,7 +272,9 @@ class BreakerConfig:
             needs = "failure_rate_threshold" if rate is not None else "slow_call_rate_threshold"
             if rate is None and slow_rate is None:
                 needs = "minimum_calls"
-            raise ConfigError(f"{needs} needs window_calls (the calls the rate is taken over)")
+            raise ConfigError(
+                f"{needs} needs window_calls or window_seconds (the calls the rate is taken over)"
+            )
         if self.minimum_calls is not None:
             _positive_int("minimum_calls", self.minimum_calls)
             if window is not None and self.minimum_calls > window:
@@ -252,13 +290,16 @@ class BreakerConfig:
     @property
     def windowed(self) -> bool:
         """Whether the rate policies are on (CLOSED calls are counted in a window)."""
-        return self.window_calls is not None
+        return self.window_calls is not None or self.window_seconds is not None
 
     @property
     def least_calls(self) -> int:
-        """Calls the window must hold before a rate counts: `minimum_calls`, else its size."""
+        """Calls the window must hold before a rate counts: `minimum_calls`, else a count
+        window's size (a time window's DEFAULT_MINIMUM_CALLS)."""
         if self.minimum_calls is not None:
             return self.minimum_calls
+        if self.window_seconds is not None:
+            return DEFAULT_MINIMUM_CALLS
         return self.window_calls or 1
 
     @property
@@ -292,6 +333,8 @@ class BreakerConfig:
 
 Lease = tuple[int, float]
 """One half-open trial's place: (lease id, deadline in the keeper's time base)."""
+Bucket = tuple[int, int, int, int]
+"""A time window's bucket: its number, calls, failed calls and slow calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +350,8 @@ class Snapshot:
     With backoff on, `open_duration` is how long the present (or last) OPEN lasts and `backoff`
     its nominal length before jitter and a requested delay; both None: `timeout`, no backoff.
     With a window on, `window_count` is how many CLOSED calls it holds and `failure_bits` /
-    `slow_bits` mark the failed / slow ones (bit i: i calls ago).
+    `slow_bits` mark the failed / slow ones (bit i: i calls ago); a time window keeps
+    `window_buckets` instead (newest first: bucket number, calls, failures, slow calls).
     """
 
     state: CircuitState = CLOSED
@@ -329,6 +373,7 @@ class Snapshot:
     window_count: int = 0
     failure_bits: int = 0
     slow_bits: int = 0
+    window_buckets: tuple[Bucket, ...] = ()
 
 
 INITIAL: Final = Snapshot()
@@ -397,6 +442,7 @@ def _enter(snapshot: Snapshot, state: CircuitState, now: float, **changes: Any) 
         window_count=0,
         failure_bits=0,
         slow_bits=0,
+        window_buckets=(),
         **changes,
     )
 
@@ -424,11 +470,56 @@ def decode_marks(text: str) -> int:
     return bits
 
 
-def _tally(snapshot: Snapshot, config: BreakerConfig, *, failed: bool, slow: bool) -> Snapshot:
-    """One more CLOSED call in the window: the oldest falls out once it holds N."""
+def encode_buckets(buckets: tuple[Bucket, ...]) -> str:
+    """The text form stores keep a time window in: "number:calls:failures:slow", newest first."""
+    return " ".join(":".join(str(part) for part in bucket) for bucket in buckets)
+
+
+def decode_buckets(text: str) -> tuple[Bucket, ...]:
+    """A time window from its text form (ValueError when it is not one)."""
+    buckets = []
+    for item in text.split():
+        number, calls, failures, slow = (int(part) for part in item.split(":"))
+        if not 0 <= failures <= calls or not 0 <= slow <= calls or calls < 1:
+            raise ValueError(f"window bucket {item!r} counts more failed or slow calls than calls")
+        buckets.append((number, calls, failures, slow))
+    if len(buckets) > WINDOW_BUCKETS or any(a[0] <= b[0] for a, b in itertools.pairwise(buckets)):
+        raise ValueError("window buckets are not the newest first, at most ten")
+    return tuple(buckets)
+
+
+def _bucket_number(config: BreakerConfig, now: float) -> int:
+    """The bucket `now` falls in (the stores' scripts compute it with the same two divisions)."""
+    assert config.window_seconds is not None
+    return math.floor(now / (config.window_seconds / WINDOW_BUCKETS))
+
+
+def _stamp(
+    snapshot: Snapshot, config: BreakerConfig, now: float, calls: int, failures: int, slow: int
+) -> Snapshot:
+    """`calls` more CLOSED calls at `now` in the time window, buckets older than the newest by
+    WINDOW_BUCKETS falling out (a late fold's calls go to their own, older bucket)."""
+    number = _bucket_number(config, now)
+    held = snapshot.window_buckets
+    newest = max(number, held[0][0]) if held else number
+    kept = {bucket[0]: bucket[1:] for bucket in held if newest - bucket[0] < WINDOW_BUCKETS}
+    if newest - number < WINDOW_BUCKETS:
+        was = kept.get(number, (0, 0, 0))
+        kept[number] = (was[0] + calls, was[1] + failures, was[2] + slow)
+    buckets = tuple((at, *kept[at]) for at in sorted(kept, reverse=True))
+    return replace(snapshot, window_buckets=buckets)
+
+
+def _tally(
+    snapshot: Snapshot, config: BreakerConfig, now: float, *, failed: bool, slow: bool
+) -> Snapshot:
+    """One more CLOSED call in the window: the oldest falls out once it holds N (a count
+    window) or once its bucket is older than the window (a time window)."""
     size = config.window_calls
     if size is None:
-        return snapshot
+        if config.window_seconds is None:
+            return snapshot
+        return _stamp(snapshot, config, now, 1, int(failed), int(slow))
     full = (1 << size) - 1
     return replace(
         snapshot,
@@ -438,12 +529,21 @@ def _tally(snapshot: Snapshot, config: BreakerConfig, *, failed: bool, slow: boo
     )
 
 
-def count_calls(snapshot: Snapshot, config: BreakerConfig, calls: int) -> Snapshot:
+def count_calls(
+    snapshot: Snapshot, config: BreakerConfig, calls: int, now: float | None = None
+) -> Snapshot:
     """`calls` more fast CLOSED successes in the window, at once: the same as recording each
-    (an in-process breaker counts them without a lock and adds them here when it next decides)."""
+    (an in-process breaker counts them without a lock and adds them here when it next decides).
+    A time window needs `now`, the time of the calls (they all fall in its bucket)."""
     size = config.window_calls
-    if size is None or calls <= 0 or snapshot.state is not CLOSED:
+    if calls <= 0 or snapshot.state is not CLOSED:
         return snapshot
+    if size is None:
+        if config.window_seconds is None:
+            return snapshot
+        if now is None:
+            raise ValueError("a time window counts calls at a time: pass now")
+        return _stamp(snapshot, config, now, calls, 0, 0)
     if calls >= size:
         return replace(snapshot, window_count=size, failure_bits=0, slow_bits=0)
     full = (1 << size) - 1
@@ -455,18 +555,33 @@ def count_calls(snapshot: Snapshot, config: BreakerConfig, calls: int) -> Snapsh
     )
 
 
-def window_rates(snapshot: Snapshot, config: BreakerConfig) -> tuple[float | None, float | None]:
+def window_rates(
+    snapshot: Snapshot, config: BreakerConfig, now: float | None = None
+) -> tuple[float | None, float | None]:
     """The failure rate and slow-call rate over the window (0..1), each None while the window
-    holds fewer than `minimum_calls` calls (or its policy is off)."""
-    count = snapshot.window_count
-    if config.window_calls is None or count < config.least_calls or not count:
+    holds fewer than `minimum_calls` calls (or its policy is off). A time window counts the
+    buckets still in it at `now` (None: every bucket it holds, as just after a call)."""
+    if config.window_seconds is not None:
+        buckets = snapshot.window_buckets
+        if now is not None and buckets:
+            newest = max(_bucket_number(config, now), buckets[0][0])
+            buckets = tuple(b for b in buckets if newest - b[0] < WINDOW_BUCKETS)
+        count = sum(bucket[1] for bucket in buckets)
+        failed = sum(bucket[2] for bucket in buckets)
+        slowed = sum(bucket[3] for bucket in buckets)
+    elif config.window_calls is not None:
+        count = snapshot.window_count
+        failed, slowed = snapshot.failure_bits.bit_count(), snapshot.slow_bits.bit_count()
+    else:
+        return None, None
+    if count < config.least_calls or not count:
         return None, None
     failures = None
     if config.failure_rate_threshold is not None:
-        failures = snapshot.failure_bits.bit_count() / count
+        failures = failed / count
     slow = None
     if config.slow_call_rate_threshold is not None:
-        slow = snapshot.slow_bits.bit_count() / count
+        slow = slowed / count
     return failures, slow
 
 
@@ -623,7 +738,9 @@ def record_success(
         return snapshot
     if snapshot.state is CLOSED:
         if config.windowed:
-            counted = replace(_tally(snapshot, config, failed=False, slow=slow), failure_count=0)
+            counted = replace(
+                _tally(snapshot, config, now, failed=False, slow=slow), failure_count=0
+            )
             if slow and not snapshot.forced and _rate_trips(counted, config, failed=False):
                 return _trip(counted, config, now, 0.0, None)
             return counted
@@ -674,7 +791,7 @@ def record_failure(
         failures = snapshot.failure_count + 1
         noted = replace(noted, failure_count=failures)
         if config.windowed:
-            noted = _tally(noted, config, failed=True, slow=slow)
+            noted = _tally(noted, config, now, failed=True, slow=slow)
         if not snapshot.forced and (
             failures >= config.failure_threshold or (config.windowed and _rate_trips(noted, config))
         ):

@@ -419,7 +419,6 @@ def test_settings_mismatch_compares_every_breaker_setting() -> None:
                 continue
         return None
 
-    base = BreakerConfig()
     windowed = BreakerConfig(  # the rate policies' settings change only together with a window
         failure_rate_threshold=0.5,
         window_calls=10,
@@ -427,10 +426,12 @@ def test_settings_mismatch_compares_every_breaker_setting() -> None:
         slow_call_duration=1.0,
         slow_call_rate_threshold=0.5,
     )
+    timed = replace(windowed, window_calls=None, window_seconds=10.0)  # the other kind of window
     for setting in fields(BreakerConfig):
-        other = another(base, setting.name)
-        if other is None:
-            base, other = windowed, another(windowed, setting.name)
+        for base in (BreakerConfig(), windowed, timed):
+            other = another(base, setting.name)
+            if other is not None:
+                break
         assert other is not None, f"give the test a valid other value of {setting.name}"
         differences = SettingsMismatch("x", base, other).differences
         assert [name for name, _, _ in differences] == [setting.name]

@@ -32,6 +32,7 @@ from cbctl.state import (
     Snapshot,
     StoredCircuit,
     Update,
+    decode_buckets,
     decode_leases,
     decode_marks,
 )
@@ -48,8 +49,9 @@ _POLICY_ARG: Final = 12
 """The ARGV slots (0-based in `_args`'s tuple) of backoff_factor, max_timeout and jitter."""
 _WINDOW_ARG: Final = 15
 """The ARGV slots (0-based) of window_calls, failure_rate_threshold, minimum_calls,
-slow_call_duration and slow_call_rate_threshold; the slow-call flag of an outcome follows."""
-_SOURCE_ARG: Final = 22
+slow_call_duration and slow_call_rate_threshold; the slow-call flag of an outcome follows, then
+window_seconds."""
+_SOURCE_ARG: Final = 23
 """The ARGV slot of the journal's source (the length follows): past every argument an operation
 takes, with '' (read as absent) in between."""
 
@@ -62,14 +64,15 @@ takes, with '' (read as absent) in between."""
 #       'reconcile' the failures, the seconds left open ('' = not open) and the op ids, for
 #       'force' the hold's seconds ('' = until reset), reason and owner. ARGV[16..20]: window_calls,
 #       failure_rate_threshold, minimum_calls, slow_call_duration, slow_call_rate_threshold ('' =
-#       off), ARGV[21] '1' for a slow call ('success', 'failure').
-#       ARGV[22] and ARGV[23] (after '' padding): the source of a transition (pid@host) and the
+#       off), ARGV[21] '1' for a slow call ('success', 'failure'), ARGV[22] window_seconds.
+#       ARGV[23] and ARGV[24] (after '' padding): the source of a transition (pid@host) and the
 #       journal's length; KEYS: circuit, journal stream, journal id counter.
 # Every operation but 'load' first ends a hold whose expiry has come, like 'reset' (state.expire).
-# Reply: {now, permit generation or '', permit lease, changed, before[19], after[19] if changed,
+# Reply: {now, permit generation or '', permit lease, changed, before[20], after[20] if changed,
 #         journal id if the state changed}; a snapshot's fields are FIELDS' (backoff, open
-#         duration and the window last). A 'load' reply is {now, 31 fields}: NAMES'.
-# A window's masks are kept as the ages of their set bits ("0 3 17", state.encode_marks).
+#         duration and the window last). A 'load' reply is {now, 33 fields}: NAMES'.
+# A window's masks are kept as the ages of their set bits ("0 3 17", state.encode_marks), a time
+# window's buckets as "number:calls:failures:slow", newest first (state.encode_buckets).
 # A missing circuit replies {now} to 'load'. Leases are "id:deadline" pairs (state.encode_leases).
 _SCRIPT: Final = r"""
 if redis.replicate_commands then redis.replicate_commands() end
@@ -106,7 +109,7 @@ end
 
 local NAMES = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le', 'hu', 'hr', 'ho',
                'ft', 'to', 'st', 'hm', 'bo', 'od', 'bf', 'mt', 'ji', 'wn', 'wf', 'ws', 'wr', 'wc',
-               'mc', 'sd', 'sr'}
+               'mc', 'sd', 'sr', 'wb', 'wt'}
 local raw = redis.call('HMGET', key, unpack(NAMES))
 local exists = raw[1] ~= false
 local legacy = exists and raw[5] == false
@@ -124,7 +127,7 @@ end
 if op == 'load' then
   if not exists then return {str(now)} end
   local out = {str(now)}
-  for i = 1, 31 do out[i + 1] = raw[i] or '' end
+  for i = 1, 33 do out[i + 1] = raw[i] or '' end
   return out
 end
 
@@ -134,24 +137,26 @@ if exists then
        ls = leases_of(raw[5]), ta = tonumber(raw[6]), oa = num(raw[7]), ca = num(raw[8]),
        f = raw[9] == '1', lf = num(raw[10]), le = raw[11] or '', hu = num(raw[12]),
        hr = raw[13] or '', ho = raw[14] or '', bo = num(raw[19]), od = num(raw[20]),
-       wn = tonumber(raw[24]) or 0, wf = raw[25] or '', ws = raw[26] or ''}
+       wn = tonumber(raw[24]) or 0, wf = raw[25] or '', ws = raw[26] or '', wb = raw[32] or ''}
   if b.le == '' then b.le = nil end
   if b.hr == '' then b.hr = nil end
   if b.ho == '' then b.ho = nil end
 else
   b = {s = 'closed', fc = 0, sc = 0, g = 0, ls = {}, ta = 0, ca = now, f = false, wn = 0,
-       wf = '', ws = ''}
+       wf = '', ws = '', wb = ''}
 end
 
-local ft, to, st, hm, bf, mt, ji, wc, wr, mc, sd, sr
+local ft, to, st, hm, bf, mt, ji, wc, wr, mc, sd, sr, wt
 if ARGV[3] ~= '' then
   ft, to, st, hm = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   bf, mt, ji = tonumber(ARGV[13]) or 1, num(ARGV[14]), tonumber(ARGV[15]) or 0
   wc, wr, mc, sd, sr = num(ARGV[16]), num(ARGV[17]), num(ARGV[18]), num(ARGV[19]), num(ARGV[20])
+  wt = num(ARGV[22])
 elseif exists and raw[15] then
   ft, to, st, hm = tonumber(raw[15]), tonumber(raw[16]), tonumber(raw[17]), tonumber(raw[18])
   bf, mt, ji = tonumber(raw[21]) or 1, num(raw[22]), tonumber(raw[23]) or 0
   wr, wc, mc, sd, sr = num(raw[27]), num(raw[28]), num(raw[29]), num(raw[30]), num(raw[31])
+  wt = num(raw[33])
 else
   ft, to, st, hm, bf, mt, ji = 5, 30.0, 2, 1, 1, nil, 0
 end
@@ -171,6 +176,42 @@ local function marks(text)
   for _ in string.gmatch(text or '', '%d+') do n = n + 1 end
   return n
 end
+-- the time window (state._stamp, window_rates): WINDOW_BUCKETS = 10 buckets of wt / 10 seconds
+local windowed = wc ~= nil or wt ~= nil
+local function buckets_of(text)
+  local out = {}
+  for n, c, f, s in string.gmatch(text or '', '(%-?%d+):(%d+):(%d+):(%d+)') do
+    out[#out + 1] = {tonumber(n), tonumber(c), tonumber(f), tonumber(s)}
+  end
+  return out
+end
+local function stamped(text, failed)
+  local number = math.floor(now / (wt / 10))
+  local held = buckets_of(text)
+  local newest = number
+  if held[1] ~= nil and held[1][1] > newest then newest = held[1][1] end
+  local kept, found = {}, false
+  for _, bucket in ipairs(held) do
+    if newest - bucket[1] < 10 then
+      if bucket[1] == number then
+        bucket[2] = bucket[2] + 1
+        if failed then bucket[3] = bucket[3] + 1 end
+        if slow then bucket[4] = bucket[4] + 1 end
+        found = true
+      end
+      kept[#kept + 1] = bucket
+    end
+  end
+  if not found and newest - number < 10 then
+    kept[#kept + 1] = {number, 1, failed and 1 or 0, slow and 1 or 0}
+  end
+  table.sort(kept, function(x, y) return x[1] > y[1] end)
+  local parts = {}
+  for i, bucket in ipairs(kept) do
+    parts[i] = string.format('%d:%d:%d:%d', bucket[1], bucket[2], bucket[3], bucket[4])
+  end
+  return table.concat(parts, ' ')
+end
 -- open-duration backoff (state._opening, BreakerConfig.backs_off / open_cap)
 local backs_off = bf > 1 or ji > 0 or mt ~= nil
 local cap = mt
@@ -189,7 +230,7 @@ if b.f and b.hu ~= nil and now >= b.hu then
   for k, v in pairs(b) do e[k] = v end
   e.s = 'closed'; e.g = b.g + 1; e.ca = now; e.ls = {}; e.ta = 0
   e.fc = 0; e.sc = 0; e.oa = nil; e.f = false; e.hu = nil; e.hr = nil; e.ho = nil
-  e.bo = nil; e.od = nil; e.wn = 0; e.wf = ''; e.ws = ''
+  e.bo = nil; e.od = nil; e.wn = 0; e.wf = ''; e.ws = ''; e.wb = ''
   b = e
 end
 
@@ -197,15 +238,26 @@ local a = {}
 for k, v in pairs(b) do a[k] = v end
 local function enter(state)
   a.s = state; a.g = b.g + 1; a.ca = now; a.ls = {}; a.ta = 0; a.wn = 0; a.wf = ''; a.ws = ''
+  a.wb = ''
 end
 local function tally(failed)
+  if wt ~= nil then a.wb = stamped(b.wb, failed); return end
   a.wn = math.min(wc, b.wn + 1); a.wf = shifted(b.wf, failed); a.ws = shifted(b.ws, slow)
 end
 local function rate_trips(failed)
-  local least = mc or wc
-  if a.wn < least or a.wn == 0 then return false end
-  if failed and wr ~= nil and marks(a.wf) / a.wn >= wr then return true end
-  return sr ~= nil and marks(a.ws) / a.wn >= sr
+  local n, failures, slows = a.wn, 0, 0
+  if wt ~= nil then
+    n = 0
+    for _, bucket in ipairs(buckets_of(a.wb)) do
+      n = n + bucket[2]; failures = failures + bucket[3]; slows = slows + bucket[4]
+    end
+  else
+    failures, slows = marks(a.wf), marks(a.ws)
+  end
+  local least = mc or wc or 100
+  if n < least or n == 0 then return false end
+  if failed and wr ~= nil and failures / n >= wr then return true end
+  return sr ~= nil and slows / n >= sr
 end
 local function opening(nominal, draw, delay)
   if not backs_off then a.bo = nil; a.od = nil; return end
@@ -267,7 +319,7 @@ elseif op == 'success' then
   if current() then
     if b.s == 'closed' then
       a.fc = 0
-      if wc ~= nil then
+      if windowed then
         tally(false)
         if slow and not b.f and rate_trips(false) then
           enter('open'); a.sc = 0; a.oa = now
@@ -291,8 +343,8 @@ elseif op == 'failure' then
     if b.s == 'closed' then
       local failures = b.fc + 1
       a.fc = failures
-      if wc ~= nil then tally(true) end
-      if not b.f and (failures >= ft or (wc ~= nil and rate_trips(true))) then
+      if windowed then tally(true) end
+      if not b.f and (failures >= ft or (windowed and rate_trips(true))) then
         enter('open'); a.sc = 0; a.oa = now
         opening(to, draw, delay)
       end
@@ -372,7 +424,7 @@ else
 end
 
 local FIELDS = {'s', 'fc', 'sc', 'g', 'ls', 'ta', 'oa', 'ca', 'f', 'lf', 'le', 'hu', 'hr', 'ho',
-                'bo', 'od', 'wn', 'wf', 'ws'}
+                'bo', 'od', 'wn', 'wf', 'ws', 'wb'}
 local out = {str(now), str(permit_g), str(permit_lease), '0'}
 local changed = not exists or ops ~= nil
 for i, k in ipairs(FIELDS) do
@@ -385,7 +437,7 @@ if changed then
   local args = {}
   for i, k in ipairs(FIELDS) do
     local value = str(a[k])
-    out[23 + i] = value
+    out[24 + i] = value
     args[#args + 1] = k
     args[#args + 1] = value
   end
@@ -394,7 +446,8 @@ if changed then
     args[#args + 1] = str(v)
   end
   for _, pair in ipairs({{'bf', str(bf)}, {'mt', str(mt)}, {'ji', str(ji)}, {'wr', str(wr)},
-                         {'wc', str(wc)}, {'mc', str(mc)}, {'sd', str(sd)}, {'sr', str(sr)}}) do
+                         {'wc', str(wc)}, {'mc', str(mc)}, {'sd', str(sd)}, {'sr', str(sr)},
+                         {'wt', str(wt)}}) do
     args[#args + 1] = pair[1]
     args[#args + 1] = pair[2]
   end
@@ -420,9 +473,9 @@ if out[4] == '1' and stored.s ~= a.s then
     summary = str(a.le)
   end
   local id = redis.call('INCR', KEYS[3])
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[23], '*', 'id', id, 'at', str(now), 'p', stored.s,
-             's', a.s, 'fc', str(a.fc), 'le', summary, 'src', ARGV[22])
-  out[43] = str(id)
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[24], '*', 'id', id, 'at', str(now), 'p', stored.s,
+             's', a.s, 'fc', str(a.fc), 'le', summary, 'src', ARGV[23])
+  out[45] = str(id)
 end
 return out
 """
@@ -438,7 +491,7 @@ def _text(value: float | None) -> str:
 
 
 def _snapshot(fields: Sequence[str]) -> Snapshot:
-    """A snapshot from the script's 19 strings (the hash fields s, fc, ..., bo, od, wn, wf, ws)."""
+    """A snapshot from the script's 20 strings (hash fields s, fc, ..., bo, od, wn, wf, ws, wb)."""
     return Snapshot(
         state=_STATES[fields[0]],
         failure_count=int(fields[1]),
@@ -459,11 +512,12 @@ def _snapshot(fields: Sequence[str]) -> Snapshot:
         window_count=int(fields[16] or 0),
         failure_bits=decode_marks(fields[17]),
         slow_bits=decode_marks(fields[18]),
+        window_buckets=decode_buckets(fields[19]),
     )
 
 
 def _config(fields: Sequence[str]) -> BreakerConfig:
-    """Settings from the hash fields ft, to, st, hm, bf, mt, ji, wr, wc, mc, sd, sr ('' where
+    """Settings from the hash fields ft, to, st, hm, bf, mt, ji, wr, wc, mc, sd, sr, wt ('' where
     never written)."""
     if not fields[0]:
         return BreakerConfig()
@@ -480,6 +534,7 @@ def _config(fields: Sequence[str]) -> BreakerConfig:
         minimum_calls=_whole(fields[9]),
         slow_call_duration=_number(fields[10]),
         slow_call_rate_threshold=_number(fields[11]),
+        window_seconds=_number(fields[12]),
     )
 
 
@@ -488,10 +543,10 @@ def _whole(text: str) -> int | None:
 
 
 def _loaded(reply: Sequence[str]) -> tuple[Snapshot, BreakerConfig]:
-    """The snapshot and settings of a 'load' reply ({now, 31 fields}: NAMES)."""
+    """The snapshot and settings of a 'load' reply ({now, 33 fields}: NAMES)."""
     return (
-        _snapshot([*reply[1:15], *reply[19:21], *reply[24:27]]),
-        _config([*reply[15:19], *reply[21:24], *reply[27:32]]),
+        _snapshot([*reply[1:15], *reply[19:21], *reply[24:27], reply[32]]),
+        _config([*reply[15:19], *reply[21:24], *reply[27:32], reply[33]]),
     )
 
 
@@ -721,6 +776,7 @@ class RedisStore:
                 _text(config.slow_call_duration),
                 _text(config.slow_call_rate_threshold),
             )
+            padded[_WINDOW_ARG + 6] = _text(config.window_seconds)
         if slow:
             padded[_WINDOW_ARG + 5] = "1"
         return (*padded, process_source(), str(JOURNAL_LIMIT))
@@ -731,13 +787,13 @@ class RedisStore:
 
     def _update(self, name: str, reply: list[str]) -> Update:
         def decode() -> tuple[Snapshot, BreakerConfig]:
-            return _snapshot(reply[4:23]), BreakerConfig()
+            return _snapshot(reply[4:24]), BreakerConfig()
 
         before, _ = decoded(f"Redis at {self._shown}", name, decode)
         after = before
         if reply[3] == "1":
             after, _ = decoded(
-                f"Redis at {self._shown}", name, lambda: (_snapshot(reply[23:42]), BreakerConfig())
+                f"Redis at {self._shown}", name, lambda: (_snapshot(reply[24:44]), BreakerConfig())
             )
         now = float(reply[0])
         permit = Permit(int(reply[1]), int(reply[2])) if reply[1] else None

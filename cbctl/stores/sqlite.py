@@ -105,7 +105,9 @@ _SCHEMA: Final = (
         window_calls INTEGER,
         minimum_calls INTEGER,
         slow_call_duration REAL,
-        slow_call_rate_threshold REAL
+        slow_call_rate_threshold REAL,
+        window_buckets TEXT NOT NULL DEFAULT '',
+        window_seconds REAL
     ) WITHOUT ROWID""",
     "INSERT INTO meta (key, value) VALUES ('application', 'cbctl'), ('schema_version', '5')",
     "PRAGMA application_id = 1667392372",
@@ -147,6 +149,8 @@ _MIGRATE_FROM_4: Final = (
     "ALTER TABLE circuits ADD COLUMN minimum_calls INTEGER",
     "ALTER TABLE circuits ADD COLUMN slow_call_duration REAL",
     "ALTER TABLE circuits ADD COLUMN slow_call_rate_threshold REAL",
+    "ALTER TABLE circuits ADD COLUMN window_buckets TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE circuits ADD COLUMN window_seconds REAL",
     "UPDATE meta SET value = '5' WHERE key = 'schema_version'",
     "PRAGMA user_version = 5",
 )
@@ -164,23 +168,24 @@ _SELECT_ONE: Final = """SELECT state, failure_count, success_count, generation, 
     failure_threshold, timeout, success_threshold, half_open_max_calls, revision,
     hold_until, hold_reason, hold_owner, backoff, open_duration, backoff_factor, max_timeout,
     jitter, window_count, failure_marks, slow_marks, failure_rate_threshold, window_calls,
-    minimum_calls, slow_call_duration, slow_call_rate_threshold
+    minimum_calls, slow_call_duration, slow_call_rate_threshold, window_buckets, window_seconds
     FROM circuits WHERE name = ?"""
 _SELECT_ALL: Final = """SELECT name, state, failure_count, success_count, generation, leases,
     trials_admitted, opened_at, changed_at, forced, last_failure_at, last_error,
     failure_threshold, timeout, success_threshold, half_open_max_calls, NULL,
     hold_until, hold_reason, hold_owner, backoff, open_duration, backoff_factor, max_timeout,
     jitter, window_count, failure_marks, slow_marks, failure_rate_threshold, window_calls,
-    minimum_calls, slow_call_duration, slow_call_rate_threshold
+    minimum_calls, slow_call_duration, slow_call_rate_threshold, window_buckets, window_seconds
     FROM circuits ORDER BY name"""
 _UPSERT: Final = """INSERT OR REPLACE INTO circuits (name, state, failure_count, success_count,
     generation, leases, trials_admitted, opened_at, changed_at, forced, last_failure_at,
     last_error, failure_threshold, timeout, success_threshold, half_open_max_calls,
     hold_until, hold_reason, hold_owner, backoff, open_duration, backoff_factor, max_timeout,
     jitter, window_count, failure_marks, slow_marks, failure_rate_threshold, window_calls,
-    minimum_calls, slow_call_duration, slow_call_rate_threshold, revision)
+    minimum_calls, slow_call_duration, slow_call_rate_threshold, window_buckets, window_seconds,
+    revision)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
-            ?, ?, ?, ?, ?)"""
+            ?, ?, ?, ?, ?, ?, ?)"""
 
 _DELETE: Final = "DELETE FROM circuits WHERE name = ?"
 _JOURNAL_SCHEMA: Final = (
@@ -243,6 +248,7 @@ def _decode(row: Sequence[Any]) -> tuple[Snapshot, BreakerConfig]:
         window_count=row[24],
         failure_bits=machine.decode_marks(row[25]),
         slow_bits=machine.decode_marks(row[26]),
+        window_buckets=machine.decode_buckets(row[32]),
     )
     config = BreakerConfig(
         failure_threshold=row[11],
@@ -257,6 +263,7 @@ def _decode(row: Sequence[Any]) -> tuple[Snapshot, BreakerConfig]:
         minimum_calls=row[29],
         slow_call_duration=row[30],
         slow_call_rate_threshold=row[31],
+        window_seconds=row[33],
     )
     return snapshot, config
 
@@ -295,6 +302,8 @@ def _encode(name: str, snapshot: Snapshot, config: BreakerConfig) -> tuple[objec
         config.minimum_calls,
         config.slow_call_duration,
         config.slow_call_rate_threshold,
+        machine.encode_buckets(snapshot.window_buckets),
+        config.window_seconds,
     )
 
 
