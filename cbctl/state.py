@@ -479,7 +479,10 @@ def decode_buckets(text: str) -> tuple[Bucket, ...]:
     """A time window from its text form (ValueError when it is not one)."""
     buckets = []
     for item in text.split():
-        number, calls, failures, slow = (int(part) for part in item.split(":"))
+        try:
+            number, calls, failures, slow = (int(part) for part in item.split(":"))
+        except ValueError as error:
+            raise ValueError(f"window bucket {item!r} is not number:calls:failures:slow") from error
         if not 0 <= failures <= calls or not 0 <= slow <= calls or calls < 1:
             raise ValueError(f"window bucket {item!r} counts more failed or slow calls than calls")
         buckets.append((number, calls, failures, slow))

@@ -5,13 +5,15 @@ whose state lives in a MemoryStore: the store path must behave exactly like the 
 A third machine ends half-open trials in any order against a model of one lease per trial.
 The breakers are drawn with and without open-duration backoff (factor, cap), and some failures
 ask for a delay (`retry_after`, as an HTTP Retry-After does). Some are drawn with a count window
-(failure rate, slow-call rate, minimum calls), and some calls are slow (they take SLOW_CALL
+(failure rate, slow-call rate, minimum calls) or a time window of 2.5 s (its calls kept while
+fewer than ten quarter-second buckets apart), and some calls are slow (they take SLOW_CALL
 seconds of the fake clock, more than SLOW_DURATION) whether they succeed or fail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -90,7 +92,9 @@ class Model:
     failure_rate: float | None = None
     slow_rate: float | None = None
     minimum_calls: int | None = None
-    window: list[tuple[bool, bool]] = field(default_factory=list)  # (failed, slow), oldest first
+    window_seconds: float | None = None
+    # (failed, slow, when), oldest first
+    window: list[tuple[bool, bool, float]] = field(default_factory=list)
     nominal: float = 0.0  # the open duration before a requested delay; 0: timeout
     span: float = 0.0  # how long the present (or last) open lasts; 0: timeout
     state: str = "closed"
@@ -116,16 +120,28 @@ class Model:
 
     def count(self, failed: bool, slow: bool) -> None:
         if self.window_calls is not None:
-            self.window = [*self.window, (failed, slow)][-self.window_calls :]
+            self.window = [*self.window, (failed, slow, self.now)][-self.window_calls :]
+        elif self.window_seconds is not None:
+            self.window = [*self.window, (failed, slow, self.now)]
+
+    def held(self) -> list[tuple[bool, bool, float]]:
+        """The calls in the window now: README's ten buckets of T / 10 seconds each, so a call
+        stays while fewer than ten bucket widths separate its bucket from now's."""
+        if self.window_seconds is None:
+            return self.window
+        width = self.window_seconds / 10
+        return [
+            c for c in self.window if math.floor(self.now / width) - math.floor(c[2] / width) < 10
+        ]
 
     def rates(self) -> tuple[float | None, float | None]:
         """The failure and slow-call rates over the window (None below its minimum)."""
-        calls = len(self.window)
-        least = self.minimum_calls or self.window_calls or 1
-        if self.window_calls is None or calls < least:
+        calls = self.held()
+        least = self.minimum_calls or self.window_calls or 100
+        if (self.window_calls is None and self.window_seconds is None) or len(calls) < least:
             return None, None
-        failed = sum(1 for f, _ in self.window if f) / calls
-        slow = sum(1 for _, s in self.window if s) / calls
+        failed = sum(1 for c in calls if c[0]) / len(calls)
+        slow = sum(1 for c in calls if c[1]) / len(calls)
         return (
             None if self.failure_rate is None else failed,
             None if self.slow_rate is None else slow,
@@ -297,6 +313,7 @@ class BreakerMachine(RuleBasedStateMachine):
         window=st.sampled_from([None, None, 1, 3, 5]),
         rates=st.sampled_from([(0.5, None), (0.6, 0.5), (None, 0.5), (1.0, 1.0)]),
         minimum=st.sampled_from([None, 1, 2]),
+        span=st.sampled_from([None, 2.5]),
     )
     def build(
         self,
@@ -308,11 +325,14 @@ class BreakerMachine(RuleBasedStateMachine):
         window: int | None = None,
         rates: tuple[float | None, float | None] = (None, None),
         minimum: int | None = None,
+        span: float | None = None,
     ) -> None:
         timeout = timeout_quarters / 4  # quarters add exactly in both time bases
         max_timeout = None if cap_times is None else timeout * cap_times
-        failure_rate, slow_rate = rates if window is not None else (None, None)
-        minimum = minimum if window is not None and (minimum or 0) <= window else None
+        span = span if window is None else None  # one kind of window at most
+        windowed = window is not None or span is not None
+        failure_rate, slow_rate = rates if windowed else (None, None)
+        minimum = minimum if windowed and (minimum or 0) <= (window or minimum or 0) else None
         self.breaker = CircuitBreaker(
             "dep",
             failure_threshold=failure_threshold,
@@ -321,6 +341,7 @@ class BreakerMachine(RuleBasedStateMachine):
             backoff_factor=backoff_factor,
             max_timeout=max_timeout,
             window_calls=window,
+            window_seconds=span,
             failure_rate_threshold=failure_rate,
             minimum_calls=minimum,
             slow_call_duration=None if slow_rate is None else SLOW_DURATION,
@@ -339,6 +360,7 @@ class BreakerMachine(RuleBasedStateMachine):
             failure_rate,
             slow_rate,
             minimum,
+            span,
         )
         self.timings: list[tuple[str, float, str]] = []
         if self.timed:

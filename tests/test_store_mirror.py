@@ -10,7 +10,9 @@ round trip could tip. With open-duration backoff on (BACKOFF: factor 1.5, cap 6.
 0.3), failures carry jitter draws and requested delays chosen so that no open duration ends on
 the grid either (3.375, 5.0625, 6.9 s, shortened by 0, 15 or 27 %; delays 3.1 s or the cap).
 With the rate policies on (WINDOW: the last 4 calls, 3 at least, half of them failed or three
-quarters slow), outcomes are marked slow by their (otherwise unused) outage's failure count.
+quarters slow; TIME_WINDOW: the same over the last 5 s, in 0.5 s buckets, whose edges are the
+grid's: a Redis call a few real milliseconds late still falls in the bucket the reference
+chose), outcomes are marked slow by their (otherwise unused) outage's failure count.
 Outcomes report with any permit seen so far, so stale permits (an earlier
 generation, an expired or already ended lease) are drawn as often as current ones. A timed hold
 lasts 1.75 s, off the 0.5 s grid, so its expiry is never a boundary either.
@@ -56,7 +58,18 @@ WINDOW = BreakerConfig(
     slow_call_duration=1.0,
     slow_call_rate_threshold=0.75,
 )
-CONFIGS = (CONFIG, BACKOFF, WINDOW)
+TIME_WINDOW = BreakerConfig(
+    failure_threshold=3,
+    timeout=2.25,
+    success_threshold=2,
+    half_open_max_calls=2,
+    failure_rate_threshold=0.5,
+    window_seconds=5.0,
+    minimum_calls=3,
+    slow_call_duration=1.0,
+    slow_call_rate_threshold=0.75,
+)
+CONFIGS = (CONFIG, BACKOFF, WINDOW, TIME_WINDOW)
 DRAWS = {0.5: 0.0, 1.0: 0.5, 2.5: 0.9}
 """A failure's jitter draw, by the (otherwise unused) step length it was drawn with."""
 DELAYS = (None, None, 3.1, 20.0)
@@ -118,7 +131,14 @@ def discrete(snapshot: Snapshot) -> tuple[object, ...]:
         snapshot.window_count,
         snapshot.failure_bits,
         snapshot.slow_bits,
+        relative_buckets(snapshot),
     )
+
+
+def relative_buckets(snapshot: Snapshot) -> tuple[tuple[int, int, int, int], ...]:
+    """A time window's buckets numbered from its newest (the stores' time bases differ)."""
+    buckets = snapshot.window_buckets
+    return tuple((buckets[0][0] - number, *counts) for number, *counts in buckets)
 
 
 def relative_times(update: Update) -> list[float]:
@@ -322,3 +342,50 @@ def test_stores_count_the_window_at_its_edges_like_the_pure_functions(
     assert CircuitState.HALF_OPEN in visited
     assert after.snapshot.state is CircuitState.OPEN
     assert after.config == WINDOW
+
+
+TIME_EDGES: list[Step] = [
+    ("success", 0, 0.5, NO_OUTAGE),
+    ("success", 0, 0.5, NO_OUTAGE),
+    ("failure", 0, 0.5, NO_OUTAGE),
+    ("advance", -1, 2.5, NO_OUTAGE),
+    ("advance", -1, 2.5, NO_OUTAGE),  # 5 s on: the bucket of those three has left the window
+    ("success", 0, 0.5, NO_OUTAGE),
+    ("failure", 0, 0.5, NO_OUTAGE),  # 2 held, below minimum_calls
+    ("success", 0, 0.5, SLOW),
+    ("failure", 0, 0.5, NO_OUTAGE),  # 2 of the 4 held failed: the threshold, opens (3 of 7 kept)
+    ("advance", -1, 2.5, NO_OUTAGE),
+    ("admit", -1, 0.5, NO_OUTAGE),
+    ("success", -1, 0.5, NO_OUTAGE),
+    ("admit", -1, 0.5, NO_OUTAGE),
+    ("success", -1, 0.5, NO_OUTAGE),  # closed again, the window empty
+    ("failure", 0, 0.5, NO_OUTAGE),
+    ("success", 0, 0.5, NO_OUTAGE),
+    *[("advance", -1, 2.5, NO_OUTAGE)] * 4,  # a 10 s idle gap empties the window
+    ("failure", 0, 0.5, NO_OUTAGE),
+    ("success", 0, 0.5, SLOW),
+    ("success", 0, 0.5, SLOW),
+    ("success", 0, 0.5, SLOW),  # 3 of the 4 held slow, though all succeeded: opens
+]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
+def test_stores_count_the_time_window_at_its_edges_like_the_pure_functions(
+    tmp_path: Path, mirror_redis: RedisServer, kind: str
+) -> None:
+    clock = FakeClock()
+    if kind == "sqlite":
+        store: CircuitStore = SqliteStore(tmp_path / "window.db", clock=clock)
+    else:
+        start = RedisStore(mirror_redis.url).clock_now()
+        store = RedisStore(
+            mirror_redis.url, prefix="time-edges:", time_offset=lambda: clock.wall() - start
+        )
+    try:
+        visited = check_mirror(store, MemoryStore(clock), clock, TIME_EDGES, TIME_WINDOW)
+        after = store.load_all()[-1]
+    finally:
+        store.close()
+    assert CircuitState.HALF_OPEN in visited
+    assert after.snapshot.state is CircuitState.OPEN
+    assert after.config == TIME_WINDOW
