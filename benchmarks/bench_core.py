@@ -30,7 +30,7 @@ import pybreaker
 from purgatory import SyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
-from cbctl import CircuitBreaker, CircuitBreakerError
+from cbctl import CircuitBreaker, CircuitBreakerError, FakeClock
 
 PEERS = ("pybreaker", "circuitbreaker", "purgatory")
 THREADS = 4
@@ -128,6 +128,7 @@ def closed_overheads(bench: Bench) -> tuple[Timing, list[Row]]:
     ours = CircuitBreaker("bench")
     backed = CircuitBreaker("bench-backoff", backoff_factor=2.0, max_timeout=300.0, jitter=0.1)
     windowed = windowed_breaker("bench-window")
+    timed_window = time_windowed_breaker("bench-time-window")
     py = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
     cb = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=30, name="c")
     factory = purgatory_factory()
@@ -138,6 +139,8 @@ def closed_overheads(bench: Bench) -> tuple[Timing, list[Row]]:
         ("cbctl", "call(f), backoff on", "call(f)", {"call": backed.call}),
         ("cbctl", "call(f), window on [3]", "call(f)", {"call": windowed.call}),
         ("cbctl", "@breaker, window on [3]", "p()", {"p": windowed(noop)}),
+        ("cbctl", "call(f), 10 s window [4]", "call(f)", {"call": timed_window.call}),
+        ("cbctl", "@breaker, 10 s window [4]", "p()", {"p": timed_window(noop)}),
         ("pybreaker", "breaker.call(f)", "call(f)", {"call": py.call}),
         ("pybreaker", "@breaker decorator", "p()", {"p": py(noop)}),
         ("circuitbreaker", "breaker.call(f) [1]", "call(f)", {"call": cb.call}),
@@ -173,6 +176,24 @@ def windowed_breaker(name: str) -> CircuitBreaker:
     """A breaker with a 100-call count window, its window filled: 100 calls, every 5th failed."""
     breaker = CircuitBreaker(name, failure_threshold=1000, **WINDOW)
     for index in range(100):
+        with contextlib.suppress(Boom):
+            breaker.call(boom if index % 5 == 0 else noop)
+    return breaker
+
+
+TIME_WINDOW = {"failure_rate_threshold": 0.5, "window_seconds": 10.0, "minimum_calls": 20}
+_SHARED_FAKE_CLOCK = FakeClock()
+
+
+def time_windowed_breaker(name: str, *, all_buckets: bool = False) -> CircuitBreaker:
+    """A breaker with a 10 s time window and 100 calls in it, every 5th failed: on the system
+    clock (a clock read per success), or with `all_buckets` on one shared fake clock moved
+    0.1 s a call, so that all ten buckets hold calls (the largest window it keeps)."""
+    clock = _SHARED_FAKE_CLOCK if all_buckets else None
+    breaker = CircuitBreaker(name, failure_threshold=1000, clock=clock, **TIME_WINDOW)
+    for index in range(100):
+        if all_buckets:
+            _SHARED_FAKE_CLOCK.advance(0.1)
         with contextlib.suppress(Boom):
             breaker.call(boom if index % 5 == 0 else noop)
     return breaker
@@ -279,12 +300,17 @@ def threads(repeat: int, quick: bool) -> dict[str, float]:
 
 
 def bytes_each(make: Callable[[str], object], count: int = 10_000) -> float:
-    """Memory per object, over `count` objects (names made beforehand, list itself excluded)."""
+    """Memory per object, over `count` objects (names made beforehand, list itself excluded).
+
+    A full collection before each reading empties the interpreter's free lists: the tuples and
+    floats that making the objects freed (a time window's stamping frees many) are held there
+    for the whole process, not by any one object."""
     names = [f"circuit-{index}" for index in range(count)]
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     kept = [make(name) for name in names]
+    gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     return (after - before - sys.getsizeof(kept)) / count
@@ -301,6 +327,10 @@ def memory() -> list[tuple[str, float]]:
             ),
         ),
         ("cbctl, window on", bytes_each(windowed_breaker, count=2_000)),
+        (
+            "cbctl, 10 s window",
+            bytes_each(lambda name: time_windowed_breaker(name, all_buckets=True), count=2_000),
+        ),
         ("pybreaker", bytes_each(lambda name: pybreaker.CircuitBreaker(name=name))),
         ("circuitbreaker", bytes_each(lambda name: circuitbreaker.CircuitBreaker(name=name))),
         ("purgatory", bytes_each(factory.get_breaker)),
@@ -356,6 +386,7 @@ def main() -> int:
     print("  [2] with a cbctl.metrics.CircuitCollector timing the calls (two clock reads and a")
     print("      histogram update per call); the rows above have no observer and read no clock.")
     print("  [3] failure_rate_threshold 0.5 over a 100-call count window, filled (20 failures).")
+    print("  [4] the same over a 10 s time window (10 buckets): one clock read per success.")
 
     rejections, checks = open_costs(bench)
     table("OPEN: refusal, raise + catch, ns/call", rejections)
@@ -437,9 +468,17 @@ def main() -> int:
         f"{window_bytes:.0f} B",
         window_bytes <= 2048,
     )
+    time_window_bytes = footprint[3][1]
+    verdicts.check(
+        "  with a 10 s time window on, ten buckets held: <= 2 KB per breaker (issue 11)",
+        f"{time_window_bytes:.0f} B",
+        time_window_bytes <= 2048,
+    )
     for plain, windowed in (
         (ours_call, "call(f), window on [3]"),
         (ours_decorator, "@breaker, window on [3]"),
+        (ours_call, "call(f), 10 s window [4]"),
+        (ours_decorator, "@breaker, 10 s window [4]"),
     ):
         row = next(r for r in closed if r.api == windowed)
         ratio = row.timing.best / plain.timing.best

@@ -118,28 +118,29 @@ def _counted(counter: itertools.count[int] | _WindowTicks) -> int:
 
 class _WindowTicks:
     """The successes counter of an in-process breaker with a time window: counted like the
-    plain `itertools.count`, with one clock read per success. When a success falls in a new
-    bucket, the ones counted before it are first added to the window at `at`, the time of the
-    bucket they fell in (a success racing that turn may be counted one bucket late)."""
+    plain `itertools.count` (`inner`), with one clock read per success. When a success falls
+    past the bucket of the ones counted before it (`end`), those are first added to the window
+    at `at`, a time in their bucket (a success racing that turn may be counted one bucket late).
+    `fast`: the breaker's steady, untimed state, where call() counts here without a lock."""
 
-    __slots__ = ("_breaker", "_clock", "_width", "at", "bucket", "inner")
+    __slots__ = ("_breaker", "_clock", "_width", "at", "end", "fast", "inner")
 
     def __init__(self, breaker: CircuitBreaker, clock: Clock, window_seconds: float) -> None:
         self._breaker = breaker
         self._clock = clock
         self._width = window_seconds / machine.WINDOW_BUCKETS
         self.inner = itertools.count()
-        self.bucket: int | None = None
         self.at = 0.0
+        self.end = -math.inf
+        self.fast = False
 
     def __iter__(self) -> _WindowTicks:
         return self
 
     def __next__(self) -> int:
         now = self._clock.monotonic()
-        bucket = math.floor(now / self._width)
-        if bucket != self.bucket:
-            self._breaker._turn_bucket(self, bucket, now)
+        if now >= self.end:
+            self._breaker._turn_bucket(self, now, (math.floor(now / self._width) + 1) * self._width)
         return next(self.inner)
 
 
@@ -386,6 +387,21 @@ class CircuitBreaker:
                 if self._fallback is None:
                     raise rejection
                 return cast(R, self._sync_fallback(rejection))
+        ticks = self._successes
+        if ticks.__class__ is _WindowTicks and ticks.fast:
+            # a time window's steady path: the _closed_fast one, plus the success's clock read
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                self._settle_error(None, exc)
+                raise
+            if result is not None and result.__class__ not in _PLAIN and _awaitable(result):
+                self._refuse_awaitable(None, func, result)
+            if self._snapshot.failure_count or self._clock.monotonic() >= ticks.end:
+                self._settle_success(None)
+            else:
+                next(ticks.inner)
+            return result
         try:
             permit = self._admit()
         except CircuitBreakerError as rejection:
@@ -496,6 +512,20 @@ class CircuitBreaker:
                     if self._fallback is None:
                         raise rejection
                     return self._sync_fallback(rejection)
+            ticks = self._successes
+            if ticks.__class__ is _WindowTicks and ticks.fast:
+                try:
+                    result = func(*args, **kwargs)
+                except BaseException as exc:
+                    self._settle_error(None, exc)
+                    raise
+                if result is not None and result.__class__ not in _PLAIN and _awaitable(result):
+                    self._refuse_awaitable(None, func, result)
+                if self._snapshot.failure_count or self._clock.monotonic() >= ticks.end:
+                    self._settle_success(None)
+                else:
+                    next(ticks.inner)
+                return result
             return call(func, *args, **kwargs)
 
         return protected
@@ -785,12 +815,12 @@ class CircuitBreaker:
         at = ticks.at if isinstance(ticks, _WindowTicks) else None
         return machine.count_calls(snapshot, self._config, pending, at)
 
-    def _turn_bucket(self, ticks: _WindowTicks, bucket: int, now: float) -> None:
+    def _turn_bucket(self, ticks: _WindowTicks, now: float, end: float) -> None:
         """A success in a new bucket of the time window: the successes counted before it go
         into the window first, at the time of their own bucket."""
         with self._lock:
             self._install(self._fold(self._snapshot, 0))
-            ticks.bucket, ticks.at = bucket, now
+            ticks.at, ticks.end = now, end
 
     def _settle_error(
         self,
@@ -920,7 +950,11 @@ class CircuitBreaker:
         self._snapshot = snapshot
         self._open_until = _open_until(snapshot, self._config) if in_process else None
         self._steady = in_process and snapshot.state is _CLOSED and snapshot.hold_until is None
-        self._closed_fast = self._steady and not self._timing and self._config.call_timeout is None
+        fast = self._steady and not self._timing and self._config.call_timeout is None
+        ticks = self._successes
+        if ticks.__class__ is _WindowTicks:  # a time window: call() counts through _WindowTicks
+            ticks.fast, fast = fast, False
+        self._closed_fast = fast
 
     # -- shared store ---------------------------------------------------------------------------
 

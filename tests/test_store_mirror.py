@@ -29,7 +29,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cbctl import CircuitState, FakeClock
-from cbctl.state import BreakerConfig, CircuitStore, Outage, Permit, Snapshot, Update
+from cbctl.state import (
+    BreakerConfig,
+    CircuitStore,
+    Outage,
+    Permit,
+    Snapshot,
+    Update,
+    held_buckets,
+)
 from cbctl.stores import MemoryStore
 from cbctl.stores.redis import RedisStore
 from cbctl.stores.sqlite import SqliteStore
@@ -137,7 +145,7 @@ def discrete(snapshot: Snapshot) -> tuple[object, ...]:
 
 def relative_buckets(snapshot: Snapshot) -> tuple[tuple[int, int, int, int], ...]:
     """A time window's buckets numbered from its newest (the stores' time bases differ)."""
-    buckets = snapshot.window_buckets
+    buckets = held_buckets(snapshot)
     return tuple((buckets[0][0] - number, *counts) for number, *counts in buckets)
 
 
