@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from cbctl import CircuitBreaker, CircuitBreakerError, FakeClock
-from cbctl.state import BreakerConfig, CircuitStore
+from cbctl.state import BreakerConfig, CircuitStore, held_buckets
 from cbctl.stores.redis import RedisStore
 from cbctl.stores.sqlite import SqliteStore
 from tests import store_workers
@@ -466,4 +466,29 @@ def test_a_window_shared_by_racing_processes_counts_every_call_exactly_once(
     window = stored.snapshot
     assert window.window_count == PROCESSES * calls, "every success and failure is in the window"
     assert window.failure_bits.bit_count() == sum(raised for raised, _ in reports) == 100
+    assert stored.config == BreakerConfig(**settings)
+
+
+def test_a_time_window_shared_by_racing_processes_counts_every_call_exactly_once(
+    shared: Shared,
+) -> None:
+    calls, every = 100, 4  # each process: 25 failures, 75 successes
+    settings = {
+        "failure_threshold": 10_000,
+        "failure_rate_threshold": 0.5,
+        "window_seconds": 600.0,  # no call leaves the window while the test runs
+        "minimum_calls": 1000,
+    }
+    barrier, results = SPAWN.Barrier(PROCESSES), SPAWN.Queue()
+    run_all(
+        store_workers.record_window,
+        [(shared.location, shared.prefix, settings, calls, every, barrier, results)] * PROCESSES,
+    )
+    reports = drain(results, PROCESSES)
+    assert all(degraded is None for _, degraded in reports), "no process degraded"
+    stored = shared.store().load("shared")
+    assert stored is not None
+    buckets = held_buckets(stored.snapshot)
+    assert sum(b[1] for b in buckets) == PROCESSES * calls, "every call is in the window"
+    assert sum(b[2] for b in buckets) == sum(raised for raised, _ in reports) == 100
     assert stored.config == BreakerConfig(**settings)
