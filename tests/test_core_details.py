@@ -61,6 +61,7 @@ def test_a_whole_number_timeout_becomes_float_seconds_in_json() -> None:
             "minimum_calls": None,
             "slow_call_duration": None,
             "slow_call_rate_threshold": None,
+            "window_seconds": None,
         }
     )
 
