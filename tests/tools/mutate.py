@@ -52,6 +52,7 @@ DEFAULT_TESTS = (
     "tests/test_policies.py",
     "tests/test_metrics.py",
     "tests/test_windows.py",
+    "tests/test_time_windows.py",
     "tests/test_state_machine.py",
 )
 """Fast tests first: with -x, most mutants die in the first second."""
