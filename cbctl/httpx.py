@@ -167,18 +167,23 @@ class BreakerTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         breaker = self._breakers.breaker(request)
+        answered: list[httpx.Response] = []
         try:
-            return breaker.call(self._send, request)
+            return breaker.call(self._send, request, answered)
         except _FailedAnswer as failed:
             return failed.response
         except (CircuitBreakerError, CallTimeoutError) as error:
+            for late in answered:  # past call_timeout: its connection goes back to the pool now
+                late.close()
             translated = _for_httpx(error, request)
             if translated is error:
                 raise  # from a breaker transport this one wraps
             raise translated from error
 
-    def _send(self, request: httpx.Request) -> httpx.Response:
-        return self._breakers.checked(self._transport.handle_request(request))
+    def _send(self, request: httpx.Request, answered: list[httpx.Response]) -> httpx.Response:
+        response = self._transport.handle_request(request)
+        answered.append(response)
+        return self._breakers.checked(response)
 
     def close(self) -> None:
         self._transport.close()

@@ -288,11 +288,13 @@ class ClockTransport(httpx.HTTPTransport):
 
     def __init__(self, clock: FakeClock, took: float) -> None:
         super().__init__()
-        self._clock, self._took = clock, took
+        self._clock, self.took = clock, took
+        self.answers: list[httpx.Response] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = super().handle_request(request)
-        self._clock.advance(self._took)
+        self._clock.advance(self.took)
+        self.answers.append(response)
         return response
 
 
@@ -318,6 +320,20 @@ def test_a_request_past_call_timeout_is_an_httpx_timeout_and_a_failure(
     assert (timed_out.name, timed_out.call_timeout, timed_out.took) == ("llm", 1.0, 1.5)
     assert timed_out.request.url.path == "/health"
     assert registry.get("llm").stats["failures"] == 2
+
+
+def test_a_late_answer_past_call_timeout_is_closed_so_its_connection_is_not_held(
+    llama: LlamaCppStandin,
+) -> None:
+    clock = FakeClock()
+    registry = CircuitBreakerRegistry(default_config={"call_timeout": 1.0}, clock=clock)
+    late = ClockTransport(clock, took=1.5)
+    with httpx.Client(transport=BreakerTransport(registry, late), timeout=5) as client:
+        with pytest.raises(CallTimedOut):
+            client.get(f"{llama.url}/health")
+        assert [answer.is_closed for answer in late.answers] == [True]
+        late.took = 0.0
+        assert client.get(f"{llama.url}/health").status_code == 200
 
 
 def test_an_async_request_past_call_timeout_is_cancelled_as_an_httpx_timeout(
