@@ -25,6 +25,7 @@ import pytest
 from cbctl.faults import FaultProxy
 from cbctl.standins import QdrantStandin, StandinMode
 from cbctl.stores.redis import RedisStore
+from tests.processes import stop, wait_until_answering
 from tests.servers import LOOPBACK, PostgresServer, RedisServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -75,25 +76,12 @@ def start_pipeline(
         )
         started.append(process)
         base = f"http://{LOOPBACK}:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/cbctl/health", timeout=1).status_code == 200:
-                    return base
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "the pipeline did not start"
-            time.sleep(0.05)
+        wait_until_answering(process, f"{base}/cbctl/health", "the pipeline")
+        return base
 
     yield start
     for process in started:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def process_many(base: str, count: int) -> list[tuple[int, dict[str, Any]]]:

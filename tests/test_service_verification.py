@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from cbctl.cli import app
 from cbctl.proxyctl import control
 from cbctl.standins import QdrantStandin
 from cbctl.targets import retarget
+from tests.processes import stop, wait_until_answering
 from tests.servers import LOOPBACK, PostgresServer, free_port
 from tests.test_simulate import StoppableServer, pg_ctl_postgres  # noqa: F401 - a fixture
 
@@ -49,16 +49,6 @@ def qdrant() -> Iterator[QdrantStandin]:
         yield standin
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
 def pg_proxy(postgres: PostgresServer, runtime: Path) -> Iterator[int]:
     """A `cbctl proxy postgresql` process in front of the real PostgreSQL; yields its port."""
@@ -74,7 +64,7 @@ def pg_proxy(postgres: PostgresServer, runtime: Path) -> Iterator[int]:
         assert f"{LOOPBACK}:{port}" in process.stderr.readline()
         yield port
     finally:
-        _stop(process)
+        stop(process)
 
 
 Start = Callable[..., str]
@@ -105,20 +95,12 @@ def start_service(qdrant: QdrantStandin) -> Iterator[Start]:
         )
         started.append(process)
         base = f"http://{LOOPBACK}:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/status", timeout=1).status_code == 200:
-                    return base
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "the example service did not start"
-            time.sleep(0.05)
+        wait_until_answering(process, f"{base}/status", "the example service")
+        return base
 
     yield start
     for process in started:
-        _stop(process)
+        stop(process)
 
 
 def via(postgres: PostgresServer, port: int) -> str:
@@ -309,4 +291,4 @@ def test_ctrl_c_mid_run_puts_the_proxy_back_up_and_exits_130(
         assert "interrupted" in process.stderr.read()
         assert control("postgresql").status()["mode"] == "up"
     finally:
-        _stop(process)
+        stop(process)

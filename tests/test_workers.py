@@ -53,7 +53,7 @@ def service() -> Iterator[Service]:
         deadline = time.monotonic() + 60
         while len({pid_of(get(url, "/ops/health")) for _ in range(20)} - {""}) < 2:
             if time.monotonic() > deadline or process.poll() is not None:
-                pytest.skip("uvicorn did not start two answering workers here")
+                pytest.fail("uvicorn did not start two answering workers within 60 s")
             time.sleep(0.2)
         return url
 
