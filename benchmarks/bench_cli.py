@@ -54,7 +54,14 @@ def cbctl_command() -> list[str]:
 
 
 def clean_environment() -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("CBCTL_")}
+    """The environment of a user's shell: no CBCTL_ settings, and byte-compiled modules (a
+    PYTHONDONTWRITEBYTECODE inherited from a CI or sandbox shell would make every process
+    compile cbctl from source and charge that to cbctl)."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("CBCTL_") and name != "PYTHONDONTWRITEBYTECODE"
+    }
     env["NO_COLOR"] = "1"
     return env
 
@@ -172,6 +179,7 @@ def main() -> int:
             f'[dependencies.llamacpp]\nurl = "{llamacpp.url}"\n'
         )
         probe = [*cbctl, "--state", state, "--config", config, "probe"]
+        run_ms([sys.executable, "-c", "import cbctl.cli, redis, httpx"], env, 0)  # writes .pyc
         run_ms([*probe, "qdrant"], env, expected_code=1)  # opens the qdrant circuit
         client_call = (
             f"import redis; redis.Redis(host='127.0.0.1', port={server.port}, "
