@@ -181,6 +181,11 @@ class StateChange:
     failure_count: int
 
 
+_shared_config = functools.lru_cache(maxsize=256, typed=True)(BreakerConfig)
+"""Breakers made with equal settings share one frozen BreakerConfig (a service's breakers mostly
+have the same ones): ~150 B less per breaker. `typed`, so 1 and True are told apart."""
+
+
 class CircuitBreaker:
     """Protects calls to one dependency: fails fast while the dependency is known to be down.
 
@@ -256,7 +261,7 @@ class CircuitBreaker:
             raise ValueError(f"view_max_age must be a finite number >= 0, not {view_max_age!r}")
         self.name = name
         self._failure_rules = as_rules(kind)
-        self._config = config or BreakerConfig(
+        self._config = config or _shared_config(
             failure_threshold=failure_threshold,
             timeout=timeout,
             success_threshold=success_threshold,

@@ -14,6 +14,7 @@ import pytest
 from cbctl import CircuitBreaker, FakeClock
 from cbctl import state as machine
 from cbctl.breaker import CallCounters, StateChange
+from cbctl.errors import ConfigError
 from cbctl.failures import as_rules
 from cbctl.state import (
     BreakerConfig,
@@ -349,3 +350,13 @@ def test_nested_with_blocks_each_settle_their_own_permit() -> None:
         with pytest.raises(Boom), breaker:
             fail()
         assert breaker.stats["failure_count"] == 1, "the inner block's own, current permit"
+
+
+def test_breakers_with_equal_settings_share_one_config_and_bad_settings_are_still_refused() -> None:
+    first = CircuitBreaker("a", failure_threshold=3)
+    assert CircuitBreaker("b", failure_threshold=3).config is first.config
+    assert CircuitBreaker("c", failure_threshold=4).config.failure_threshold == 4
+    with pytest.raises(ConfigError, match="whole number"):
+        CircuitBreaker("d", failure_threshold=True)  # equal to 1 as a key; refused all the same
+    with pytest.raises(ConfigError, match="whole number"):
+        CircuitBreaker("e", failure_threshold=3.0)  # type: ignore[arg-type]
