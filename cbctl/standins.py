@@ -84,6 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _StandinHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 drops the SYNs of a burst: 1 s retransmits
 
     def __init__(self, address: tuple[str, int], standin: HttpStandin) -> None:
         self.standin = standin
