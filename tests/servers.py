@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, ClassVar, Protocol, Self
+from typing import IO, Any, ClassVar, Protocol, Self
+
+import httpx
 
 __all__ = [
     "LOOPBACK",
@@ -36,6 +38,8 @@ __all__ = [
     "SilentServer",
     "free_port",
     "silent_server",
+    "stop_process",
+    "wait_until_answering",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -69,7 +73,9 @@ def _log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
-def _stop_process(process: subprocess.Popen[bytes], sig: int, grace: float = 10.0) -> None:
+def stop_process(
+    process: subprocess.Popen[Any], sig: int = signal.SIGTERM, grace: float = 10.0
+) -> None:
     """Ask a server to shut down with `sig`, kill it if it is still there after `grace` s."""
     if process.poll() is not None:
         return
@@ -98,9 +104,26 @@ def _wait_until_ready(
         if is_ready():
             return
         if time.monotonic() > deadline:
-            _stop_process(process, signal.SIGKILL)
+            stop_process(process, signal.SIGKILL)
             raise ServerStartError(f"{what} did not answer within {timeout}s:\n{_log_tail(log)}")
         time.sleep(0.02)
+
+
+def wait_until_answering(
+    process: subprocess.Popen[str], url: str, what: str, within: float = 30.0
+) -> None:
+    """Poll `url` until it answers 200 (a test-owned service process started with its stderr
+    piped); fail with that stderr if the process exits first, bounded by `within`."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline, f"{what} did not start within {within:g} s"
+        time.sleep(0.05)
 
 
 class _HasPort(Protocol):
@@ -179,7 +202,7 @@ class _ServerProcess:
     def stop(self) -> None:
         """Shut the server down (`stop_signal`, then SIGKILL); the port is free afterwards."""
         if self._process is not None:
-            _stop_process(self._process, self.stop_signal)
+            stop_process(self._process, self.stop_signal)
             self._process = None
         self._close_log()
 

@@ -25,8 +25,14 @@ import pytest
 from cbctl.faults import FaultProxy
 from cbctl.standins import QdrantStandin, StandinMode
 from cbctl.stores.redis import RedisStore
-from tests.processes import stop, wait_until_answering
-from tests.servers import LOOPBACK, PostgresServer, RedisServer, free_port
+from tests.servers import (
+    LOOPBACK,
+    PostgresServer,
+    RedisServer,
+    free_port,
+    stop_process,
+    wait_until_answering,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +87,7 @@ def start_pipeline(
 
     yield start
     for process in started:
-        stop(process)
+        stop_process(process)
 
 
 def process_many(base: str, count: int) -> list[tuple[int, dict[str, Any]]]:

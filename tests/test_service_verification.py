@@ -25,8 +25,7 @@ from cbctl.cli import app
 from cbctl.proxyctl import control
 from cbctl.standins import QdrantStandin
 from cbctl.targets import retarget
-from tests.processes import stop, wait_until_answering
-from tests.servers import LOOPBACK, PostgresServer, free_port
+from tests.servers import LOOPBACK, PostgresServer, free_port, stop_process, wait_until_answering
 from tests.test_simulate import StoppableServer, pg_ctl_postgres  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.slow
@@ -64,7 +63,7 @@ def pg_proxy(postgres: PostgresServer, runtime: Path) -> Iterator[int]:
         assert f"{LOOPBACK}:{port}" in process.stderr.readline()
         yield port
     finally:
-        stop(process)
+        stop_process(process)
 
 
 Start = Callable[..., str]
@@ -100,7 +99,7 @@ def start_service(qdrant: QdrantStandin) -> Iterator[Start]:
 
     yield start
     for process in started:
-        stop(process)
+        stop_process(process)
 
 
 def via(postgres: PostgresServer, port: int) -> str:
@@ -291,4 +290,4 @@ def test_ctrl_c_mid_run_puts_the_proxy_back_up_and_exits_130(
         assert "interrupted" in process.stderr.read()
         assert control("postgresql").status()["mode"] == "up"
     finally:
-        stop(process)
+        stop_process(process)
