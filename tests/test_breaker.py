@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -1341,6 +1342,69 @@ def test_a_reset_in_the_store_during_the_outage_wins_over_what_was_counted_local
     store.down = False
     assert breaker.call(succeed) == "ok"
     assert stored(store).state is CLOSED
+
+
+def test_failures_a_success_cleared_during_the_outage_are_not_written_back(
+    clock: FakeClock,
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=3)
+    breaker.call(succeed)
+    store.down = True
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    breaker.call(succeed)
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    store.down = False
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert (stored(store).state, stored(store).failure_count) == (CLOSED, 2)
+
+
+def test_the_store_going_away_and_coming_back_is_logged_once_each_way(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=2, timeout=30.0)
+    breaker.call(succeed)
+    store.down = True
+    with caplog.at_level(logging.INFO, logger="cbctl"):
+        for _ in range(3):
+            with contextlib.suppress(Boom, CircuitBreakerError):
+                breaker.call(fail)
+        clock.advance(10.0)
+        store.down = False
+        assert rejected(breaker) == 20.0
+        assert rejected(breaker) == 20.0
+    store_records = [record for record in caplog.records if " store " in record.getMessage()]
+    messages = [(record.levelname, record.getMessage()) for record in store_records]
+    assert messages == [
+        ("WARNING", "circuit=dep store degraded: store unplugged"),
+        (
+            "INFO",
+            "circuit=dep store answers again; wrote back 2 failure(s) and an open circuit "
+            "(20.0s left)",
+        ),
+    ]
+    assert all(getattr(record, "circuit", None) == "dep" for record in store_records)
+
+
+def test_a_store_back_under_a_closed_circuit_logs_its_return_without_an_open_circuit(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=5)
+    breaker.call(succeed)
+    store.down = True
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    store.down = False
+    with caplog.at_level(logging.INFO, logger="cbctl"):
+        breaker.call(succeed)
+    assert [record.getMessage() for record in caplog.records] == [
+        "circuit=dep store degraded: store unplugged",
+        "circuit=dep store answers again; wrote back 1 failure(s)",
+    ]
+    assert breaker.stats["degraded"] is None
 
 
 def test_allows_call_reads_a_shared_store_another_process_changed(tmp_path: Path) -> None:

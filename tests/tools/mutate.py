@@ -53,6 +53,13 @@ DEFAULT_TESTS = (
     "tests/test_metrics.py",
     "tests/test_windows.py",
     "tests/test_time_windows.py",
+    "tests/test_holds.py",
+    "tests/test_state_file.py",
+    "tests/test_failures.py",
+    "tests/test_health.py",
+    "tests/test_fleet.py",
+    "tests/test_config.py",
+    "tests/test_errors.py",
     "tests/test_state_machine.py",
 )
 """Fast tests first: with -x, most mutants die in the first second."""

@@ -1,0 +1,234 @@
+"""Every documented limit of the core holds at its edge: the largest value it names is taken,
+the next one is refused by name, and settings are kept in the one form every store shows.
+
+A mutation run (tests/tools/mutate.py) found these edges held nowhere else: off-by-one limits
+and skipped normalisations pass every test that stays well inside the range."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cbctl import CircuitBreaker, CircuitBreakerError, FakeClock
+from cbctl import state as machine
+from cbctl.breaker import VIEW_MAX_AGE
+from cbctl.errors import ConfigError
+from cbctl.state import (
+    MAX_HOLD_SECONDS,
+    MAX_REASON,
+    MAX_WINDOW_CALLS,
+    MIN_WINDOW_SECONDS,
+    WINDOW_BUCKETS,
+    BreakerConfig,
+    Snapshot,
+)
+from cbctl.stores import MemoryStore
+
+DAY = 86400.0
+
+
+def test_the_documented_limits_are_a_month_200_characters_10000_calls_and_100_ms() -> None:
+    assert (MAX_HOLD_SECONDS, MAX_REASON, MAX_WINDOW_CALLS) == (30 * DAY, 200, 10_000)
+    assert (MIN_WINDOW_SECONDS, WINDOW_BUCKETS, VIEW_MAX_AGE) == (0.1, 10, 1.0)
+
+
+def test_a_hold_may_last_exactly_a_month_with_a_reason_of_exactly_200_characters() -> None:
+    assert machine.hold_terms(MAX_HOLD_SECONDS, "r" * MAX_REASON) == (
+        MAX_HOLD_SECONDS,
+        "r" * MAX_REASON,
+    )
+    with pytest.raises(ConfigError, match="for_ must be at most"):
+        machine.hold_terms(MAX_HOLD_SECONDS + 1, None)
+    with pytest.raises(ConfigError, match="reason must be at most 200 characters, got 201"):
+        machine.hold_terms(None, "r" * (MAX_REASON + 1))
+
+
+def test_a_hold_reason_is_measured_and_kept_without_surrounding_blanks() -> None:
+    padded = "  " + "r" * MAX_REASON + "\n"
+    assert machine.hold_terms(None, padded) == (None, "r" * MAX_REASON)
+    assert machine.hold_terms(60, "   ") == (60.0, None)
+    assert machine.hold_terms(None, None) == (None, None)
+
+
+@pytest.mark.parametrize("reason", [42, b"bytes", ["why"]])
+def test_a_hold_reason_that_is_not_text_is_refused_by_its_type(reason: object) -> None:
+    with pytest.raises(ConfigError, match=f"reason must be text, got {type(reason).__name__}"):
+        machine.hold_terms(None, reason)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"window_calls": MAX_WINDOW_CALLS + 1}, "window_calls must be at most 10000, got 10001"),
+        ({"window_seconds": 0.099}, "window_seconds must be at least 0.1, got 0.099"),
+        ({"max_timeout": MAX_HOLD_SECONDS + 1}, "max_timeout must be at least timeout"),
+        ({"max_timeout": 29.999}, r"max_timeout must be at least timeout \(30\)"),
+        ({"window_calls": 10, "minimum_calls": 11}, r"at most window_calls \(10\), got 11"),
+        ({"window_calls": 10, "minimum_calls": 0}, "minimum_calls must be at least 1"),
+        ({"window_calls": 10, "failure_rate_threshold": 1.0001}, "above 0 and at most 1"),
+        ({"backoff_factor": 0.999}, "backoff_factor must be at least 1, got 0.999"),
+        ({"jitter": 0.9999999}, None),
+    ],
+)
+def test_each_window_and_backoff_limit_refuses_the_first_value_past_it(
+    settings: dict[str, Any], message: str | None
+) -> None:
+    if "window" in str(settings) and "failure_rate_threshold" not in settings:
+        settings = {**settings, "failure_rate_threshold": 0.5}
+    if message is None:
+        BreakerConfig(**settings)
+        return
+    with pytest.raises(ConfigError, match=message):
+        BreakerConfig(**settings)
+
+
+def test_each_window_and_backoff_limit_takes_its_own_edge() -> None:
+    count = BreakerConfig(window_calls=MAX_WINDOW_CALLS, failure_rate_threshold=1.0)
+    assert (count.window_calls, count.failure_rate_threshold, count.least_calls) == (
+        MAX_WINDOW_CALLS,
+        1.0,
+        MAX_WINDOW_CALLS,
+    )
+    timed = BreakerConfig(
+        window_seconds=MIN_WINDOW_SECONDS, slow_call_rate_threshold=1.0, slow_call_duration=0.5
+    )
+    assert (timed.window_seconds, timed.least_calls) == (MIN_WINDOW_SECONDS, 100)
+    assert BreakerConfig(max_timeout=30.0).open_cap == 30.0
+    assert BreakerConfig(max_timeout=MAX_HOLD_SECONDS).open_cap == MAX_HOLD_SECONDS
+    both = BreakerConfig(window_calls=10, minimum_calls=10, failure_rate_threshold=0.5)
+    assert both.least_calls == 10
+    assert (
+        BreakerConfig(window_calls=10, minimum_calls=1, failure_rate_threshold=0.5).least_calls == 1
+    )
+    plain = BreakerConfig(backoff_factor=1, jitter=0)
+    assert (plain.backs_off, plain.open_cap) == (False, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "backs_off", "open_cap"),
+    [
+        ({}, False, 30.0),
+        ({"backoff_factor": 1.5}, True, 300.0),
+        ({"jitter": 0.1}, True, 30.0),
+        ({"max_timeout": 45}, True, 45.0),
+        ({"backoff_factor": 2, "max_timeout": 90}, True, 90.0),
+    ],
+)
+def test_backoff_is_on_with_any_of_its_settings_and_stops_at_its_cap(
+    settings: dict[str, Any], backs_off: bool, open_cap: float
+) -> None:
+    config = BreakerConfig(**settings)
+    assert (config.backs_off, config.open_cap) == (backs_off, open_cap)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"timeout": 3, "call_timeout": 2, "backoff_factor": 2, "jitter": 0, "max_timeout": 60},
+        {
+            "window_calls": 10,
+            "failure_rate_threshold": 1,
+            "slow_call_rate_threshold": 1,
+            "slow_call_duration": 4,
+        },
+        {"window_seconds": 60, "failure_rate_threshold": 1},
+    ],
+)
+def test_whole_number_settings_in_seconds_or_rates_are_kept_as_floats(
+    settings: dict[str, Any],
+) -> None:
+    """The state file, Redis and JSON show a setting as the float it is, whatever was passed."""
+    config = BreakerConfig(**settings)
+    for name, value in settings.items():
+        kept = getattr(config, name)
+        assert kept == value
+        assert type(kept) is (int if name == "window_calls" else float), (
+            f"{name} kept as {type(kept).__name__}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"failure_rate_threshold": 0.5}, "failure_rate_threshold needs window_calls"),
+        ({"slow_call_rate_threshold": 0.5}, "slow_call_rate_threshold needs window_calls"),
+        ({"minimum_calls": 5}, "minimum_calls needs window_calls or window_seconds"),
+        ({"window_seconds": 10}, "window_seconds needs failure_rate_threshold"),
+        ({"window_calls": 10, "window_seconds": 10.0}, "two kinds of window; set one of them"),
+        (
+            {"window_seconds": 10, "failure_rate_threshold": 0.5, "slow_call_duration": 1},
+            "slow_call_duration needs slow_call_rate_threshold",
+        ),
+    ],
+)
+def test_a_policy_setting_without_what_it_needs_is_refused_naming_both(
+    settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BreakerConfig(**settings)
+
+
+def test_unknown_settings_from_a_mapping_are_refused_by_name_and_known_ones_keep_the_base() -> None:
+    base = BreakerConfig(failure_threshold=9)
+    assert BreakerConfig.from_mapping({"timeout": 5}, base) == BreakerConfig(
+        failure_threshold=9, timeout=5.0
+    )
+    assert BreakerConfig.from_mapping({}) == BreakerConfig()
+    with pytest.raises(ConfigError, match=r"unknown breaker setting 'retries' \(known: backoff"):
+        BreakerConfig.from_mapping({"timeout": 5, "retries": 3, "zzz": 1})
+
+
+# -- the text forms stores keep ------------------------------------------------------------------
+
+
+def test_window_marks_reach_the_last_call_of_the_largest_window_and_no_further() -> None:
+    last = 1 << (MAX_WINDOW_CALLS - 1)
+    assert machine.decode_marks(machine.encode_marks(last | 5)) == last | 5
+    assert machine.encode_marks(0b1011) == "0 1 3"
+    assert machine.decode_marks("") == 0
+    for outside in (str(MAX_WINDOW_CALLS), "-1"):
+        with pytest.raises(ValueError, match="outside any window"):
+            machine.decode_marks(outside)
+
+
+def test_ten_buckets_are_a_time_window_and_eleven_are_not() -> None:
+    ten = " ".join(f"{100 - i}:2:2:2" for i in range(WINDOW_BUCKETS))
+    packed = machine.decode_buckets(ten)
+    assert machine.encode_buckets(packed) == ten
+    assert len(machine.held_buckets(Snapshot(window_buckets=packed))) == WINDOW_BUCKETS
+    with pytest.raises(ValueError, match="at most ten"):
+        machine.decode_buckets(ten + " 50:1:0:0")
+    with pytest.raises(ValueError, match="more failed or slow calls than calls"):
+        machine.decode_buckets("7:0:0:0")
+    with pytest.raises(ValueError, match="more failed or slow calls"):
+        machine.decode_buckets("7:1:0:2")
+    with pytest.raises(ValueError, match="more failed or slow calls"):
+        machine.decode_buckets("7:1:-1:0")
+    assert machine.decode_buckets("") == ()
+
+
+def test_leases_survive_their_text_form_exactly() -> None:
+    leases = ((1, 30.125), (2, 1e-9), (13, 1767225600.123456))
+    assert machine.decode_leases(machine.encode_leases(leases)) == leases
+    assert machine.encode_leases(((3, 4.5),)) == "3:4.5"
+    assert machine.decode_leases("") == ()
+
+
+# -- the view of a store-backed breaker ------------------------------------------------------------
+
+
+def test_a_store_backed_breaker_sees_another_process_open_the_circuit_within_one_second() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    ours = CircuitBreaker("db", clock=clock, store=store)
+    theirs = CircuitBreaker("db", clock=clock, store=store, view_max_age=0.0)
+    assert ours.call(lambda: "ok") == "ok"  # the view: CLOSED with no failures, trusted for 1 s
+    theirs.force_open()
+    clock.advance(VIEW_MAX_AGE - 0.01)
+    assert ours.call(lambda: "ok") == "ok", "within its max age the view is trusted"
+    assert ours.allows_call()
+    clock.advance(0.01)
+    assert not ours.allows_call()
+    with pytest.raises(CircuitBreakerError):
+        ours.call(lambda: "ok")
