@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Self
 
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock
@@ -203,7 +204,7 @@ class MemoryStore:
     def close(self) -> None:
         """Nothing to release; present so every store can be closed the same way."""
 
-    def __enter__(self) -> MemoryStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

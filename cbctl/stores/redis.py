@@ -19,7 +19,7 @@ import functools
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from cbctl.errors import StateError, StoreUnavailableError
 from cbctl.journal import JOURNAL_LIMIT, TransitionEvent, process_source, wall_time
@@ -979,7 +979,7 @@ class RedisStore:
         """Close the connection pool."""
         self._client.close()
 
-    def __enter__(self) -> RedisStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -36,7 +36,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from cbctl import state as machine
 from cbctl.clock import SYSTEM_CLOCK, Clock
@@ -699,7 +699,7 @@ class SqliteStore:
             self._problem = self._problem or f"the state file {self._path} is closed"
             self._reopen_at = float("inf")
 
-    def __enter__(self) -> SqliteStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
