@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from cbctl import CircuitBreaker, FakeClock
+from cbctl import CircuitBreaker, CircuitState, FakeClock
 from cbctl.state import BreakerConfig, Permit, Update
 from cbctl.stores import MemoryStore
 
@@ -77,3 +77,45 @@ def test_a_forked_child_names_its_failure_writes_apart_from_its_parents() -> Non
     parent_ops = store.ops
     assert len({_op_prefix(op) for op in parent_ops}) == 1, "one process, one token"
     assert _op_prefix(child_op) != _op_prefix(parent_ops[0])
+
+
+# -- the time window's lock-free success counter -------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["call", "decorator", "with"])
+def test_a_success_at_the_exact_start_of_a_bucket_is_counted_in_that_bucket(via: str) -> None:
+    """Buckets of a 20 s window are [2k, 2k + 2): a success at t = 2.0 belongs to bucket 1, which
+    is still in the window at t = 20.0 when bucket 0 has left it; the failure then makes the
+    rate 1 of 2."""
+    clock = FakeClock(monotonic=0.0)
+    breaker = CircuitBreaker(
+        "api",
+        clock=clock,
+        window_seconds=20.0,
+        failure_rate_threshold=0.5,
+        minimum_calls=2,
+        failure_threshold=100,
+    )
+
+    @breaker
+    def decorated() -> str:
+        return "ok"
+
+    def succeed() -> None:
+        if via == "call":
+            breaker.call(lambda: "ok")
+        elif via == "decorator":
+            decorated()
+        else:
+            with breaker:
+                pass
+
+    clock.advance(1.0)
+    succeed()
+    clock.advance(1.0)
+    succeed()
+    clock.advance(18.0)
+    assert breaker.stats["failure_rate"] is None, "bucket 0 left the window: one call in it"
+    with pytest.raises(Down):
+        breaker.call(_fail)
+    assert breaker.state is CircuitState.OPEN, "1 failure of 2 calls: the rate reached 0.5"
