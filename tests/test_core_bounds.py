@@ -232,3 +232,23 @@ def test_a_store_backed_breaker_sees_another_process_open_the_circuit_within_one
     assert not ours.allows_call()
     with pytest.raises(CircuitBreakerError):
         ours.call(lambda: "ok")
+
+
+def test_a_circuit_not_held_shows_no_hold_reason_owner_or_expiry() -> None:
+    held = machine.force(Snapshot(), machine.OPEN, 0.0, until=60.0, reason="r", owner="o")
+    assert machine.hold_stats(held, "soon") == {
+        "hold_reason": "r",
+        "hold_owner": "o",
+        "hold_until": "soon",
+    }
+    ended = machine.reset(held, 1.0)
+    assert machine.hold_stats(ended, "soon") == {
+        "hold_reason": None,
+        "hold_owner": None,
+        "hold_until": None,
+    }
+    breaker = CircuitBreaker("api", clock=FakeClock())
+    breaker.force_open(for_=60, reason="maintenance")
+    breaker.reset()
+    stats = breaker.stats
+    assert (stats["hold_reason"], stats["hold_owner"], stats["hold_until"]) == (None, None, None)
