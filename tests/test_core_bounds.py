@@ -252,3 +252,18 @@ def test_a_circuit_not_held_shows_no_hold_reason_owner_or_expiry() -> None:
     breaker.reset()
     stats = breaker.stats
     assert (stats["hold_reason"], stats["hold_owner"], stats["hold_until"]) == (None, None, None)
+
+
+def test_a_time_window_text_with_a_negative_slow_count_or_a_repeated_bucket_is_refused() -> None:
+    with pytest.raises(ValueError, match="more failed or slow calls"):
+        machine.decode_buckets("7:1:0:-1")
+    with pytest.raises(ValueError, match="newest first"):
+        machine.decode_buckets("7:1:0:0 7:1:0:0")
+    with pytest.raises(ValueError, match="newest first"):
+        machine.decode_buckets("6:1:0:0 7:1:0:0")
+
+
+def test_a_fresh_snapshot_holds_no_hold_and_no_backoff() -> None:
+    fresh = Snapshot()
+    assert (fresh.hold_until, fresh.hold_reason, fresh.hold_owner) == (None, None, None)
+    assert (fresh.backoff, fresh.open_duration, fresh.trials_admitted) == (None, None, 0)
