@@ -297,7 +297,10 @@ def test_async_with_gives_the_breaker_itself() -> None:
 
 
 def test_a_sync_fallback_answer_of_any_class_is_returned_as_it_is() -> None:
-    payload = Payload()
+    class Cached:
+        """A class no call has returned yet (the breaker remembers classes it has seen)."""
+
+    payload = Cached()
     breaker = CircuitBreaker(
         "dep", clock=FakeClock(), failure_threshold=1, fallback=lambda rejection: payload
     )
