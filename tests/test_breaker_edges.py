@@ -276,14 +276,39 @@ def test_async_successes_through_a_store_with_a_window_are_each_counted_in_it() 
     async def ok() -> str:
         return "ok"
 
+    async def failing() -> None:
+        raise Down("down")
+
     async def scenario() -> None:
         for _ in range(3):
             await breaker.call_async(ok)
+        with pytest.raises(Down):
+            await breaker.call_async(failing)
 
     asyncio.run(scenario())
     found = store.load("dep")
     assert found is not None
-    assert found.snapshot.window_count == 3
+    snapshot = found.snapshot
+    assert (snapshot.window_count, snapshot.failure_bits, snapshot.slow_bits) == (4, 1, 0), (
+        "no call is slow without a slow-call policy"
+    )
+
+
+def test_sync_calls_through_a_store_with_a_window_mark_no_call_slow_without_the_policy() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    breaker = CircuitBreaker(
+        "dep", clock=clock, store=store, window_calls=10, failure_rate_threshold=0.9
+    )
+    breaker.call(lambda: "ok")
+    with pytest.raises(Down):
+        breaker.call(_fail)
+    with pytest.raises(Down), breaker:
+        _fail()
+    found = store.load("dep")
+    assert found is not None
+    snapshot = found.snapshot
+    assert (snapshot.window_count, snapshot.failure_bits, snapshot.slow_bits) == (3, 0b11, 0)
 
 
 def test_async_with_gives_the_breaker_itself() -> None:
@@ -308,3 +333,24 @@ def test_a_sync_fallback_answer_of_any_class_is_returned_as_it_is() -> None:
         breaker.call(_fail)
     assert breaker.call(lambda: "live") is payload
     assert breaker(lambda: "live")() is payload
+
+
+def test_successes_counted_before_a_bucket_turns_all_reach_the_window() -> None:
+    """Three successes in bucket 0, one in bucket 1, then a failure: 1 failure in 5 calls (0.2,
+    under the 0.25 threshold); a success lost at the turn would make it 1 in 4 and trip."""
+    clock = FakeClock(monotonic=0.0)
+    breaker = CircuitBreaker(
+        "api",
+        clock=clock,
+        window_seconds=10.0,
+        failure_rate_threshold=0.25,
+        minimum_calls=4,
+        failure_threshold=100,
+    )
+    for at in (0.5, 0.6, 0.7, 2.5):
+        clock.advance(at - clock.monotonic())
+        breaker.call(lambda: "ok")
+    with pytest.raises(Down):
+        breaker.call(_fail)
+    assert breaker.state is CircuitState.CLOSED
+    assert breaker.stats["failure_rate"] == pytest.approx(0.2)
