@@ -267,3 +267,15 @@ def test_a_fresh_snapshot_holds_no_hold_and_no_backoff() -> None:
     fresh = Snapshot()
     assert (fresh.hold_until, fresh.hold_reason, fresh.hold_owner) == (None, None, None)
     assert (fresh.backoff, fresh.open_duration, fresh.trials_admitted) == (None, None, 0)
+
+
+def test_counting_fast_successes_changes_only_a_closed_circuits_window() -> None:
+    windowed = BreakerConfig(window_calls=10, failure_rate_threshold=0.5)
+    opened = machine.force(Snapshot(), machine.OPEN, 0.0)
+    assert machine.count_calls(opened, windowed, 5) is opened
+    plain = BreakerConfig()
+    closed = Snapshot()
+    assert machine.count_calls(closed, plain, 5) is closed, "no window: nothing to count in"
+    assert machine.count_calls(closed, windowed, 0) is closed
+    counted = machine.count_calls(closed, windowed, 4)
+    assert (counted.window_count, counted.failure_bits) == (4, 0)
