@@ -279,3 +279,23 @@ def test_counting_fast_successes_changes_only_a_closed_circuits_window() -> None
     assert machine.count_calls(closed, windowed, 0) is closed
     counted = machine.count_calls(closed, windowed, 4)
     assert (counted.window_count, counted.failure_bits) == (4, 0)
+
+
+def test_window_rates_are_none_without_a_window_and_each_rate_only_with_its_policy() -> None:
+    assert machine.window_rates(Snapshot(), BreakerConfig()) == (None, None)
+    slow_only = BreakerConfig(window_calls=4, slow_call_rate_threshold=0.5, slow_call_duration=1)
+    held = Snapshot(window_count=4, failure_bits=0b0011, slow_bits=0b0001)
+    assert machine.window_rates(held, slow_only) == (None, 0.25)
+    failures_only = BreakerConfig(window_calls=4, failure_rate_threshold=0.5)
+    assert machine.window_rates(held, failures_only) == (0.5, None)
+
+
+def test_a_reader_whose_clock_lags_the_writers_drops_what_the_writer_dropped() -> None:
+    """Buckets are counted back from the newest one the window holds, even when the reader's
+    `now` falls in an older bucket (another process's clock is behind)."""
+    config = BreakerConfig(window_seconds=10.0, failure_rate_threshold=0.5, minimum_calls=1)
+    packed = machine.decode_buckets("100:1:1:1 90:3:0:0")
+    snapshot = Snapshot(window_buckets=packed)
+    assert machine.window_rates(snapshot, config, now=95.5) == (1.0, None)
+    assert machine.window_rates(snapshot, config, now=100.5) == (1.0, None)
+    assert machine.window_rates(snapshot, config) == (0.25, None), "no now: every bucket held"
