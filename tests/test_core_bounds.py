@@ -299,3 +299,12 @@ def test_a_reader_whose_clock_lags_the_writers_drops_what_the_writer_dropped() -
     assert machine.window_rates(snapshot, config, now=95.5) == (1.0, None)
     assert machine.window_rates(snapshot, config, now=100.5) == (1.0, None)
     assert machine.window_rates(snapshot, config) == (0.25, None), "no now: every bucket held"
+
+
+def test_a_circuit_without_backoff_opens_and_reopens_with_no_backoff_fields() -> None:
+    config = BreakerConfig(failure_threshold=1)
+    opened = machine.record_failure(Snapshot(), config, None, 0.0, 0.0, "down")
+    assert (opened.state, opened.backoff, opened.open_duration) == (machine.OPEN, None, None)
+    trial, permit = machine.admit(opened, config, 30.0)
+    again = machine.record_failure(trial, config, permit, 31.0, 31.0, "down")
+    assert (again.state, again.backoff, again.open_duration) == (machine.OPEN, None, None)
