@@ -354,3 +354,29 @@ def test_successes_counted_before_a_bucket_turns_all_reach_the_window() -> None:
         breaker.call(_fail)
     assert breaker.state is CircuitState.CLOSED
     assert breaker.stats["failure_rate"] == pytest.approx(0.2)
+
+
+def test_removing_the_last_observer_keeps_timing_calls_for_the_slow_call_policy() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        "llm",
+        clock=clock,
+        window_calls=2,
+        slow_call_rate_threshold=0.5,
+        slow_call_duration=1.0,
+        minimum_calls=2,
+    )
+
+    def observer(name: str, took: float, outcome: str) -> None:
+        pass
+
+    breaker.add_call_observer(observer)
+    breaker.remove_call_observer(observer)
+
+    def slow() -> str:
+        clock.advance(2.0)
+        return "late"
+
+    breaker.call(slow)
+    breaker.call(slow)
+    assert breaker.state is CircuitState.OPEN, "two slow calls of two: the slow-call rate is 1"

@@ -308,3 +308,23 @@ def test_a_circuit_without_backoff_opens_and_reopens_with_no_backoff_fields() ->
     trial, permit = machine.admit(opened, config, 30.0)
     again = machine.record_failure(trial, config, permit, 31.0, 31.0, "down")
     assert (again.state, again.backoff, again.open_duration) == (machine.OPEN, None, None)
+
+
+def test_a_sub_second_open_asks_for_no_delay_unless_a_failure_carries_one() -> None:
+    """With backoff on, a trip lasts `timeout` (0.5 s here) unless the failure asked for longer;
+    a slow success that trips asks for nothing."""
+    config = BreakerConfig(
+        timeout=0.5,
+        backoff_factor=2.0,
+        failure_threshold=1,
+        window_calls=2,
+        minimum_calls=1,
+        slow_call_rate_threshold=0.5,
+        slow_call_duration=0.1,
+    )
+    failed = machine.record_failure(Snapshot(), config, None, 0.0, 0.0, "down")
+    assert (failed.state, failed.open_duration) == (machine.OPEN, 0.5)
+    slow = machine.record_success(Snapshot(), config, None, 0.0, slow=True)
+    assert (slow.state, slow.open_duration) == (machine.OPEN, 0.5)
+    asked = machine.record_failure(Snapshot(), config, None, 0.0, 0.0, "down", delay=2.0)
+    assert asked.open_duration == 2.0
