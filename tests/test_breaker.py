@@ -1362,6 +1362,33 @@ def test_failures_a_success_cleared_during_the_outage_are_not_written_back(
     assert (stored(store).state, stored(store).failure_count) == (CLOSED, 2)
 
 
+@pytest.mark.parametrize("operation", ["reset", "force_closed"])
+def test_a_reset_or_hold_made_during_the_outage_drops_the_failures_counted_before_it(
+    clock: FakeClock, operation: str
+) -> None:
+    breaker, store = unplugged_breaker(clock, failure_threshold=5)
+    breaker.call(succeed)
+    store.down = True
+    for _ in range(2):
+        with pytest.raises(Boom):
+            breaker.call(fail)
+    getattr(breaker, operation)()
+    store.down = False
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    assert (stored(store).state, stored(store).failure_count) == (CLOSED, 1)
+
+
+def test_a_breaker_shows_the_transitions_another_breaker_made_in_the_shared_store(
+    clock: FakeClock,
+) -> None:
+    store = MemoryStore(clock)
+    ours = make(clock, store=store, failure_threshold=1)
+    theirs = make(clock, store=store, failure_threshold=1)
+    trip(theirs)
+    assert [(event.previous, event.state) for event in ours.events()] == [(CLOSED, OPEN)]
+
+
 def test_the_store_going_away_and_coming_back_is_logged_once_each_way(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

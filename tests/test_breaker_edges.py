@@ -380,3 +380,20 @@ def test_removing_the_last_observer_keeps_timing_calls_for_the_slow_call_policy(
     breaker.call(slow)
     breaker.call(slow)
     assert breaker.state is CircuitState.OPEN, "two slow calls of two: the slow-call rate is 1"
+
+
+def test_a_sync_listener_that_returns_a_plain_value_is_simply_called(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[CircuitState] = []
+
+    def listener(change: Any) -> int:
+        seen.append(change.state)
+        return 42
+
+    breaker = CircuitBreaker("dep", clock=FakeClock(), failure_threshold=1)
+    breaker.add_listener(listener)
+    with pytest.raises(Down):
+        breaker.call(_fail)
+    assert seen == [CircuitState.OPEN]
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []

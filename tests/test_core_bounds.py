@@ -328,3 +328,14 @@ def test_a_sub_second_open_asks_for_no_delay_unless_a_failure_carries_one() -> N
     assert (slow.state, slow.open_duration) == (machine.OPEN, 0.5)
     asked = machine.record_failure(Snapshot(), config, None, 0.0, 0.0, "down", delay=2.0)
     assert asked.open_duration == 2.0
+
+
+def test_a_hold_without_terms_lasts_until_reset_with_no_reason_or_owner() -> None:
+    held = machine.force(Snapshot(), machine.OPEN, 0.0)
+    assert (held.forced, held.hold_until, held.hold_reason, held.hold_owner) == (
+        True,
+        None,
+        None,
+        None,
+    )
+    assert machine.expire(held, 10 * MAX_HOLD_SECONDS) is held
