@@ -339,3 +339,21 @@ def test_a_hold_without_terms_lasts_until_reset_with_no_reason_or_owner() -> Non
         None,
     )
     assert machine.expire(held, 10 * MAX_HOLD_SECONDS) is held
+
+
+def test_a_backed_off_open_circuit_keeps_the_later_of_its_deadline_and_a_written_back_one() -> None:
+    config = BreakerConfig(failure_threshold=1, backoff_factor=2.0, max_timeout=300.0)
+    opened = machine.record_failure(Snapshot(), config, None, 100.0, 100.0, "down")
+    assert (opened.opened_at, opened.open_duration) == (100.0, 30.0)
+    outage = machine.Outage(opened.generation, 0, 80.0)
+    later = machine.reconcile(opened, config, outage, 110.0)
+    assert (later.opened_at, later.open_duration) == (100.0, 90.0)
+    assert machine.retry_after(later, config, 110.0) == 80.0
+    sooner = machine.Outage(opened.generation, 0, 5.0)
+    assert machine.reconcile(opened, config, sooner, 110.0) is opened
+    plain = BreakerConfig(failure_threshold=1)
+    tripped = machine.record_failure(Snapshot(), plain, None, 100.0, 100.0, "down")
+    moved = machine.reconcile(tripped, plain, outage, 110.0)
+    assert (moved.opened_at, moved.open_duration) == (110.0, None), "80 s left: capped at 30"
+    left = machine.reconcile(tripped, plain, machine.Outage(tripped.generation, 0, 25.0), 110.0)
+    assert left.opened_at == 105.0
