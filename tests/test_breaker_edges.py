@@ -6,39 +6,14 @@ its buckets at their edges."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-import os
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import pytest
 
 from cbctl import CircuitBreaker, CircuitBreakerError, CircuitState, FakeClock
-from cbctl.state import BreakerConfig, Permit, Update
 from cbctl.stores import MemoryStore
-
-
-class OpRecordingStore(MemoryStore):
-    """A memory store that keeps the op id of every failure it is asked to record."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        super().__init__(clock)
-        self.ops: list[str | None] = []
-
-    def record_failure(
-        self,
-        name: str,
-        config: BreakerConfig,
-        permit: Permit | None,
-        error: str,
-        op: str | None = None,
-        delay: float | None = None,
-        draw: float = 0.0,
-        slow: bool = False,
-    ) -> Update:
-        self.ops.append(op)
-        return super().record_failure(name, config, permit, error, op, delay, draw, slow)
 
 
 class Down(Exception):
@@ -47,40 +22,6 @@ class Down(Exception):
 
 def _fail() -> None:
     raise Down("down")
-
-
-def _op_prefix(op: str | None) -> str:
-    assert op is not None
-    return op.rpartition("-")[0]
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_a_forked_child_names_its_failure_writes_apart_from_its_parents() -> None:
-    """A write-back after an outage tells its own writes by op id: a child that inherited the
-    parent's token and counter would mistake the parent's writes for its own."""
-    clock = FakeClock()
-    store = OpRecordingStore(clock)
-    breaker = CircuitBreaker("db", clock=clock, store=store, failure_threshold=100)
-    with pytest.raises(Down):
-        breaker.call(_fail)
-    reading, writing = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: one failure write, its op id sent to the parent
-        try:
-            with contextlib.suppress(Down):
-                breaker.call(_fail)
-            os.write(writing, (store.ops[-1] or "").encode())
-        finally:
-            os._exit(0)
-    os.close(writing)
-    with os.fdopen(reading) as pipe:
-        child_op = pipe.read()
-    os.waitpid(child, 0)
-    with pytest.raises(Down):
-        breaker.call(_fail)
-    parent_ops = store.ops
-    assert len({_op_prefix(op) for op in parent_ops}) == 1, "one process, one token"
-    assert _op_prefix(child_op) != _op_prefix(parent_ops[0])
 
 
 # -- the time window's lock-free success counter -------------------------------------------------
@@ -127,7 +68,7 @@ def test_a_success_at_the_exact_start_of_a_bucket_is_counted_in_that_bucket(via:
 
 # -- every way call() and the sync decorator decide, with the same outcomes ---------------------
 
-PATHS = {
+PATHS: dict[str, dict[str, Any]] = {
     "steady": {},
     "time-window": {"window_seconds": 60.0, "failure_rate_threshold": 0.9},
     "timed": {"slow_call_duration": 5.0, "slow_call_rate_threshold": 0.9, "window_calls": 50},
