@@ -1,7 +1,8 @@
 """Edges of the in-process breaker that a mutation run (tests/tools/mutate.py) found no other
-test held: a forked child's writes are its own, the degraded store is logged once each way,
-the outage log forgets failures a success cleared, and the time window's lock-free counter turns
-its buckets at their edges."""
+test held: the time window's lock-free counter turns its buckets at their edges, every path of
+call(), the sync decorator and call_async returns, counts and refuses alike, and a store's
+window marks only what its policies ask for. (The outage and fork edges are in test_breaker.py,
+beside its unpluggable and op-recording stores.)"""
 
 from __future__ import annotations
 
